@@ -1,0 +1,5 @@
+import sys
+
+from fwfs.cli import main
+
+sys.exit(main())
