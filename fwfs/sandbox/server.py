@@ -1,0 +1,165 @@
+"""Start the sandbox site: open (or create) the data directory, seed it, listen, announce."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import ssl
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fwfs.sandbox.api import SiteApi, SiteOptions
+from fwfs.sandbox.files import FileApi
+from fwfs.sandbox.httpd import AccessLog, Router, SandboxHTTPServer
+from fwfs.sandbox.store import Store, now_iso
+from fwfs.sandbox.uploads import UploadApi
+
+log = logging.getLogger("fwfs.sandbox")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    data: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    demo: bool = False
+    ready_file: Path | None = None
+    access_log: Path | None = None
+    range_quirk: bool = False
+    signed_url: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    big_file_mb: int = 0
+    scale: int = 0
+
+
+class Sandbox:
+    """A running site. `start()` returns once it listens; `stop()` closes it."""
+
+    def __init__(self, opts: ServeOptions) -> None:
+        self.opts = opts
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if opts.data is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="fwfs-sandbox-")
+            data = Path(self._tmp.name)
+        else:
+            data = opts.data
+            data.mkdir(parents=True, exist_ok=True)
+        self.store = Store(data)
+        self._init_site()
+        self.site = SiteApi(self.store, SiteOptions(opts.range_quirk, opts.signed_url))
+        self.uploads = UploadApi(self.site)
+        router = Router()
+        # File routes first: /api/files/{id} would otherwise match /api/{kind}/{id}.
+        FileApi(self.site).register(router)
+        self.uploads.register(router)
+        self.site.register(router)
+        tls = None
+        if opts.tls_cert is not None:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(str(opts.tls_cert), str(opts.tls_key or opts.tls_cert))
+        self.access_log = AccessLog(opts.access_log)
+        self.httpd = SandboxHTTPServer(
+            (opts.host, opts.port), router, self.site.authenticate, self.access_log, tls
+        )
+        self.port = self.httpd.server_address[1]
+        scheme = "https" if tls else "http"
+        host = opts.host if opts.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        self.url = f"{scheme}://{host}:{self.port}"
+        self.site.options.base_url = self.url
+        self._thread: threading.Thread | None = None
+
+    def _init_site(self) -> None:
+        store = self.store
+        if store.meta_get("created") is None:
+            store.meta_set("created", now_iso())
+            store.meta_set("admin_key", secrets.token_urlsafe(24))
+            store.meta_set("reader_key", secrets.token_urlsafe(24))
+            from fwfs.sandbox.seed import ADMIN_USER, READER_USER
+
+            store.add_user(
+                ADMIN_USER,
+                store.meta_get("admin_key") or "",
+                True,
+                {
+                    "firstname": "Ada",
+                    "lastname": "Lovelace",
+                    "email": ADMIN_USER,
+                    "roles": ["user", "site_admin"],
+                    "created": now_iso(),
+                },
+            )
+            store.add_user(
+                READER_USER,
+                store.meta_get("reader_key") or "",
+                False,
+                {
+                    "firstname": "Rosalind",
+                    "lastname": "Franklin",
+                    "email": READER_USER,
+                    "roles": ["user"],
+                    "created": now_iso(),
+                },
+            )
+        # Imported here: seeding needs the sandbox extra (pydicom, nibabel), serving does not.
+        if self.opts.demo and store.meta_get("demo") is None:
+            from fwfs.sandbox.seed import seed_demo
+
+            seed_demo(store)
+            store.meta_set("demo", now_iso())
+        if self.opts.big_file_mb and store.meta_get("big_file_mb") != str(self.opts.big_file_mb):
+            from fwfs.sandbox.seed import add_big_file
+
+            add_big_file(store, self.opts.big_file_mb)
+            store.meta_set("big_file_mb", str(self.opts.big_file_mb))
+        if self.opts.scale and store.meta_get(f"scale_{self.opts.scale}") is None:
+            from fwfs.sandbox.seed import add_scale_project
+
+            add_scale_project(store, self.opts.scale)
+            store.meta_set(f"scale_{self.opts.scale}", now_iso())
+
+    def api_key(self, which: str = "admin_key") -> str:
+        secret = self.store.meta_get(which) or ""
+        host_port = self.url.split("://", 1)[1]
+        if self.url.startswith("http://"):
+            return f"{host_port}:__force_insecure:{secret}"
+        return f"{host_port}:{secret}"
+
+    def announce(self) -> dict[str, Any]:
+        info = {
+            "url": self.url,
+            "api_key": self.api_key(),
+            "readonly_api_key": self.api_key("reader_key"),
+            "data": str(self.store.data_dir),
+            "pid": os.getpid(),
+        }
+        if self.opts.ready_file is not None:
+            tmp = self.opts.ready_file.with_suffix(".tmp")
+            # The file holds API keys: private to the user from the first byte.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(info, fh)
+            os.replace(tmp, self.opts.ready_file)
+        return info
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="sandbox-http", daemon=True
+        )
+        self._thread.start()
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.access_log.close()
+        self.store.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
