@@ -9,8 +9,8 @@ import functools
 import mimetypes
 import re
 import zipfile
-from datetime import datetime
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
