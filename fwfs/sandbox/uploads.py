@@ -119,13 +119,12 @@ class UploadApi:
             state["value"] += data[start:end]
 
         def on_header_end() -> None:
-            state["headers"][state["field"].decode("latin-1").lower()] = state["value"].decode(
-                "utf-8", "replace"
-            )
+            # Kept as bytes: clients put UTF-8 file names in Content-Disposition.
+            state["headers"][state["field"].decode("latin-1").lower()] = bytes(state["value"])
             state["field"], state["value"] = b"", b""
 
         def on_headers_finished() -> None:
-            disp = state["headers"].get("content-disposition", "")
+            disp = state["headers"].get("content-disposition", b"")
             _, dparams = parse_options_header(disp)
             info = {k.decode(): v.decode("utf-8", "replace") for k, v in dparams.items()}
             sink: _Spooled | bytearray

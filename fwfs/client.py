@@ -1,0 +1,817 @@
+"""HTTP client for the Flywheel REST API, and the only module that imports requests.
+
+Requests go out the way flywheel-sdk sends them (as recorded in the project's Flywheel API
+reference, flywheel-api.md): the same paths, the same ``x-accept-feature`` header, the
+same upload flows. The differences are deliberate: every failure becomes a typed
+``FwfsError``, retries are bounded in wall time, and a ranged read never silently turns
+into a whole-file download.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import io
+import json
+import logging
+import math
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, BinaryIO, Final, Literal, TypeVar
+from urllib.parse import parse_qs, quote, urlsplit
+
+import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
+from urllib3.fields import format_multipart_header_param
+
+from fwfs.config import ClientConfig
+from fwfs.errors import (
+    FwfsError,
+    InvalidArgument,
+    RemoteError,
+    RemoteUnavailable,
+    errno_for_status,
+)
+
+Kind = Literal["group", "project", "subject", "session", "acquisition", "analysis"]
+Json = dict[str, Any]
+
+_PLURAL: Final[Mapping[str, str]] = {
+    "group": "groups",
+    "project": "projects",
+    "subject": "subjects",
+    "session": "sessions",
+    "acquisition": "acquisitions",
+    "analysis": "analyses",
+}
+_FEATURES: Final = "Safe-Redirect,multipart_signed_url"
+_RETRY_STATUSES: Final = frozenset({429, 502, 503, 504})
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+_PAGE_SIZE: Final = 1000
+_ERROR_BODY_LIMIT: Final = 64 * 1024
+# The SDK aligns multi-URL upload parts to 256 KiB because GCS requires it.
+_PART_ALIGNMENT: Final = 256 * 1024
+_FILE_HEADERS: Final = {"Accept": "application/octet-stream", "Accept-Encoding": "identity"}
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_QUERY = re.compile(r"\?[^\s'\")]*")
+
+log = logging.getLogger("fwfs.client")
+_T = TypeVar("_T")
+_J = TypeVar("_J", dict[str, Any], list[Any])
+_Piece = bytes | tuple[BinaryIO, int, int]
+
+
+class _ApiKeyAuth(AuthBase):
+    """Sets Authorization per request; as an explicit auth it also keeps ~/.netrc out."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers["Authorization"] = self._value
+        return r
+
+    def __repr__(self) -> str:
+        return "<ApiKeyAuth>"
+
+
+class _NoAuth(AuthBase):
+    """Signed URLs carry their own authorisation; the key must never go to object stores."""
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers.pop("Authorization", None)
+        return r
+
+
+class _StreamBody:
+    """A sized, rewindable request body of byte strings and (file, offset, size) slices.
+
+    It is read lazily, so uploads never hold a file in memory, and its length is known,
+    so requests sends Content-Length rather than chunked encoding (signed URLs refuse it).
+    """
+
+    def __init__(self, pieces: Sequence[_Piece]) -> None:
+        self._pieces = list(pieces)
+        self._sizes = [len(p) if isinstance(p, bytes) else p[2] for p in self._pieces]
+        self._index = self._offset = self._pos = 0
+
+    def __len__(self) -> int:
+        return sum(self._sizes)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if offset != 0 or whence != io.SEEK_SET:
+            raise io.UnsupportedOperation("upload bodies can only be rewound")
+        self._index = self._offset = self._pos = 0
+        return 0
+
+    def read(self, n: int = -1) -> bytes:
+        out = bytearray()
+        while self._index < len(self._pieces) and (n < 0 or len(out) < n):
+            piece, left = self._pieces[self._index], self._sizes[self._index] - self._offset
+            want = left if n < 0 else min(left, n - len(out))
+            if isinstance(piece, bytes):
+                chunk = piece[self._offset : self._offset + want]
+            else:
+                fileobj, start, _ = piece
+                fileobj.seek(start + self._offset)
+                chunk = fileobj.read(want)
+                if not chunk and want:
+                    raise InvalidArgument("file to upload is shorter than its declared size")
+            out += chunk
+            self._offset += len(chunk)
+            self._pos += len(chunk)
+            if self._offset == self._sizes[self._index]:
+                self._index, self._offset = self._index + 1, 0
+        return bytes(out)
+
+    def __iter__(self) -> Iterator[bytes]:
+        # Being iterable puts requests on its streaming path, which records the start
+        # position so a 307/308 redirect can rewind the body too.
+        while chunk := self.read(1 << 20):
+            yield chunk
+
+
+class _Failed(Exception):
+    """One attempt failed with ``error``; ``retry`` says whether another could succeed."""
+
+    def __init__(self, error: FwfsError, retry: bool, retry_after: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error, self.retry, self.retry_after = error, retry, retry_after
+
+
+class _BodyError(Exception):
+    """A response body that is unusable; ``transient`` ones are retried like a drop."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def _plural(kind: str) -> str:
+    try:
+        return _PLURAL[kind]
+    except KeyError:
+        raise InvalidArgument(f"unknown container kind {kind!r}") from None
+
+
+def _segment(value: str) -> str:
+    if not value:
+        raise InvalidArgument("empty id or name in a request path")
+    return quote(value, safe="")
+
+
+def _version_params(version: int | None, **extra: str) -> dict[str, str]:
+    return extra if version is None else {**extra, "version": str(version)}
+
+
+def _content_length(resp: requests.Response) -> int | None:
+    """Length of the body as the caller sees it, when the headers say so reliably."""
+    if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
+        return None  # gzip: the header counts wire bytes, not the decoded ones
+    value = resp.headers.get("Content-Length", "")
+    return int(value) if value.isdigit() else None
+
+
+def _read_upto(resp: requests.Response, limit: int) -> bytes:
+    """Read at most ``limit`` bytes so a server that ignores Range cannot make us fetch all."""
+    buf = bytearray()
+    if limit > 0:
+        for chunk in resp.iter_content(chunk_size=min(limit, 1 << 20)):
+            buf += chunk[: limit - len(buf)]
+            if len(buf) >= limit:
+                break
+    return bytes(buf)
+
+
+def _range_body(resp: requests.Response, start: int, end: int) -> bytes:
+    status = resp.status_code
+    if status == 416:
+        return b""
+    if status == 200:
+        if start != 0:
+            raise _BodyError(
+                f"server ignored Range (HTTP 200 for a read at offset {start}); "
+                "refusing to download the whole file",
+                transient=False,
+            )
+        length = _content_length(resp)
+        if length is None:
+            # Chunked or close-delimited: the transport reports a broken stream itself.
+            return _read_upto(resp, end)
+        want = min(end, length)
+    elif status == 206:
+        match = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
+        if match is None:
+            raise _BodyError("HTTP 206 without a single-range Content-Range", transient=False)
+        first, last, total = int(match[1]), int(match[2]), match[3]
+        if first != start or last < first:
+            raise _BodyError(
+                f"asked for bytes {start}-{end - 1}, got {first}-{last}", transient=False
+            )
+        if last < end - 1 and (total == "*" or last != int(total) - 1):
+            raise _BodyError("server sent a shorter range than asked, not at EOF", transient=False)
+        want = min(last, end - 1) - first + 1
+    else:
+        raise _BodyError(f"unexpected HTTP {status} for a ranged read", transient=False)
+    data = _read_upto(resp, want)
+    if len(data) < want:
+        raise _BodyError(f"body ended after {len(data)} of {want} bytes", transient=True)
+    return data
+
+
+def _whole_body(resp: requests.Response) -> bytes:
+    data = resp.content
+    length = _content_length(resp)
+    if length is not None and len(data) != length:
+        raise _BodyError(f"body ended after {len(data)} of {length} bytes", transient=True)
+    return data
+
+
+def _json_reader(expect: type[_J], allow_empty: bool) -> Callable[[requests.Response], _J]:
+    def read(resp: requests.Response) -> _J:
+        data = _whole_body(resp)
+        if allow_empty and not data.strip():
+            return expect()
+        try:
+            value = json.loads(data)
+        except ValueError:
+            raise _BodyError("response is not valid JSON", transient=False) from None
+        # Every list endpoint fwfs uses returns objects; anything else is not Flywheel.
+        if not isinstance(value, expect) or (
+            isinstance(value, list) and not all(isinstance(item, dict) for item in value)
+        ):
+            what = "array of objects" if expect.__name__ == "list" else "object"
+            raise _BodyError(f"expected a JSON {what}", transient=False)
+        return value
+
+    return read
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _never_sent(exc: Exception) -> bool:
+    """True when the connection failed before any byte of the request left."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    cause = exc.args[0] if exc.args else None
+    if isinstance(cause, urllib3.exceptions.MaxRetryError):
+        return isinstance(cause.reason, urllib3.exceptions.NewConnectionError)
+    return False
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, (requests.exceptions.SSLError, requests.exceptions.TooManyRedirects)):
+        return False
+    return not isinstance(exc, ValueError)  # InvalidURL, InvalidHeader and friends
+
+
+def _signed_part_size(size: int, parts: int) -> int:
+    # The SDK's split: adds a whole alignment even when the even split is aligned.
+    even = math.ceil(size / parts)
+    return even + _PART_ALIGNMENT - even % _PART_ALIGNMENT
+
+
+class FlywheelClient:
+    """Thin, typed access to the Flywheel REST API. Returns plain JSON dicts and lists.
+
+    One instance is shared by all FUSE threads; requests sessions are used this way in
+    practice, and the connection pool holds ``pool_size`` keep-alive connections.
+
+    Time bounds: an attempt waits at most ``connect_timeout`` to connect (per address
+    that DNS returns; DNS itself is not bounded) and at most ``read_timeout`` for each
+    socket read, including the wait for the response headers. Idempotent requests
+    (GET/PUT/DELETE/HEAD, plus the read-only POSTs resolve and lookup) are retried on
+    429/502/503/504, dropped connections, read timeouts and short bodies; any POST is
+    retried when the connection could not be made at all. A retry sleeps
+    ``Retry-After`` (capped at ``backoff_max``) or, otherwise, a full-jitter
+    ``uniform(0, min(backoff_max, backoff_factor * 2**n))``. No retry starts after
+    ``total_timeout`` since the call began, so a non-streaming call ends within about
+    ``total_timeout + connect_timeout + read_timeout`` (100 s by default) and after at
+    most ``retries + 1`` attempts. Streamed bodies (``stream_file``, uploads) are bounded
+    only per socket operation, since a large transfer legitimately takes long.
+    """
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._config = config
+        self._base = config.base_url.rstrip("/")
+        self._base_path = urlsplit(self._base).path
+        self._secret = config.api_key
+        self._auth = _ApiKeyAuth(config.authorization)
+        self._sleep, self._clock, self._jitter = sleep, clock, jitter
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=config.pool_size, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.headers.update(
+            {
+                "User-Agent": config.user_agent,
+                "x-accept-feature": _FEATURES,
+                "Accept": "application/json",
+            }
+        )
+        session.verify = config.verify
+        session.trust_env = config.trust_env
+        self._session = session
+
+    def __repr__(self) -> str:
+        return f"FlywheelClient({self._base!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> FlywheelClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- site and resolver ---------------------------------------------------------------
+
+    def auth_status(self) -> Json:
+        return self._json_call("GET", "/auth/status", expect=dict)
+
+    def current_user(self) -> Json:
+        return self._json_call("GET", "/users/self", expect=dict)
+
+    def site_config(self) -> Json:
+        return self._json_call("GET", "/config", expect=dict)
+
+    def version(self) -> Json:
+        return self._json_call("GET", "/version", expect=dict)
+
+    def resolve(self, path: Sequence[str]) -> Json:
+        # POST only because the path travels in the body; it reads, so retrying is safe.
+        body = {"path": list(path)}
+        return self._json_call("POST", "/resolve", body=body, expect=dict, idempotent=True)
+
+    def lookup(self, path: Sequence[str]) -> Json:
+        body = {"path": list(path)}
+        return self._json_call("POST", "/lookup", body=body, expect=dict, idempotent=True)
+
+    # -- containers ----------------------------------------------------------------------
+
+    def get_container(self, cid: str) -> Json:
+        return self._json_call("GET", f"/containers/{_segment(cid)}", expect=dict)
+
+    def get(self, kind: Kind, cid: str) -> Json:
+        return self._json_call("GET", f"/{_plural(kind)}/{_segment(cid)}", expect=dict)
+
+    def list_children(self, kind: Kind, cid: str, child_kind: Kind) -> list[Json]:
+        """All children, paged by ``after_id`` until an empty page, as the SDK finders do."""
+        path = f"/{_plural(kind)}/{_segment(cid)}/{_plural(child_kind)}"
+        items: list[Json] = []
+        seen: set[str] = set()
+        params = {"limit": str(_PAGE_SIZE)}
+        while True:
+            page = self._json_call("GET", path, params=params, expect=list)
+            if not page:
+                return items
+            # The SDK's cursor rule: file lists page by file_id, everything else by _id.
+            cursor = page[-1].get("file_id") or page[-1].get("_id")
+            if not isinstance(cursor, str) or cursor in seen:
+                # A server ignoring after_id would otherwise make the listing endless.
+                raise RemoteError.for_request(
+                    "GET", self._base_path + path, "pagination cursor did not advance"
+                )
+            seen.add(cursor)
+            items.extend(page)
+            params = {"limit": str(_PAGE_SIZE), "after_id": cursor}
+
+    def create_container(self, kind: Kind, body: Mapping[str, Any]) -> str:
+        if kind == "analysis":
+            raise InvalidArgument("analyses are created under a parent: use create_analysis")
+        return self._inserted_id(f"/{_plural(kind)}", body)
+
+    def create_analysis(self, parent_kind: Kind, parent_id: str, body: Mapping[str, Any]) -> str:
+        return self._inserted_id(f"/{_plural(parent_kind)}/{_segment(parent_id)}/analyses", body)
+
+    def delete_container(self, kind: Kind, cid: str) -> Json:
+        return self._json_call(
+            "DELETE", f"/{_plural(kind)}/{_segment(cid)}", expect=dict, allow_empty=True
+        )
+
+    def _inserted_id(self, path: str, body: Mapping[str, Any]) -> str:
+        result = self._json_call("POST", path, body=dict(body), expect=dict)
+        new_id = result.get("_id")
+        if not isinstance(new_id, str) or not new_id:
+            raise RemoteError.for_request("POST", self._base_path + path, "no _id in response")
+        return new_id
+
+    # -- files ---------------------------------------------------------------------------
+
+    def file_url_path(self, kind: Kind, cid: str, name: str) -> str:
+        """Path below the base URL; the name is quoted whole, so '/' becomes %2F."""
+        return f"/{_plural(kind)}/{_segment(cid)}/files/{_segment(name)}"
+
+    def read_range(
+        self, kind: Kind, cid: str, name: str, start: int, end: int, *, version: int | None = None
+    ) -> bytes:
+        """Bytes ``[start, end)``; fewer only at end of file, b"" at or past it."""
+        if start < 0 or end < start:
+            raise InvalidArgument(f"invalid byte range [{start}, {end})")
+        if end == start:
+            return b""
+        path = self.file_url_path(kind, cid, name)
+        # The real server honours Range only with view=true (reference section 7).
+        return self._request(
+            "GET",
+            self._base + path,
+            display=self._base_path + path,
+            params=_version_params(version, view="true"),
+            headers={**_FILE_HEADERS, "Range": f"bytes={start}-{end - 1}"},
+            passthrough=frozenset({416}),
+            consume=lambda resp: _range_body(resp, start, end),
+        )
+
+    def stream_file(
+        self,
+        kind: Kind,
+        cid: str,
+        name: str,
+        *,
+        version: int | None = None,
+        chunk_size: int = 1 << 20,
+    ) -> Iterator[bytes]:
+        """The whole file in chunks. Raises RemoteError if it ends short of Content-Length."""
+        path = self.file_url_path(kind, cid, name)
+        display = self._base_path + path
+        resp: requests.Response = self._request(
+            "GET",
+            self._base + path,
+            display=display,
+            params=_version_params(version),
+            headers=_FILE_HEADERS,
+            consume=lambda r: r,
+            keep_open=True,
+        )
+        expected, received = _content_length(resp), 0
+        try:
+            for chunk in resp.iter_content(chunk_size=chunk_size):
+                received += len(chunk)
+                yield chunk
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
+            raise self._transport_error(exc, "GET", display) from exc
+        finally:
+            resp.close()
+            log.debug("GET %s streamed %d bytes", display, received)
+        if expected is not None and received != expected:
+            why = f"body ended after {received} of {expected} bytes"
+            raise RemoteError.for_request("GET", display, why)
+
+    def zip_info(self, kind: Kind, cid: str, name: str, *, version: int | None = None) -> Json:
+        path = self.file_url_path(kind, cid, name)
+        return self._json_call(
+            "GET", path, params=_version_params(version, info="true"), expect=dict
+        )
+
+    def read_zip_member(
+        self, kind: Kind, cid: str, name: str, member: str, *, version: int | None = None
+    ) -> bytes:
+        path = self.file_url_path(kind, cid, name)
+        return self._request(
+            "GET",
+            self._base + path,
+            display=self._base_path + path,
+            params=_version_params(version, member=member),
+            headers=_FILE_HEADERS,
+            consume=_whole_body,
+        )
+
+    def delete_file(self, kind: Kind, cid: str, name: str) -> Json:
+        return self._json_call(
+            "DELETE", self.file_url_path(kind, cid, name), expect=dict, allow_empty=True
+        )
+
+    def file_versions(self, file_id: str) -> list[Json]:
+        return self._json_call("GET", f"/files/{_segment(file_id)}/versions", expect=list)
+
+    # -- uploads -------------------------------------------------------------------------
+
+    def upload_file(
+        self,
+        kind: Kind,
+        cid: str,
+        name: str,
+        fileobj: BinaryIO,
+        size: int,
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> list[Json]:
+        """Upload ``size`` bytes from ``fileobj``'s current position; returns the file list.
+
+        Like the SDK, asks ``/config`` first and uses the signed-URL ticket flow when the
+        site offers it, else one streamed multipart POST.
+        """
+        if size < 0 or any(c in content_type for c in "\r\n"):
+            raise InvalidArgument("invalid upload size or content type")
+        path = f"/{_plural(kind)}/{_segment(cid)}/files"
+        try:
+            start = fileobj.tell()
+        except OSError:
+            # Retries rewind the source, so it must be seekable; and OSErrors with no
+            # errno must never reach the FUSE layer.
+            raise InvalidArgument("upload source must be a seekable file") from None
+        site = self.site_config()
+        features = site.get("features")
+        if (isinstance(features, dict) and features.get("signed_url")) or site.get("signed_url"):
+            return self._upload_signed(kind, path, name, fileobj, start, size, metadata)
+        boundary = uuid.uuid4().hex
+        head = b""
+        if metadata is not None:
+            head = (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="metadata"\r\n\r\n'
+                f"{json.dumps(dict(metadata))}\r\n"
+            ).encode()
+        head += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f"{format_multipart_header_param('filename', name)}\r\n"
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        body = _StreamBody([head, (fileobj, start, size), f"\r\n--{boundary}--\r\n".encode()])
+        content = f"multipart/form-data; boundary={boundary}"
+        return self._json_call("POST", path, data=body, content_type=content, expect=list)
+
+    def _upload_signed(
+        self,
+        kind: str,
+        path: str,
+        name: str,
+        fileobj: BinaryIO,
+        start: int,
+        size: int,
+        metadata: Mapping[str, Any] | None,
+    ) -> list[Json]:
+        # setdefault semantics as in the SDK: the caller's metadata wins; size 0 is omitted.
+        meta = {"name": name, **({"size": size} if size else {}), **(metadata or {})}
+        ticket_body = {"metadata": [meta] if kind == "analysis" else meta, "filenames": [name]}
+        ticket = self._json_call("POST", path, params={"ticket": ""}, body=ticket_body, expect=dict)
+        token, urls, headers = ticket.get("ticket"), ticket.get("urls"), ticket.get("headers")
+        targets = urls.get(name) if isinstance(urls, dict) else None
+        if isinstance(targets, str):
+            targets = [targets]
+        if not (
+            isinstance(token, str)
+            and token
+            and isinstance(targets, list)
+            and targets
+            and all(isinstance(url, str) for url in targets)
+            and isinstance(headers, (dict, type(None)))
+        ):
+            raise RemoteError.for_request("POST", self._base_path + path, "malformed ticket")
+        extra = {str(k): str(v) for k, v in (headers or {}).items()}
+        multipart = self._put_parts(targets, extra, fileobj, start, size)
+        return self._json_call(
+            "POST",
+            path,
+            params={"ticket": token},
+            body={"multipart": multipart} if multipart else None,
+            content_type="application/json",
+            expect=list,
+        )
+
+    def _put_parts(
+        self, urls: list[str], extra: dict[str, str], fileobj: BinaryIO, start: int, size: int
+    ) -> Json | None:
+        """PUT each signed URL its slice of the file; return S3 multipart info if any."""
+        is_s3 = ".s3." in urls[0] or ".amazonaws." in urls[0]
+        is_gcs = ".googleapis." in urls[0]
+        part = _signed_part_size(size, len(urls))
+        etags: list[str] = []
+        for number, url in enumerate(urls):
+            offset = number * part
+            length = max(0, min(part, size - offset))
+            headers: dict[str, str | None] = {**extra, "x-accept-feature": None, "Accept": "*/*"}
+            if is_gcs:
+                span = f"{offset}-{offset + length - 1}" if length else "*"
+                headers["Content-Range"] = f"bytes {span}/{size}"
+            body = _StreamBody([(fileobj, start + offset, length)]) if length else b""
+            # Signed URLs carry credentials in their path or query: show only the host.
+            display = f"<signed URL on {urlsplit(url).hostname}> part {number + 1}/{len(urls)}"
+            etag = self._request(
+                "PUT",
+                url,
+                display=display,
+                data=body,
+                headers=headers,
+                signed=True,
+                consume=lambda resp: resp.headers.get("ETag"),
+            )
+            if is_s3:
+                if not etag:
+                    raise RemoteError.for_request("PUT", display, "no ETag in the response")
+                etags.append(etag.strip('"'))
+        upload_id = parse_qs(urlsplit(urls[0]).query).get("uploadId")
+        if is_s3 and etags and upload_id:
+            return {"e_tags": etags, "upload_id": upload_id[0]}
+        return None
+
+    # -- transport -----------------------------------------------------------------------
+
+    def _json_call(
+        self,
+        method: str,
+        path: str,
+        *,
+        expect: type[_J],
+        allow_empty: bool = False,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        data: _StreamBody | None = None,
+        content_type: str | None = None,
+        idempotent: bool | None = None,
+    ) -> _J:
+        headers = {"Content-Type": content_type} if content_type else None
+        return self._request(
+            method,
+            self._base + path,
+            display=self._base_path + path,
+            params=params,
+            headers=headers,
+            json_body=body,
+            data=data,
+            idempotent=idempotent,
+            consume=_json_reader(expect, allow_empty),
+        )
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        display: str,
+        consume: Callable[[requests.Response], _T],
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str | None] | None = None,
+        json_body: Any = None,
+        data: _StreamBody | bytes | None = None,
+        idempotent: bool | None = None,
+        signed: bool = False,
+        passthrough: frozenset[int] = frozenset(),
+        keep_open: bool = False,
+    ) -> _T:
+        """Send with retries and hand the response to ``consume``; failures are FwfsError.
+
+        ``display`` is what logs and errors show instead of the URL: it never contains a
+        query string, so tickets and signatures stay out of both.
+        """
+        retry_ok = method in _IDEMPOTENT if idempotent is None else idempotent
+        started = self._clock()
+        attempt = 0
+        while True:
+            attempt += 1
+            if isinstance(data, _StreamBody):
+                data.seek(0)
+            try:
+                return self._attempt(
+                    method,
+                    url,
+                    display,
+                    consume,
+                    retry_ok=retry_ok,
+                    passthrough=passthrough,
+                    keep_open=keep_open,
+                    params=params,
+                    headers=headers,
+                    json=json_body,
+                    data=data,
+                    auth=_NoAuth() if signed else self._auth,
+                )
+            except _Failed as failed:
+                error = failed.error
+                if failed.retry and self._pause(attempt, started, failed.retry_after, str(error)):
+                    continue
+                if attempt > 1:
+                    error.args = (f"{error.args[0]} (gave up after {attempt} attempts)",)
+                raise error from failed.__cause__
+
+    def _attempt(
+        self,
+        method: str,
+        url: str,
+        display: str,
+        consume: Callable[[requests.Response], _T],
+        *,
+        retry_ok: bool,
+        passthrough: frozenset[int],
+        keep_open: bool,
+        **send: Any,
+    ) -> _T:
+        """One round trip. Raises _Failed saying whether a retry could help."""
+        cfg = self._config
+        sent_at = self._clock()
+        try:
+            resp = self._session.request(
+                method, url, timeout=(cfg.connect_timeout, cfg.read_timeout), stream=True, **send
+            )
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
+            retry = _never_sent(exc) or (retry_ok and _transient(exc))
+            raise _Failed(self._transport_error(exc, method, display), retry) from exc
+        status = resp.status_code
+        try:
+            if status >= 400 and status not in passthrough:
+                error = self._status_error(resp, method, display)
+                retry = retry_ok and status in _RETRY_STATUSES
+                raise _Failed(error, retry, _retry_after(resp))
+            try:
+                result = consume(resp)
+            except _BodyError as exc:
+                error = RemoteError.for_request(method, display, str(exc), status=status)
+                raise _Failed(error, retry_ok and exc.transient) from None
+            except (OSError, urllib3.exceptions.HTTPError) as exc:
+                raise _Failed(self._transport_error(exc, method, display), retry_ok) from exc
+        except BaseException:
+            resp.close()
+            raise
+        finally:
+            # Bytes as read off the wire so far; a kept-open stream logs its total later.
+            elapsed = self._clock() - sent_at
+            log.debug(
+                "%s %s -> %d, %d bytes, %.3f s", method, display, status, resp.raw.tell(), elapsed
+            )
+        if not keep_open:
+            resp.close()
+        return result
+
+    def _pause(self, attempt: int, started: float, retry_after: float | None, why: str) -> bool:
+        """Sleep before retry number ``attempt`` if the budget allows; False to give up."""
+        cfg = self._config
+        if attempt > cfg.retries:
+            return False
+        if retry_after is not None:
+            delay = min(retry_after, cfg.backoff_max)
+        else:
+            delay = self._jitter() * min(cfg.backoff_max, cfg.backoff_factor * 2 ** (attempt - 1))
+        if self._clock() - started + delay > cfg.total_timeout:
+            return False
+        log.info("retry %d of %d in %.1f s: %s", attempt, cfg.retries, delay, why)
+        self._sleep(delay)
+        return True
+
+    def _scrub(self, text: str) -> str:
+        return _QUERY.sub("?…", text.replace(self._secret, "***"))[:500]
+
+    def _transport_error(self, exc: BaseException, method: str, display: str) -> FwfsError:
+        cfg = self._config
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            why = f"could not connect within {cfg.connect_timeout:g} s"
+        elif isinstance(exc, requests.exceptions.ReadTimeout):
+            why = f"no response within {cfg.read_timeout:g} s"
+        elif isinstance(exc, requests.exceptions.ChunkedEncodingError):
+            why = "connection dropped while receiving the body"
+        else:
+            inner = exc.args[0] if exc.args else exc
+            if isinstance(inner, urllib3.exceptions.MaxRetryError) and inner.reason is not None:
+                inner = inner.reason
+            why = f"{type(inner).__name__}: {self._scrub(str(inner))}"
+        if isinstance(exc, ValueError) and not isinstance(exc, requests.exceptions.SSLError):
+            return InvalidArgument.for_request(method, display, why)
+        if isinstance(exc, requests.exceptions.TooManyRedirects):
+            return RemoteError.for_request(method, display, why)
+        return RemoteUnavailable.for_request(method, display, why)
+
+    def _status_error(self, resp: requests.Response, method: str, display: str) -> FwfsError:
+        message: str | None = None
+        try:
+            raw = resp.raw.read(_ERROR_BODY_LIMIT, decode_content=True) or b""
+            payload = json.loads(raw)
+            if isinstance(payload, dict) and isinstance(payload.get("message"), str):
+                message = self._scrub(payload["message"])
+        except (ValueError, OSError, urllib3.exceptions.HTTPError):
+            pass
+        status = resp.status_code
+        why = f"HTTP {status} {resp.reason or ''}".rstrip()
+        if message:
+            why = f"{why}: {message}"
+        error_class = errno_for_status(status)
+        return error_class.for_request(method, display, why, status=status, server_message=message)

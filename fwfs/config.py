@@ -1,0 +1,174 @@
+"""Typed configuration, built once by the CLI and passed down.
+
+Only the functions here that take an ``environ`` mapping look at the environment, and
+they are handed it by the CLI; nothing reads ``os.environ`` behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import certifi
+
+from fwfs import __version__
+from fwfs.errors import InvalidArgument, NotFound
+
+# The SDK's rule: keys whose secret part is exactly this long are OAuth-style tokens.
+_BEARER_KEY_LENGTH = 57
+_INSECURE_MARKER = "__force_insecure"
+_KEY_FORM = "host[:port]:secret, or host:port:__force_insecure:secret for plain HTTP"
+
+
+def _is_token(text: str) -> bool:
+    return bool(text) and all(33 <= ord(c) <= 126 for c in text)
+
+
+def _check_secret(secret: str) -> None:
+    # A space, control or non-ASCII character would make requests or http.client raise
+    # with the whole header value (the key) inside the exception, so refuse it up front.
+    if not _is_token(secret):
+        raise InvalidArgument("API key secret is empty or contains spaces or control characters")
+
+
+def _derive_prefix(secret: str) -> str:
+    return "Bearer" if len(secret) == _BEARER_KEY_LENGTH else "scitran-user"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Settings of the HTTP client. See ``FlywheelClient`` for how the timeouts combine.
+
+    ``api_key`` is only the secret part of the key and is kept out of ``repr``.
+    ``auth_prefix`` of None means the SDK rule: Bearer for 57-character keys.
+    ``total_timeout`` bounds retrying: no retry starts after that many seconds since the
+    call began, so a dead site fails a call in about a minute, not the SDK's several.
+    """
+
+    base_url: str
+    api_key: str = field(repr=False)
+    auth_prefix: str | None = None
+    verify: bool | str = True
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    total_timeout: float = 60.0
+    retries: int = 7
+    backoff_factor: float = 0.5
+    backoff_max: float = 15.0
+    pool_size: int = 16
+    user_agent: str = f"fwfs/{__version__}"
+    # Lets requests honour HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE and ~/.netrc.
+    trust_env: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")) or "?" in self.base_url:
+            raise InvalidArgument("base_url must be an http(s) URL without a query string")
+        _check_secret(self.api_key)
+        if self.auth_prefix is not None and not _is_token(self.auth_prefix):
+            raise InvalidArgument("auth_prefix must be a single token such as Bearer")
+        for name in ("connect_timeout", "read_timeout", "total_timeout"):
+            if not getattr(self, name) > 0:
+                raise InvalidArgument(f"{name} must be positive")
+        if self.retries < 0 or self.backoff_factor < 0 or self.backoff_max < 0:
+            raise InvalidArgument("retries and backoff settings must not be negative")
+        if self.pool_size < 1:
+            raise InvalidArgument("pool_size must be at least 1")
+
+    @classmethod
+    def from_api_key(cls, api_key: str, **overrides: Any) -> ClientConfig:
+        """Build from a full Flywheel key (``host:port:secret``) plus any field overrides."""
+        base_url, header = parse_api_key(api_key)
+        prefix, _, secret = header.partition(" ")
+        return cls(base_url=base_url, api_key=secret, auth_prefix=prefix, **overrides)
+
+    @property
+    def authorization(self) -> str:
+        """The ``Authorization`` header value. Secret: never log it."""
+        prefix = self.auth_prefix or _derive_prefix(self.api_key)
+        return f"{prefix} {self.api_key}"
+
+
+def parse_api_key(api_key: str) -> tuple[str, str]:
+    """Split a Flywheel API key into (base URL ending in /api, Authorization header value).
+
+    Follows the SDK's ``config_from_api_key`` exactly for every key it handles
+    correctly. Keys the SDK turns into nonsense URLs (a scheme in the key, or
+    ``__force_insecure`` without a port) are rejected here instead. Messages never
+    quote any part of the key: a user who pasted only the secret would see it echoed.
+    """
+    parts = api_key.strip().split(":")
+    if len(parts) < 2:
+        raise InvalidArgument(f"API key has no host part; expected {_KEY_FORM}")
+    host = parts[0]
+    if len(parts) == 2:
+        port, secret = "443", parts[1]
+    else:
+        port, secret = parts[1], parts[-1]
+    if port.startswith("//"):
+        raise InvalidArgument(f"API key must not contain a URL scheme; expected {_KEY_FORM}")
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        raise InvalidArgument(f"API key port is not a number from 1 to 65535; expected {_KEY_FORM}")
+    if not host or any(c in host for c in "/?#@ ") or host != host.strip():
+        raise InvalidArgument(f"API key host is empty or malformed; expected {_KEY_FORM}")
+    _check_secret(secret)
+    scheme = "http" if _INSECURE_MARKER in parts else "https"
+    return f"{scheme}://{host}:{port}/api", f"{_derive_prefix(secret)} {secret}"
+
+
+def user_json_path(environ: Mapping[str, str], home: Path) -> Path:
+    """Where ``fw login`` stores the key: it honours FLYWHEEL_USER_HOME, else ``~``."""
+    root = environ.get("FLYWHEEL_USER_HOME") or str(home)
+    return Path(root) / ".config" / "flywheel" / "user.json"
+
+
+def _key_from_user_json(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        # from None: the decode error keeps the whole document, key included.
+        raise InvalidArgument(f"{path} is not valid JSON; run `fw login` again") from None
+    key = data.get("key") if isinstance(data, dict) else None
+    if not isinstance(key, str) or not key.strip():
+        raise InvalidArgument(f"{path} has no 'key' field; run `fw login` again")
+    return key.strip()
+
+
+def load_api_key(cli_key: str | None, environ: Mapping[str, str], home: Path) -> tuple[str, str]:
+    """Find the API key; return (key, where it came from) for a log line without the key.
+
+    Order: ``--api-key``, ``$FWFS_API_KEY``, then the Flywheel CLI's user.json.
+    """
+    if cli_key is not None:
+        if not cli_key.strip():
+            raise InvalidArgument("--api-key was given but is empty")
+        return cli_key.strip(), "--api-key"
+    env_key = environ.get("FWFS_API_KEY", "").strip()
+    if env_key:
+        return env_key, "FWFS_API_KEY"
+    path = user_json_path(environ, home)
+    key = _key_from_user_json(path)
+    if key is None:
+        raise NotFound(
+            "no Flywheel API key: pass --api-key, set FWFS_API_KEY, "
+            f"or run `fw login <key>` (which writes {path})"
+        )
+    return key, str(path)
+
+
+def tls_verify_from_env(environ: Mapping[str, str]) -> bool | str:
+    """CA bundle for TLS: FW_SSL_CERT_FILE as the SDK honours it, else certifi's bundle."""
+    path = environ.get("FW_SSL_CERT_FILE")
+    if path:
+        if not Path(path).is_file():
+            raise NotFound(f"FW_SSL_CERT_FILE names {path}, which is not a file")
+        return path
+    return certifi.where()
