@@ -51,6 +51,54 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true")
 
 
+def _size(text: str) -> int:
+    """A byte count with an optional K/M/G suffix (binary units): 64M, 1G, 4096."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M)") from None
+
+
+def _mount_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--api-key", help="Flywheel API key (visible in `ps`: prefer FWFS_API_KEY or `fw login`)"
+    )
+    p.add_argument("--foreground", "-f", action="store_true", help="do not go to the background")
+    p.add_argument("--read-only", action="store_true", help="refuse every write (EROFS)")
+    p.add_argument(
+        "-o",
+        dest="fuse_options",
+        action="append",
+        default=[],
+        metavar="OPT[,OPT...]",
+        help="FUSE mount options, e.g. allow_other",
+    )
+    p.add_argument(
+        "--metadata-ttl",
+        type=float,
+        default=30.0,
+        help="seconds a directory listing is trusted (default 30)",
+    )
+    p.add_argument(
+        "--negative-ttl",
+        type=float,
+        default=5.0,
+        help="seconds a failed <id:...> lookup is remembered (default 5)",
+    )
+    p.add_argument(
+        "--cache-size",
+        type=_size,
+        default=256 << 20,
+        help="memory for cached file blocks (default 256M)",
+    )
+    p.add_argument("--log-file", type=Path, help="write the log here")
+    p.add_argument("--debug", action="store_true", help="log every request and FUSE call")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fwfs", description="A FUSE filesystem for Flywheel.")
     parser.add_argument("--version", action="version", version=f"fwfs {__version__}")
@@ -58,19 +106,55 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the sandbox: a Flywheel-compatible local site")
     _serve_args(serve)
     serve.add_argument("--demo", action="store_true", help="seed the demo data")
-    demo = sub.add_parser("demo", help="run the sandbox with its demo data")
+    mount = sub.add_parser("mount", help="mount a Flywheel site")
+    mount.add_argument("mountpoint", type=Path)
+    _mount_args(mount)
+    unmount = sub.add_parser("unmount", help="unmount a mounted site")
+    unmount.add_argument("mountpoint", type=Path)
+    unmount.add_argument(
+        "--lazy", "-z", action="store_true", help="detach now, finish when no longer busy"
+    )
+    demo = sub.add_parser("demo", help="run the demo sandbox site and mount it (foreground)")
+    demo.add_argument(
+        "mountpoint",
+        type=Path,
+        nargs="?",
+        help="where to mount (default: ./flywheel); Ctrl-C unmounts and stops",
+    )
     _serve_args(demo)
+    demo.add_argument("--no-mount", action="store_true", help="only run the site")
+    demo.add_argument("--metadata-ttl", type=float, default=30.0)
+    demo.add_argument("--cache-size", type=_size, default=256 << 20)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "verbose", False) or getattr(args, "debug", False)
+    log_file = getattr(args, "log_file", None)
     logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        filename=str(log_file) if log_file else None,
     )
-    if args.command in ("serve", "demo"):
-        return _serve(args, demo=args.command == "demo" or args.demo)
+    # urllib3 logs whole URLs at DEBUG, download tickets included.
+    logging.getLogger("urllib3").setLevel(logging.INFO)
+    if args.command == "serve":
+        return _serve(args, demo=args.demo)
+    if args.command == "demo":
+        if args.no_mount:
+            return _serve(args, demo=True)
+        from fwfs.mounting import run_demo
+
+        return run_demo(args)
+    if args.command == "mount":
+        from fwfs.mounting import run_mount
+
+        return run_mount(args)
+    if args.command == "unmount":
+        from fwfs.mounting import unmount
+
+        return unmount(args.mountpoint, lazy=args.lazy)
     return 2
 
 

@@ -386,6 +386,10 @@ class FlywheelClient:
     def get(self, kind: Kind, cid: str) -> Json:
         return self._json_call("GET", f"/{_plural(kind)}/{_segment(cid)}", expect=dict)
 
+    def list_groups(self) -> list[Json]:
+        """Every group the key can read (one request: the site has few groups)."""
+        return self._json_call("GET", "/groups", expect=list)
+
     def list_children(self, kind: Kind, cid: str, child_kind: Kind) -> list[Json]:
         """All children, paged by ``after_id`` until an empty page, as the SDK finders do."""
         path = f"/{_plural(kind)}/{_segment(cid)}/{_plural(child_kind)}"

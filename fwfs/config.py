@@ -172,3 +172,31 @@ def tls_verify_from_env(environ: Mapping[str, str]) -> bool | str:
             raise NotFound(f"FW_SSL_CERT_FILE names {path}, which is not a file")
         return path
     return certifi.where()
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    """Settings of the filesystem model, independent of FUSE and of HTTP.
+
+    ``metadata_ttl``: how long a directory listing (names, sizes, versions) is trusted; the
+    staleness bound of docs/SEMANTICS.md. ``negative_ttl``: how long an `<id:…>` lookup that
+    missed is remembered. ``cache_size``: bytes of file blocks kept in memory.
+    """
+
+    metadata_ttl: float = 30.0
+    negative_ttl: float = 5.0
+    cache_size: int = 256 << 20
+    read_only: bool = True
+    uid: int = 0
+    gid: int = 0
+    block_size: int = 128 << 10
+    max_readahead: int = 64 << 20
+    read_threads: int = 8
+
+    def __post_init__(self) -> None:
+        if self.metadata_ttl < 0 or self.negative_ttl < 0:
+            raise InvalidArgument("TTLs must not be negative")
+        if self.cache_size < 0:
+            raise InvalidArgument("cache size must not be negative")
+        if self.read_threads < 1:
+            raise InvalidArgument("read_threads must be at least 1")

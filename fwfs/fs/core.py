@@ -1,0 +1,191 @@
+"""FlywheelFS: the filesystem model in domain terms, testable without FUSE.
+
+Every method takes a path (or a handle) and returns plain values or raises an `FwfsError`;
+the FUSE adapter only translates. File bytes are immutable per (file_id, version), so they
+are cached by that key without expiry; only names and attributes go stale (the TTL).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from fwfs.blockcache import BlockCache
+from fwfs.client import FlywheelClient
+from fwfs.config import MountConfig
+from fwfs.errors import InvalidArgument, IsADirectory, NotFound, ReadOnly
+from fwfs.fs.nodes import Attr, Dir, File, Node, dir_attr, file_attr
+from fwfs.fs.tree import Tree
+from fwfs.models import FileInfo
+from fwfs.rangedfile import RangedReader, ReadConfig
+
+log = logging.getLogger("fwfs.fs")
+
+XATTR_PREFIX = "user.flywheel."
+# File fields shown as extended attributes; dicts and lists as JSON.
+_FILE_XATTRS: tuple[str, ...] = (
+    "file_id",
+    "version",
+    "hash",
+    "mimetype",
+    "type",
+    "modality",
+    "classification",
+    "tags",
+    "info",
+    "size",
+    "zip_member_count",
+)
+_CONTAINER_XATTRS: tuple[str, ...] = ("label", "tags", "info")
+
+
+@dataclass
+class Handle:
+    info: FileInfo
+    reader: RangedReader
+
+
+class FlywheelFS:
+    """Dependencies: `client`, `config`, `tree`, `cache`, `pool` (never reassigned).
+
+    Guarded by `self._lock`: `_handles` and `_opened` (the version last opened per path,
+    which decides whether the kernel may keep its page cache).
+    """
+
+    def __init__(self, client: FlywheelClient, config: MountConfig) -> None:
+        self.client = client
+        self.config = config
+        self.tree = Tree(client, config.metadata_ttl, config.negative_ttl)
+        self.cache = BlockCache(config.cache_size)
+        self.pool = ThreadPoolExecutor(config.read_threads, thread_name_prefix="fwfs-read")
+        self.read_config = ReadConfig(
+            block_size=config.block_size,
+            initial_window=max(config.block_size, min(1 << 20, config.max_readahead)),
+            max_window=max(config.block_size, config.max_readahead),
+        )
+        self.mount_time = time.time()
+        self._lock = threading.Lock()
+        self._handles: dict[int, Handle] = {}
+        self._opened: dict[str, tuple[str, int]] = {}
+        self._next_fh = itertools.count(1)
+
+    def close(self) -> None:
+        with self._lock:
+            handles = list(self._handles.values())
+            self._handles.clear()
+        for h in handles:
+            h.reader.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---- metadata ---------------------------------------------------------------------
+
+    def lookup(self, path: str) -> Node:
+        return self.tree.lookup(path)
+
+    def attr(self, node: Node) -> Attr:
+        writable = not self.config.read_only
+        if isinstance(node, File):
+            return file_attr(node, writable)
+        return dir_attr(node, writable, self.mount_time)
+
+    def getattr(self, path: str) -> Attr:
+        return self.attr(self.lookup(path))
+
+    def readdir(self, path: str) -> list[tuple[str, Attr]]:
+        node = self.lookup(path)
+        if not isinstance(node, Dir):
+            raise InvalidArgument("not a directory")
+        listing = self.tree.listing(node)
+        return [(name, self.attr(child)) for name, child in listing.entries.items()]
+
+    def listxattr(self, path: str) -> list[str]:
+        return sorted(self._xattrs(self.lookup(path)))
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        value = self._xattrs(self.lookup(path)).get(name)
+        if value is None:
+            raise NotFound(f"no attribute {name}")
+        return value
+
+    def _xattrs(self, node: Node) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        if isinstance(node, File):
+            raw, fields = node.info.raw, _FILE_XATTRS
+            out[XATTR_PREFIX + "id"] = node.info.file_id.encode()
+            out[XATTR_PREFIX + "container_type"] = b"file"
+            out[XATTR_PREFIX + "name"] = node.info.name.encode()
+        elif node.container is not None:
+            raw, fields = node.container.raw, _CONTAINER_XATTRS
+            out[XATTR_PREFIX + "id"] = node.container.id.encode()
+            out[XATTR_PREFIX + "container_type"] = node.container.kind.encode()
+        else:
+            return out
+        for field in fields:
+            value = raw.get(field)
+            if value is None:
+                continue
+            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            out[XATTR_PREFIX + field] = text.encode()
+        return out
+
+    def statfs(self) -> dict[str, int]:
+        return {
+            "f_bsize": self.config.block_size,
+            "f_frsize": self.config.block_size,
+            "f_blocks": 0,
+            "f_bfree": 0,
+            "f_bavail": 0,
+            "f_namemax": 255,
+        }
+
+    # ---- reading ----------------------------------------------------------------------
+
+    def open(self, path: str, flags: int) -> tuple[int, bool]:
+        """Returns (handle, keep_cache): the kernel may keep its page cache of the file
+        when the version opened is the one it cached last time."""
+        node = self.lookup(path)
+        if isinstance(node, Dir):
+            raise IsADirectory("is a directory")
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise ReadOnly("this mount is read-only")
+        info = node.info
+        p = info.parent
+
+        def fetch(start: int, end: int) -> bytes:
+            return self.client.read_range(p.kind, p.id, info.name, start, end, version=info.version)
+
+        reader = RangedReader(
+            info.cache_key, info.size, fetch, self.cache, self.pool, self.read_config
+        )
+        fh = next(self._next_fh)
+        with self._lock:
+            self._handles[fh] = Handle(info, reader)
+            keep = self._opened.get(path) == info.cache_key
+            self._opened[path] = info.cache_key
+        return fh, keep
+
+    def read(self, fh: int, offset: int, size: int) -> bytes:
+        return self._handle(fh).reader.read(offset, size)
+
+    def release(self, fh: int) -> None:
+        with self._lock:
+            handle = self._handles.pop(fh, None)
+        if handle is not None:
+            handle.reader.close()
+
+    def _handle(self, fh: int) -> Handle:
+        with self._lock:
+            handle = self._handles.get(fh)
+        if handle is None:
+            raise InvalidArgument(f"no open file handle {fh}")
+        return handle
+
+    def stats(self) -> dict[str, Any]:
+        return {"cache": self.cache.stats(), "open_handles": len(self._handles)}

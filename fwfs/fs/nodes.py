@@ -1,0 +1,75 @@
+"""What a path of the mount points at: directories of several kinds, and files.
+
+Nodes are immutable snapshots of one listing; the tree replaces them when it lists again.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+from typing import Literal
+
+from fwfs.models import Container, FileInfo
+
+DirKind = Literal["root", "container", "analyses", "analysis", "analysis-io"]
+
+# The directory of a container's analyses, and inside an analysis its two halves.
+ANALYSES_DIR = "analyses"
+INPUT_DIR = "input"
+OUTPUT_DIR = "output"
+
+
+@dataclass(frozen=True)
+class Dir:
+    kind: DirKind
+    # The container shown (the analysis for "analysis" and "analysis-io"; the container
+    # whose analyses are listed for "analyses"); None for the root.
+    container: Container | None = None
+    # For "analysis-io": "inputs" or "files" (outputs), the API's file_group.
+    file_group: str | None = None
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """Identity of the listing, independent of the path it was reached by."""
+        cid = self.container.id if self.container else ""
+        return (self.kind, cid, self.file_group or "")
+
+
+@dataclass(frozen=True)
+class File:
+    info: FileInfo
+
+
+Node = Dir | File
+
+
+@dataclass(frozen=True)
+class Attr:
+    mode: int
+    size: int
+    mtime: float
+    ctime: float
+    nlink: int = 1
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+
+def dir_attr(node: Dir, writable: bool, mount_time: float) -> Attr:
+    c = node.container
+    mtime = c.modified if c and c.modified else mount_time
+    ctime = c.created if c and c.created else mtime
+    perm = 0o755 if writable else 0o555
+    return Attr(mode=stat.S_IFDIR | perm, size=0, mtime=mtime, ctime=ctime, nlink=2)
+
+
+def file_attr(node: File, writable: bool) -> Attr:
+    info = node.info
+    perm = 0o644 if writable else 0o444
+    return Attr(
+        mode=stat.S_IFREG | perm,
+        size=info.size,
+        mtime=info.modified,
+        ctime=info.created or info.modified,
+    )

@@ -1,0 +1,241 @@
+"""The namespace of the mount: listings of directories, cached with a TTL, and path lookup.
+
+One directory listing is one API call (`/resolve` returns a container's children with their
+files and sizes), and the attributes of every entry come from it, so `ls -l`, `find` and
+`du` cost O(directories) requests. While a listing is fresh it is authoritative: a name not
+in it is ENOENT without a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fwfs import paths
+from fwfs.client import FlywheelClient
+from fwfs.errors import NotADirectory, NotFound
+from fwfs.fs.nodes import ANALYSES_DIR, INPUT_DIR, OUTPUT_DIR, Dir, File, Node
+from fwfs.models import (
+    CHILD_KIND,
+    Container,
+    FileInfo,
+    container_type,
+    parse_container,
+    parse_file,
+    resolver_path,
+)
+
+log = logging.getLogger("fwfs.tree")
+
+ROOT = Dir("root")
+
+
+@dataclass
+class Listing:
+    entries: dict[str, Node]
+    fetched: float
+    # The listed container as the listing call returned it (fresher than the parent's copy).
+    container: Container | None = None
+
+
+class Tree:
+    """Listings by directory key, each fetched by one thread while others wait.
+
+    Guarded by `self._lock`: `_listings`, `_inflight`, `_negative`. No request is made while
+    holding it.
+    """
+
+    def __init__(
+        self,
+        client: FlywheelClient,
+        ttl: float,
+        negative_ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._listings: dict[tuple[str, ...], Listing] = {}
+        self._inflight: dict[tuple[str, ...], threading.Event] = {}
+        self._negative: dict[tuple[tuple[str, ...], str], float] = {}
+
+    # ---- lookup -----------------------------------------------------------------------
+
+    def lookup(self, path: str) -> Node:
+        node: Node = ROOT
+        for part in path.split("/"):
+            if not part:
+                continue
+            if not isinstance(node, Dir):
+                raise NotADirectory(f"not a directory on the way to {part!r}")
+            node = self.child(node, part)
+        return node
+
+    def child(self, parent: Dir, name: str) -> Node:
+        listing = self.listing(parent)
+        found = listing.entries.get(name)
+        if found is not None:
+            return found
+        alias = paths.parse_id_alias(name)
+        if alias is not None and parent.kind in ("root", "container", "analyses"):
+            return self._alias(parent, listing, alias)
+        raise NotFound(f"no entry {name!r}")
+
+    def _alias(self, parent: Dir, listing: Listing, cid: str) -> Node:
+        for node in listing.entries.values():
+            if (
+                isinstance(node, Dir)
+                and node.kind in ("container", "analysis")
+                and node.container is not None
+                and node.container.id == cid
+            ):
+                return node
+        # Not listed (yet): ask the site, and remember a miss for a moment.
+        neg_key = (parent.key, cid)
+        with self._lock:
+            until = self._negative.get(neg_key)
+            if until is not None and until > self._clock():
+                raise NotFound(f"no container {cid} here")
+        try:
+            node = self._resolve_alias(parent, cid)
+        except NotFound:
+            with self._lock:
+                self._negative[neg_key] = self._clock() + self._negative_ttl
+            raise
+        return node
+
+    def _resolve_alias(self, parent: Dir, cid: str) -> Dir:
+        if parent.kind == "root":
+            base: list[str] = []
+        else:
+            assert parent.container is not None
+            base = resolver_path(parent.container)
+            if parent.kind == "analyses":
+                base = [*base, "analyses"]
+        doc = self._client.lookup([*base, f"<id:{cid}>"])
+        c = parse_container(doc)
+        return Dir("analysis" if c.kind == "analysis" else "container", c)
+
+    # ---- listings ---------------------------------------------------------------------
+
+    def listing(self, node: Dir) -> Listing:
+        key = node.key
+        while True:
+            with self._lock:
+                cached = self._listings.get(key)
+                if cached is not None and self._clock() - cached.fetched < self._ttl:
+                    return cached
+                event = self._inflight.get(key)
+                if event is None:
+                    event = threading.Event()
+                    self._inflight[key] = event
+                    break
+            # Someone else is listing this directory: wait for their answer.
+            event.wait()
+        try:
+            listing = self._fetch(node)
+        except BaseException:
+            with self._lock:
+                del self._inflight[key]
+            event.set()
+            raise
+        with self._lock:
+            self._listings[key] = listing
+            del self._inflight[key]
+        event.set()
+        return listing
+
+    def invalidate(self, node: Dir) -> None:
+        with self._lock:
+            self._listings.pop(node.key, None)
+
+    def _fetch(self, node: Dir) -> Listing:
+        now = self._clock()
+        if node.kind == "root":
+            groups = [parse_container(g, "group") for g in self._client.list_groups()]
+            return Listing(_named_dirs(groups), now)
+        c = node.container
+        assert c is not None
+        if node.kind == "container":
+            return self._list_container(c, now)
+        if node.kind == "analyses":
+            return Listing(_named_dirs(self._analyses_of(c)), now)
+        if node.kind == "analysis":
+            return Listing(
+                {
+                    INPUT_DIR: Dir("analysis-io", c, "inputs"),
+                    OUTPUT_DIR: Dir("analysis-io", c, "files"),
+                },
+                now,
+            )
+        # analysis-io: the analysis' inputs or outputs.
+        doc = self._client.get("analysis", c.id)
+        docs = doc.get("inputs" if node.file_group == "inputs" else "files") or []
+        files = [parse_file(d, c.ref) for d in docs if isinstance(d, dict)]
+        return Listing(_named_files(files), now, parse_container(doc, "analysis"))
+
+    def _list_container(self, c: Container, now: float) -> Listing:
+        resp = self._client.resolve(resolver_path(c))
+        path = resp.get("path") or []
+        me = parse_container(path[-1], c.kind) if path else c
+        child_kind = CHILD_KIND.get(c.kind)
+        containers: list[Container] = []
+        analyses: list[Container] = []
+        files: list[FileInfo] = []
+        for doc in resp.get("children") or []:
+            if not isinstance(doc, dict):
+                continue
+            ctype = container_type(doc)
+            try:
+                if ctype == "file":
+                    files.append(parse_file(doc, me.ref))
+                elif ctype == "analysis":
+                    analyses.append(parse_container(doc))
+                elif ctype == child_kind:
+                    containers.append(parse_container(doc))
+            except ValueError as err:
+                log.warning("skipping a malformed entry of %s %s: %s", c.kind, c.id, err)
+        raw: list[paths.RawEntry] = [
+            paths.RawEntry("c:" + x.id, x.label, False) for x in containers
+        ]
+        raw += [paths.RawEntry("f:" + f.name, f.name, True) for f in files]
+        names = paths.assign_names(raw, reserved={ANALYSES_DIR})
+        entries: dict[str, Node] = {}
+        for x in containers:
+            entries[names["c:" + x.id]] = Dir("container", x)
+        for f in files:
+            entries[names["f:" + f.name]] = File(f)
+        if analyses or me.raw.get("analyses"):
+            entries[ANALYSES_DIR] = Dir("analyses", me)
+        listing = Listing(entries, now, me)
+        if analyses:
+            # The analyses directory is listed from this same answer: no second request.
+            with self._lock:
+                self._listings[Dir("analyses", me).key] = Listing(_named_dirs(analyses), now)
+        return listing
+
+    def _analyses_of(self, c: Container) -> list[Container]:
+        docs = self._client.list_children(c.kind, c.id, "analysis")
+        return [parse_container(d, "analysis") for d in docs]
+
+
+def _named_dirs(containers: list[Container]) -> dict[str, Node]:
+    # Groups are shown by id (their human-readable, unique name), the rest by label.
+    names = paths.assign_names(
+        paths.RawEntry("c:" + c.id, c.id if c.kind == "group" else c.label, False)
+        for c in containers
+    )
+    out: dict[str, Node] = {}
+    for c in containers:
+        out[names["c:" + c.id]] = Dir("analysis" if c.kind == "analysis" else "container", c)
+    return out
+
+
+def _named_files(files: list[FileInfo]) -> dict[str, Node]:
+    names = paths.assign_names(paths.RawEntry("f:" + f.name, f.name, True) for f in files)
+    return {names["f:" + f.name]: File(f) for f in files}
