@@ -191,22 +191,38 @@ def _read_upto(resp: requests.Response, limit: int) -> bytes:
     return bytes(buf)
 
 
+def _read_span(resp: requests.Response, skip: int, limit: int) -> bytes:
+    """Drop ``skip`` bytes of the body, then read at most ``limit``; stops reading there."""
+    buf = bytearray()
+    if limit <= 0:
+        return b""
+    for chunk in resp.iter_content(chunk_size=min(1 << 20, skip + limit)):
+        if skip >= len(chunk):
+            skip -= len(chunk)
+            continue
+        buf += chunk[skip : skip + limit - len(buf)]
+        skip = 0
+        if len(buf) >= limit:
+            break
+    return bytes(buf)
+
+
 def _range_body(resp: requests.Response, start: int, end: int) -> bytes:
     status = resp.status_code
     if status == 416:
         return b""
     if status == 200:
-        if start != 0:
-            raise _BodyError(
-                f"server ignored Range (HTTP 200 for a read at offset {start}); "
-                "refusing to download the whole file",
-                transient=False,
-            )
         length = _content_length(resp)
-        if length is None:
-            # Chunked or close-delimited: the transport reports a broken stream itself.
-            return _read_upto(resp, end)
-        want = min(end, length)
+        if start:
+            # The server ignored Range (the real one does without view=true): the bytes
+            # before `start` stream past and are dropped, so the answer is still exact.
+            log.warning("server ignored Range: reading %d bytes to reach the offset", start)
+        want = end - start if length is None else max(min(end, length) - start, 0)
+        data = _read_span(resp, start, want)
+        # Without a length, a short body is the end of the file (a broken transport raises).
+        if length is not None and len(data) < want:
+            raise _BodyError(f"body ended before byte {start + want}", transient=True)
+        return data
     elif status == 206:
         match = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
         if match is None:

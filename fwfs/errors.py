@@ -162,11 +162,6 @@ ERRNO_TABLE: tuple[ErrnoRow, ...] = (
         RemoteError,
         "short data is never returned as if it were complete",
     ),
-    _row(
-        "server ignored Range at a non-zero offset",
-        RemoteError,
-        "answering would mean downloading the whole file for one small read",
-    ),
     _row("list pagination cursor does not advance", RemoteError, "avoids an endless listing"),
     _row("write to a read-only mount or container", ReadOnly, "the mount or object is read-only"),
     _row("operation Flywheel has no equivalent for", NotSupported, "e.g. links, xattrs, chmod"),
@@ -186,3 +181,12 @@ _BY_STATUS: dict[int, type[FwfsError]] = {
 def errno_for_status(status: int) -> type[FwfsError]:
     """The error class for a final (post-retry) HTTP failure status."""
     return _BY_STATUS.get(status, RemoteError)
+
+
+def render_errno_table() -> str:
+    """ERRNO_TABLE as the Markdown table docs/SEMANTICS.md holds (a test compares them)."""
+    lines = ["| condition | errno | why |", "|---|---|---|"]
+    for row in ERRNO_TABLE:
+        trigger = f"HTTP {row.trigger}" if isinstance(row.trigger, int) else row.trigger
+        lines.append(f"| {trigger} | {row.errno_name} | {row.why} |")
+    return "\n".join(lines) + "\n"

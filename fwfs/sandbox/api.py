@@ -274,9 +274,10 @@ class SiteApi:
         if ctype not in PARENT_TYPE:
             raise ApiError(405, f"{req.params['kind']} are not created with this endpoint")
         ptype = PARENT_TYPE[ctype]
-        parent_id = body.pop(ptype, None)
         if ctype == "session":
-            parent_id = self._session_subject(body)
+            parent_id: Any = self._session_subject(body)
+        else:
+            parent_id = body.pop(ptype, None)
         if not isinstance(parent_id, str):
             raise ApiError(400, f"a {ctype} needs a {ptype}")
         parent = self.container(parent_id, ptype)
@@ -394,7 +395,13 @@ class SiteApi:
     def job(self, req: Request) -> Response:
         for job in self.store.jobs():
             if job["_id"] == req.params["jid"]:
-                return Response.json({**job, "id": job["_id"]})
+                # A single job (JobOutput) keys its inputs by input name; lists use a list.
+                inputs = {
+                    str(i.get("input") or f"input{n}"): i
+                    for n, i in enumerate(job.get("inputs") or [])
+                    if isinstance(i, dict)
+                }
+                return Response.json({**job, "id": job["_id"], "inputs": inputs})
         raise ApiError(404, f"job {req.params['jid']} not found")
 
     def gears(self, req: Request) -> Response:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fwfs.sandbox.api import SiteApi, apply_info_patch
 from fwfs.sandbox.httpd import ApiError, FileBody, Request, Response, Router
@@ -139,7 +140,8 @@ class FileApi:
         if doc is None or doc.get("kind") != "download":
             raise ApiError(401, "invalid or expired ticket")
         rec = self.store.file_by_id(doc["file_id"])
-        if rec is None or rec.name != req.params["name"]:
+        cid = req.params.get("aid") or req.params["cid"]
+        if rec is None or rec.name != req.params["name"] or rec.container_id != cid:
             raise ApiError(404, "ticket does not match this file")
         return self.serve(req, rec)
 
@@ -167,7 +169,7 @@ class FileApi:
                 headers["Content-Type"] = rec.doc.get("mimetype") or mimetype(rec.name)
                 return Response(206, FileBody(path, start, end - start), headers)
         headers["Content-Type"] = "application/octet-stream"
-        headers["Content-Disposition"] = f'attachment; filename="{rec.name}"'
+        headers["Content-Disposition"] = content_disposition(rec.name)
         return Response(200, FileBody(path, 0, rec.size), headers)
 
     def _member(self, path: Path, rec: FileRec, member: str) -> Response:
@@ -293,6 +295,12 @@ class FileApi:
             r.add("PUT", prefix + "/files/{name}", self.modify)
             r.add("PATCH", prefix + "/files/{name}/info", self.patch_info)
             r.add("DELETE", prefix + "/files/{name}", self.delete)
+
+
+def content_disposition(name: str) -> str:
+    """RFC 6266: an ASCII fallback plus the exact UTF-8 name (HTTP headers are latin-1)."""
+    fallback = name.encode("ascii", "replace").decode().replace('"', "_").replace("\\", "_")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def parse_range(spec: str, size: int) -> tuple[int, int] | str | None:

@@ -343,8 +343,17 @@ class Store:
         """Add the bytes of `rec` to another container (analysis inputs) without copying."""
         spool = self.spool_path()
         os.link(self.blob_path(rec), spool)
-        keep = ("hash", "mimetype", "type", "modality", "classification", "zip_member_count",
-                "created", "modified", "origin")
+        keep = (
+            "hash",
+            "mimetype",
+            "type",
+            "modality",
+            "classification",
+            "zip_member_count",
+            "created",
+            "modified",
+            "origin",
+        )
         doc = {k: rec.doc[k] for k in keep if k in rec.doc}
         return self.add_file(container_id, rec.name, spool, rec.size, doc, file_group)
 

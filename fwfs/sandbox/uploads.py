@@ -126,7 +126,14 @@ class UploadApi:
         def on_headers_finished() -> None:
             disp = state["headers"].get("content-disposition", b"")
             _, dparams = parse_options_header(disp)
-            info = {k.decode(): v.decode("utf-8", "replace") for k, v in dparams.items()}
+            # Clients escape '"' and newlines in names the HTML5 way (%22, %0D, %0A).
+            info = {
+                k.decode(): v.decode("utf-8", "replace")
+                .replace("%22", '"')
+                .replace("%0D", "\r")
+                .replace("%0A", "\n")
+                for k, v in dparams.items()
+            }
             sink: _Spooled | bytearray
             sink = _Spooled(self.store.spool_path()) if "filename" in info else bytearray()
             parts.append((info, sink))

@@ -340,14 +340,17 @@ def test_ignored_range_at_offset_zero_on_a_short_file_is_eof(
     assert client.read_range("project", "p1", "scan.nii.gz", 0, 4096) == b"tiny"
 
 
-def test_ignored_range_at_an_offset_is_an_error_not_a_full_download(
+def test_ignored_range_at_an_offset_still_gives_the_exact_bytes(
     server: responses.RequestsMock, client: FlywheelClient
 ) -> None:
-    server.get(FILE, status=200, body=b"x" * 10_000)
-    with pytest.raises(RemoteError, match="ignored Range") as info:
-        client.read_range("project", "p1", "scan.nii.gz", 4096, 8192)
-    assert info.value.errno == errno.EIO
+    whole = bytes(range(256)) * (64 * 1024)  # 16 MiB
+    source = CountingReader(whole)
+    headers = {"Content-Length": str(len(whole))}
+    server.get(FILE, status=200, body=io.BufferedReader(source), headers=headers)
+    assert client.read_range("project", "p1", "scan.nii.gz", 4096, 8192) == whole[4096:8192]
     assert len(server.calls) == 1
+    # It reads through the offset, but stops at the end of the range, not of the file.
+    assert source.served < 2 * 1024 * 1024
 
 
 def test_short_body_is_retried_and_never_returned(

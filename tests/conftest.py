@@ -1,0 +1,265 @@
+"""Shared fixtures: real sandbox sites (`fwfs serve`) running in subprocesses.
+
+* `demo_site` (session scope) is one demo site shared by every test. Tests must not destroy
+  data others rely on: write tests create their own containers and files, with unique names
+  (the `unique` fixture).
+* `start_site(**options)` starts a private site for tests that need their own server: a
+  restart on the same data directory, `--signed-url`, TLS, `--range-quirk`, `--scale`. Each
+  keyword becomes a `fwfs serve` option (`signed_url=True` -> `--signed-url`,
+  `tls_cert=path` -> `--tls-cert path`); `demo=False` leaves the demo seed out.
+
+The official Flywheel SDK retries dropped connections and 502/503/504 for about two minutes.
+The environment below is set before anything imports `flywheel`, so that a server bug fails
+a test in seconds instead of stalling it (`flywheel/rest.py` reads these at import time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+# Before any import of flywheel: flywheel/rest.py reads these once, at import time.
+os.environ["FLYWHEEL_SDK_TOTAL_RETRIES"] = "1"
+os.environ["FLYWHEEL_SDK_BACKOFF_FACTOR"] = "0.2"
+os.environ["FLYWHEEL_SDK_BACKOFF_MAX"] = "1"
+os.environ["FLYWHEEL_SDK_CONNECT_TIMEOUT"] = "5"
+os.environ["FLYWHEEL_SDK_REQUEST_TIMEOUT"] = "60"
+# The TLS tests decide for themselves whether the SDK gets a CA file.
+os.environ.pop("FW_SSL_CERT_FILE", None)
+
+import pytest
+
+READY_TIMEOUT = 90.0  # seeding the demo (DICOM series, NIfTI volumes) takes a few seconds
+STOP_TIMEOUT = 15.0
+
+
+def _fast_sdk_retries() -> None:
+    """If flywheel was imported before this conftest, its retry defaults are already bound."""
+    if "flywheel.rest" not in sys.modules:
+        return
+    rest = sys.modules["flywheel.rest"]
+    init = rest.RetryTransport.__init__
+    defaults = list(init.__defaults__ or ())
+    if defaults and defaults[0] > 1:
+        defaults[0] = 1  # total
+        defaults[1] = 0.1  # backoff_factor
+        defaults[-1] = 1.0  # backoff_max
+        init.__defaults__ = tuple(defaults)
+
+
+class Site:
+    """A running `fwfs serve` subprocess and what its ready file announced."""
+
+    def __init__(
+        self,
+        info: dict[str, Any],
+        proc: subprocess.Popen[bytes],
+        workdir: Path,
+        access_log_path: Path,
+        argv: list[str],
+    ) -> None:
+        self.info = info
+        self.proc = proc
+        self.workdir = workdir
+        self.argv = argv
+        self.url: str = info["url"]
+        self.api_url = self.url + "/api"
+        self.api_key: str = info["api_key"]
+        self.readonly_api_key: str = info["readonly_api_key"]
+        self.data = Path(info["data"])
+        self.pid: int = info["pid"]
+        self.access_log_path = access_log_path
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    # ---- keys and clients -------------------------------------------------------------
+
+    @staticmethod
+    def secret_of(api_key: str) -> str:
+        """The secret part of an SDK key (`host:port[:__force_insecure]:SECRET`)."""
+        return api_key.rsplit(":", 1)[1]
+
+    @property
+    def secret(self) -> str:
+        return self.secret_of(self.api_key)
+
+    @property
+    def readonly_secret(self) -> str:
+        return self.secret_of(self.readonly_api_key)
+
+    def headers(self, readonly: bool = False) -> dict[str, str]:
+        """The Authorization header the SDK sends, for raw HTTP with `requests`."""
+        secret = self.readonly_secret if readonly else self.secret
+        return {"Authorization": f"scitran-user {secret}"}
+
+    def client(self, readonly: bool = False, **kwargs: Any) -> Any:
+        import flywheel
+
+        _fast_sdk_retries()
+        return flywheel.Client(self.readonly_api_key if readonly else self.api_key, **kwargs)
+
+    # ---- the access log ---------------------------------------------------------------
+
+    def access_log(self) -> list[dict[str, Any]]:
+        """Every request so far, one dict per access-log line."""
+        if not self.access_log_path.exists():
+            return []
+        lines = self.access_log_path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def log_mark(self) -> int:
+        """How many requests the log holds now: pass it as `since` to see only later ones."""
+        return len(self.access_log())
+
+    def wait_for_log(
+        self,
+        predicate: Callable[[dict[str, Any]], bool],
+        count: int = 1,
+        timeout: float = 5.0,
+        since: int = 0,
+    ) -> list[dict[str, Any]]:
+        """The log entries (after the first `since`) matching `predicate`, once there are at
+        least `count` of them, or whatever matched when `timeout` ran out.
+
+        The server writes a request's line after it has sent the response, so the client
+        can see the answer a moment before the log does.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.access_log()[since:] if predicate(e)]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.02)
+
+    # ---- process ----------------------------------------------------------------------
+
+    def stderr(self) -> str:
+        path = self.workdir / "stderr.txt"
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, wait, then SIGKILL. Returns the exit status (negative: killed)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout)
+        return int(self.proc.returncode)
+
+    def __repr__(self) -> str:
+        return f"<Site {self.url} data={self.data}>"
+
+
+def start_sandbox(
+    workdir: Path,
+    *,
+    demo: bool = True,
+    data: Path | None = None,
+    port: int = 0,
+    timeout: float = READY_TIMEOUT,
+    **options: Any,
+) -> Site:
+    """Run `python -m fwfs serve` and return once its ready file exists.
+
+    Fails the test with the server's stderr if the process dies or never gets ready.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = data if data is not None else workdir / "data"
+    ready = workdir / "ready.json"
+    access_log = workdir / "access.log"
+    ready.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "fwfs", "serve", "--port", str(port), "--data", str(data)]
+    argv += ["--ready-file", str(ready), "--access-log", str(access_log)]
+    if demo:
+        argv.append("--demo")
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value not in (False, None):
+            argv += [flag, str(value)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FW_")}
+    with open(workdir / "stdout.txt", "wb") as out, open(workdir / "stderr.txt", "wb") as err:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=workdir
+        )
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if proc.poll() is not None:
+            stderr = (workdir / "stderr.txt").read_text(errors="replace")
+            pytest.fail(
+                f"fwfs serve exited with {proc.returncode} before it was ready\n"
+                f"argv: {argv}\nstderr:\n{stderr}",
+                pytrace=False,
+            )
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            stderr = (workdir / "stderr.txt").read_text(errors="replace")
+            pytest.fail(
+                f"fwfs serve not ready after {timeout:.0f}s\nargv: {argv}\nstderr:\n{stderr}",
+                pytrace=False,
+            )
+        time.sleep(0.05)
+    info = json.loads(ready.read_text(encoding="utf-8"))
+    return Site(info, proc, workdir, access_log, argv)
+
+
+@pytest.fixture(scope="session")
+def demo_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """One demo site for the whole session. Read freely; write only into your own containers."""
+    site = start_sandbox(tmp_path_factory.mktemp("demo-site"))
+    try:
+        yield site
+    finally:
+        site.stop()
+
+
+@pytest.fixture
+def start_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Site]]:
+    """A factory for private sites; every site it started is stopped after the test."""
+    started: list[Site] = []
+
+    def start(**options: Any) -> Site:
+        site = start_sandbox(tmp_path_factory.mktemp("site"), **options)
+        started.append(site)
+        return site
+
+    yield start
+    for site in started:
+        site.stop()
+
+
+@pytest.fixture(scope="session")
+def fw(demo_site: Site) -> Any:
+    """An SDK client of the demo site as Ada (read-write)."""
+    return demo_site.client()
+
+
+@pytest.fixture(scope="session")
+def fw_readonly(demo_site: Site) -> Any:
+    """An SDK client of the demo site as Rosalind (read-only)."""
+    return demo_site.client(readonly=True)
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """`unique("upload")` -> `upload-1f3a9c0b`: names no other test (or run) uses."""
+
+    def make(prefix: str) -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+    return make
