@@ -1,0 +1,63 @@
+"""The dependency rule of docs/ARCHITECTURE.md, checked on the source: imports go downwards."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "fwfs"
+
+# module -> fwfs modules it may import. Anything not listed may import nothing from fwfs
+# except the package itself (for __version__).
+ALLOWED: dict[str, set[str]] = {
+    "cli": {"sandbox", "mounting"},
+    "mounting": {"client", "config", "errors", "fs", "fuse_ops", "sandbox"},
+    "fuse_ops": {"config", "errors", "fs"},
+    "fs": {"blockcache", "client", "config", "errors", "fs", "models", "paths", "rangedfile"},
+    "rangedfile": {"blockcache"},
+    "blockcache": set(),
+    "client": {"config", "errors", "models"},
+    "models": set(),
+    "paths": set(),
+    "errors": set(),
+    "config": {"errors"},
+    "sandbox": {"sandbox"},
+}
+# Third-party imports reserved to one layer.
+ONLY_IN = {"mfusepy": "fuse_ops", "requests": "client", "urllib3": "client"}
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+
+
+def _layer(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_go_downwards(path: Path) -> None:
+    layer = _layer(path)
+    assert layer in ALLOWED, f"{layer} is not placed in the layers of docs/ARCHITECTURE.md"
+    for name in _imports(path):
+        parts = name.split(".")
+        if parts[0] == "fwfs" and len(parts) > 1 and parts[1] != "__version__":
+            target = parts[1]
+            if (PACKAGE / target).is_dir() or (PACKAGE / f"{target}.py").exists():
+                assert target in ALLOWED[layer] | {layer}, f"{layer} must not import fwfs.{target}"
+        owner = ONLY_IN.get(parts[0])
+        if owner is not None:
+            assert layer == owner, f"only {owner} may import {parts[0]}, not {layer}"
