@@ -1,0 +1,332 @@
+"""Reads of one remote file of known size through the shared block cache, with readahead.
+
+The reader knows nothing of HTTP: it is given ``fetch(start, end) -> bytes`` (end exclusive)
+and lets whatever that raises propagate unchanged. Bytes are fetched and cached in whole
+blocks keyed by ``(key, block_index)``, so ``key`` must pin the content, e.g.
+``(file_id, version)``.
+
+Readahead follows mountpoint-s3's prefetcher. The first read of a stream fetches only its
+own blocks, so probing a header costs one block (a file no larger than ``initial_window``
+is fetched whole instead: one request rather than one per kernel read). When a read
+continues exactly where the previous one ended, its fetch also takes the next
+``initial_window`` bytes, in the same request. Later batches double, up to ``max_window``,
+each issued once the reader is halfway through the previous one, as requests of at most
+``max_request`` bytes running in parallel on the pool. A read outside the stream (further
+back than ``initial_window``, or past what was requested) starts a new stream; readahead
+already in flight is never discarded, because the reader may well come back to it.
+
+Readahead lands in the shared cache, up to about 1.5 * ``max_window`` ahead of each
+sequential reader. A cache smaller than that times the number of concurrent sequential
+readers evicts readahead before it is read; ``bytes_fetched > bytes_read`` shows it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import threading
+from collections.abc import Callable, Hashable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from types import TracebackType
+
+from fwfs.blockcache import BlockCache, Reservation
+
+KiB = 1024
+MiB = 1024 * KiB
+
+Fetch = Callable[[int, int], bytes]
+BlockKey = tuple[Hashable, int]
+
+
+@dataclass(frozen=True)
+class ReadConfig:
+    """How readers split files into blocks and read ahead. Sizes in bytes.
+
+    ``block_size``: the unit of caching and of demand fetches. 128 KiB is the size of the
+    kernel's default FUSE readahead and read requests, so one kernel request touches one
+    or two blocks and a 352-byte header read transfers 128 KiB, not megabytes.
+    ``initial_window`` / ``max_window``: the first readahead batch and the cap of the
+    doubling; 1 MiB wastes little when a "stream" turns out to be two reads, and 64 MiB
+    keeps several requests busy on a fast link. ``initial_window`` is also how far back a
+    read may reach (reordered kernel requests) without ending the stream.
+    ``max_request``: the largest readahead fetch; a batch runs as parallel requests of this
+    size. 8 MiB is mountpoint-s3's part size, large enough that request latency is noise.
+    ``max_parallel``: readahead requests one reader may have pending, which bounds its
+    in-flight readahead to ``max_parallel * max_request`` bytes (32 MiB). 0 disables it.
+    Windows and requests are rounded up to whole blocks.
+    """
+
+    block_size: int = 128 * KiB
+    initial_window: int = 1 * MiB
+    max_window: int = 64 * MiB
+    max_request: int = 8 * MiB
+    max_parallel: int = 4
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError("block_size must be positive")
+        if not self.block_size <= self.initial_window <= self.max_window:
+            raise ValueError("need block_size <= initial_window <= max_window")
+        if self.max_request < self.block_size:
+            raise ValueError("max_request must be at least block_size")
+        if self.max_parallel < 0:
+            raise ValueError("max_parallel must not be negative")
+
+
+@dataclass(frozen=True)
+class ReaderStats:
+    """Counters of one reader. ``bytes_fetched / bytes_read`` is its read amplification."""
+
+    bytes_read: int
+    bytes_fetched: int
+    fetch_calls: int
+    fetch_errors: int
+
+
+def _blocks_needed(size: int, block_size: int) -> int:
+    return -(-size // block_size)
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Ascending indices as maximal ``[first, last)`` runs of consecutive numbers."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+class RangedReader:
+    """One open handle on a remote file of fixed ``size``. Thread-safe.
+
+    Dependencies (never change): ``key``, ``size``, ``_fetch``, ``_cache``, ``_pool``,
+    ``_config`` and the block counts derived from it.
+    Guarded by ``_lock``: the stream state (``_last_end``, ``_ahead``, ``_batch_end``,
+    ``_trigger``, ``_window``), ``_pending``, ``_futures``, ``_closed`` and the counters.
+    Invariants: every block of the current stream below ``_ahead`` has been requested,
+    by a read or by readahead; ``_pending`` (readahead requests submitted and not yet
+    finished) never exceeds ``max_parallel``. Fetching, waiting and submitting happen
+    without ``_lock`` held, and it is never held together with the cache's lock.
+
+    ``read`` must not be called from a task of ``pool``: it may wait for readahead queued
+    on that pool behind it.
+    """
+
+    def __init__(
+        self,
+        key: Hashable,
+        size: int,
+        fetch: Fetch,
+        cache: BlockCache,
+        pool: Executor,
+        config: ReadConfig,
+    ) -> None:
+        if size < 0:
+            raise ValueError("size must not be negative")
+        self.key = key
+        self.size = size
+        self._fetch = fetch
+        self._cache = cache
+        self._pool = pool
+        self._config = config
+        bs = config.block_size
+        self._nblocks = _blocks_needed(size, bs)
+        self._initial_blocks = _blocks_needed(config.initial_window, bs)
+        self._max_window_blocks = _blocks_needed(config.max_window, bs)
+        self._request_blocks = _blocks_needed(config.max_request, bs)
+
+        self._lock = threading.Lock()
+        self._last_end: int | None = None  # end of the furthest read of the stream
+        self._ahead = 0  # first block the stream has not yet read or requested
+        self._batch_end = 0  # the readahead batch being issued ends before this block
+        self._trigger = 0  # a read ending at or past this offset starts the next batch
+        self._window = 0  # blocks in the next batch; 0 until the stream proves sequential
+        self._pending = 0
+        self._futures: set[Future[None]] = set()
+        self._closed = False
+        self._bytes_read = 0
+        self._bytes_fetched = 0
+        self._fetch_calls = 0
+        self._fetch_errors = 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Exactly ``min(length, size - offset)`` bytes from ``offset``; b"" at or past EOF."""
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        end = min(offset + length, self.size)
+        with self._lock:
+            if self._closed:
+                raise ValueError("read from a closed RangedReader")
+            if offset >= end:
+                return b""
+            upto, parts = self._advance(offset, end)
+        for first, last in parts:
+            self._start_readahead(first, last)
+        data = self._read_range(offset, end, upto)
+        with self._lock:
+            self._bytes_read += len(data)
+        return data
+
+    def close(self) -> None:
+        """Cancel readahead that has not started; requests already running finish."""
+        with self._lock:
+            self._closed = True
+            futures = list(self._futures)
+        for future in futures:
+            future.cancel()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> ReaderStats:
+        with self._lock:
+            return ReaderStats(
+                bytes_read=self._bytes_read,
+                bytes_fetched=self._bytes_fetched,
+                fetch_calls=self._fetch_calls,
+                fetch_errors=self._fetch_errors,
+            )
+
+    def __enter__(self) -> RangedReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _advance(self, offset: int, end: int) -> tuple[int, list[tuple[int, int]]]:
+        """Update the stream for a read of ``[offset, end)``; called with ``_lock`` held.
+
+        Returns the block before which this read's own fetch should stop (past its last
+        block when it also fetches ahead), and the ``[first, last)`` block ranges to read
+        ahead on the pool, already counted in ``_pending``.
+        """
+        bs = self._config.block_size
+        end_block = _blocks_needed(end, bs)
+        last = self._last_end
+        if last is None or not last - self._config.initial_window <= offset <= self._ahead * bs:
+            upto = end_block
+            if last is None and self.size <= self._config.initial_window:
+                # A small file (a DICOM slice) costs one request, not one per block read.
+                upto = self._nblocks
+            self._last_end = end
+            self._ahead = self._batch_end = upto
+            self._window = 0
+            return upto, []
+        if offset == last and self._window == 0 and self._config.max_parallel > 0:
+            # The stream has proved sequential. Its first batch goes out in the same
+            # request as this read's blocks, like mountpoint's first 1 MiB + 128 KiB.
+            start = max(self._ahead, end_block)
+            upto = min(self._nblocks, start + self._initial_blocks)
+            self._last_end = end
+            self._ahead = self._batch_end = upto
+            self._trigger = (start + upto) * bs // 2
+            self._window = min(2 * self._initial_blocks, self._max_window_blocks)
+            return upto, []
+        self._last_end = max(last, end)
+        self._ahead = max(self._ahead, end_block)
+        if self._window == 0 or offset < last:
+            return end_block, []
+        if self._batch_end <= self._ahead and end >= self._trigger:
+            start = self._ahead
+            self._batch_end = min(self._nblocks, start + self._window)
+            self._trigger = (start + self._batch_end) * bs // 2
+            self._window = min(2 * self._window, self._max_window_blocks)
+        parts: list[tuple[int, int]] = []
+        while self._ahead < self._batch_end and self._pending < self._config.max_parallel:
+            stop = min(self._batch_end, self._ahead + self._request_blocks)
+            parts.append((self._ahead, stop))
+            self._ahead = stop
+            self._pending += 1
+        return end_block, parts
+
+    def _start_readahead(self, first: int, last: int) -> None:
+        claim = self._cache.reserve([(self.key, i) for i in range(first, last)])
+        if not claim.keys:
+            self._readahead_finished(None)
+            return
+        try:
+            future = self._pool.submit(self._readahead, claim)
+        except RuntimeError:
+            # The pool is shut down because the mount is stopping; reads go on without it.
+            claim.release()
+            self._readahead_finished(None)
+            return
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._futures.add(future)
+        if closed:
+            future.cancel()
+        future.add_done_callback(functools.partial(self._readahead_done, claim))
+
+    def _readahead(self, claim: Reservation[BlockKey]) -> None:
+        # Errors reach readers through the claim: whoever waits for these blocks re-raises
+        # the error, and later reads fetch them afresh. Leftovers after close are released.
+        with contextlib.suppress(Exception), claim:
+            for first, last in _runs([i for _, i in claim.keys]):
+                if self._closed:
+                    break
+                for i, data in enumerate(self._fetch_blocks(first, last), first):
+                    claim.fulfil((self.key, i), data)
+
+    def _readahead_done(self, claim: Reservation[BlockKey], future: Future[None]) -> None:
+        if future.cancelled():
+            # Never ran: let anyone waiting for these blocks fetch them instead.
+            claim.release()
+        self._readahead_finished(future)
+
+    def _readahead_finished(self, future: Future[None] | None) -> None:
+        with self._lock:
+            self._pending -= 1
+            if future is not None:
+                self._futures.discard(future)
+
+    def _read_range(self, offset: int, end: int, upto: int) -> bytes:
+        bs = self._config.block_size
+        first, last = offset // bs, _blocks_needed(end, bs)
+        keys = [(self.key, i) for i in range(first, max(last, upto))]
+        blocks = self._cache.get_or_fetch_many(keys, self._fetch_keys)[: last - first]
+        head, tail = offset - first * bs, end - (last - 1) * bs
+        if len(blocks) == 1:
+            data = blocks[0][head:tail]
+        else:
+            data = b"".join([blocks[0][head:], *blocks[1:-1], blocks[-1][:tail]])
+        if len(data) != end - offset:
+            # Only a block of the wrong length can cause this: a key reused for other bytes.
+            raise OSError(errno.EIO, f"cached blocks of {self.key!r} do not match its size")
+        return data
+
+    def _fetch_keys(self, keys: list[BlockKey]) -> list[bytes]:
+        blocks: list[bytes] = []
+        for first, last in _runs([i for _, i in keys]):
+            blocks.extend(self._fetch_blocks(first, last))
+        return blocks
+
+    def _fetch_blocks(self, first: int, last: int) -> list[bytes]:
+        """Blocks ``[first, last)`` in one fetch, so adjacent misses cost one request."""
+        bs = self._config.block_size
+        start, stop = first * bs, min(last * bs, self.size)
+        with self._lock:
+            self._fetch_calls += 1
+        try:
+            data = self._fetch(start, stop)
+            if len(data) != stop - start:
+                raise OSError(errno.EIO, f"fetch({start}, {stop}) returned {len(data)} bytes")
+        except Exception:
+            with self._lock:
+                self._fetch_errors += 1
+            raise
+        with self._lock:
+            self._bytes_fetched += len(data)
+        view = memoryview(data)
+        return [bytes(view[i : i + bs]) for i in range(0, len(data), bs)]
