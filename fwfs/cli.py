@@ -95,6 +95,14 @@ def _mount_args(p: argparse.ArgumentParser) -> None:
         default=256 << 20,
         help="memory for cached file blocks (default 256M)",
     )
+    p.add_argument(
+        "--list-archives",
+        action="store_true",
+        help="list each zip's member directory <name>.d (it is always reachable)",
+    )
+    p.add_argument(
+        "--no-archives", action="store_true", help="no member directories for zip archives"
+    )
     p.add_argument("--log-file", type=Path, help="write the log here")
     p.add_argument("--debug", action="store_true", help="log every request and FUSE call")
 

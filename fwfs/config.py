@@ -192,6 +192,9 @@ class MountConfig:
     block_size: int = 128 << 10
     max_readahead: int = 64 << 20
     read_threads: int = 8
+    # Zip archives as `<name>.d` directories; listed (not only reachable) when list_archives.
+    archives: bool = True
+    list_archives: bool = False
 
     def __post_init__(self) -> None:
         if self.metadata_ttl < 0 or self.negative_ttl < 0:

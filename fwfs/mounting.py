@@ -51,6 +51,8 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
         read_only=True,
         uid=os.getuid(),
         gid=os.getgid(),
+        archives=not args.no_archives,
+        list_archives=args.list_archives,
     )
 
 

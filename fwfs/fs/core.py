@@ -15,14 +15,27 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from fwfs.blockcache import BlockCache
 from fwfs.client import FlywheelClient
 from fwfs.config import MountConfig
-from fwfs.errors import InvalidArgument, IsADirectory, NotFound, ReadOnly
-from fwfs.fs.nodes import Attr, Dir, File, Node, dir_attr, file_attr
-from fwfs.fs.tree import Tree
+from fwfs.errors import InvalidArgument, IsADirectory, NotADirectory, NotFound, ReadOnly
+from fwfs.fs.archived import Archives
+from fwfs.fs.nodes import (
+    ARCHIVE_SUFFIX,
+    ArchiveDir,
+    ArchiveFile,
+    Attr,
+    Dir,
+    File,
+    Node,
+    archive_attr,
+    dir_attr,
+    file_attr,
+    is_archive,
+)
+from fwfs.fs.tree import ROOT, Tree
 from fwfs.models import FileInfo
 from fwfs.rangedfile import RangedReader, ReadConfig
 
@@ -46,10 +59,30 @@ _FILE_XATTRS: tuple[str, ...] = (
 _CONTAINER_XATTRS: tuple[str, ...] = ("label", "tags", "info")
 
 
+class _Reads(Protocol):
+    def read(self, offset: int, length: int) -> bytes: ...
+    def close(self) -> None: ...
+
+
+class _MemberReads:
+    """An open zip member: reads go to the archive's shared reader."""
+
+    def __init__(self, archives: Archives, node: ArchiveFile) -> None:
+        self._archives = archives
+        self._node = node
+        self._reader = archives.acquire(node.archive)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._reader.read(self._node.member, offset, length)
+
+    def close(self) -> None:
+        self._archives.release(self._node.archive)
+
+
 @dataclass
 class Handle:
-    info: FileInfo
-    reader: RangedReader
+    key: tuple[str, ...]
+    reader: _Reads
 
 
 class FlywheelFS:
@@ -70,10 +103,11 @@ class FlywheelFS:
             initial_window=max(config.block_size, min(1 << 20, config.max_readahead)),
             max_window=max(config.block_size, config.max_readahead),
         )
+        self.archives = Archives(client, self.cache, self._ranged)
         self.mount_time = time.time()
         self._lock = threading.Lock()
         self._handles: dict[int, Handle] = {}
-        self._opened: dict[str, tuple[str, int]] = {}
+        self._opened: dict[str, tuple[str, ...]] = {}
         self._next_fh = itertools.count(1)
 
     def close(self) -> None:
@@ -82,28 +116,69 @@ class FlywheelFS:
             self._handles.clear()
         for h in handles:
             h.reader.close()
+        self.archives.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- metadata ---------------------------------------------------------------------
 
     def lookup(self, path: str) -> Node:
-        return self.tree.lookup(path)
+        node: Node = ROOT
+        for part in path.split("/"):
+            if part:
+                node = self._child(node, part)
+        return node
+
+    def _child(self, node: Node, name: str) -> Node:
+        if isinstance(node, Dir):
+            try:
+                return self.tree.child(node, name)
+            except NotFound:
+                archive = self._archive_named(node, name)
+                if archive is None:
+                    raise
+                return self.archives.root(archive)
+        if isinstance(node, ArchiveDir):
+            return self.archives.child(node, name)
+        raise NotADirectory(f"not a directory on the way to {name!r}")
+
+    def _archive_named(self, parent: Dir, name: str) -> FileInfo | None:
+        """The archive whose member directory `name` is: `<archive entry name>.d`."""
+        if not self.config.archives or not name.endswith(ARCHIVE_SUFFIX):
+            return None
+        base = self.tree.listing(parent).entries.get(name[: -len(ARCHIVE_SUFFIX)])
+        if isinstance(base, File) and is_archive(base.info):
+            return base.info
+        return None
 
     def attr(self, node: Node) -> Attr:
         writable = not self.config.read_only
         if isinstance(node, File):
             return file_attr(node, writable)
-        return dir_attr(node, writable, self.mount_time)
+        if isinstance(node, Dir):
+            return dir_attr(node, writable, self.mount_time)
+        return archive_attr(node)
 
     def getattr(self, path: str) -> Attr:
         return self.attr(self.lookup(path))
 
     def readdir(self, path: str) -> list[tuple[str, Attr]]:
         node = self.lookup(path)
-        if not isinstance(node, Dir):
-            raise InvalidArgument("not a directory")
-        listing = self.tree.listing(node)
-        return [(name, self.attr(child)) for name, child in listing.entries.items()]
+        entries: dict[str, Node]
+        if isinstance(node, ArchiveDir):
+            entries = dict(self.archives.listdir(node))
+        elif isinstance(node, Dir):
+            entries = dict(self.tree.listing(node).entries)
+            if self.config.archives and self.config.list_archives:
+                for name, child in list(entries.items()):
+                    if isinstance(child, File) and is_archive(child.info):
+                        # Shown as a directory now, entered (and checked) on lookup.
+                        entries.setdefault(
+                            name + ARCHIVE_SUFFIX,
+                            ArchiveDir(child.info, "", child.info.modified),
+                        )
+        else:
+            raise NotADirectory("not a directory")
+        return [(name, self.attr(child)) for name, child in entries.items()]
 
     def listxattr(self, path: str) -> list[str]:
         return sorted(self._xattrs(self.lookup(path)))
@@ -116,6 +191,13 @@ class FlywheelFS:
 
     def _xattrs(self, node: Node) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
+        raw: dict[str, Any]
+        if isinstance(node, ArchiveFile | ArchiveDir):
+            out[XATTR_PREFIX + "archive_file_id"] = node.archive.file_id.encode()
+            out[XATTR_PREFIX + "archive"] = node.archive.name.encode()
+            if isinstance(node, ArchiveFile):
+                out[XATTR_PREFIX + "member"] = node.member.path.encode()
+            return out
         if isinstance(node, File):
             raw, fields = node.info.raw, _FILE_XATTRS
             out[XATTR_PREFIX + "id"] = node.info.file_id.encode()
@@ -147,28 +229,36 @@ class FlywheelFS:
 
     # ---- reading ----------------------------------------------------------------------
 
-    def open(self, path: str, flags: int) -> tuple[int, bool]:
-        """Returns (handle, keep_cache): the kernel may keep its page cache of the file
-        when the version opened is the one it cached last time."""
-        node = self.lookup(path)
-        if isinstance(node, Dir):
-            raise IsADirectory("is a directory")
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
-            raise ReadOnly("this mount is read-only")
-        info = node.info
+    def _ranged(self, info: FileInfo) -> RangedReader:
         p = info.parent
 
         def fetch(start: int, end: int) -> bytes:
             return self.client.read_range(p.kind, p.id, info.name, start, end, version=info.version)
 
-        reader = RangedReader(
+        return RangedReader(
             info.cache_key, info.size, fetch, self.cache, self.pool, self.read_config
         )
+
+    def open(self, path: str, flags: int) -> tuple[int, bool]:
+        """Returns (handle, keep_cache): the kernel may keep its page cache of the file
+        when the version opened is the one it cached last time."""
+        node = self.lookup(path)
+        if isinstance(node, Dir | ArchiveDir):
+            raise IsADirectory("is a directory")
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise ReadOnly("this mount is read-only")
+        reader: _Reads
+        if isinstance(node, ArchiveFile):
+            reader = _MemberReads(self.archives, node)
+            key: tuple[str, ...] = (*map(str, node.archive.cache_key), node.member.path)
+        else:
+            reader = self._ranged(node.info)
+            key = tuple(map(str, node.info.cache_key))
         fh = next(self._next_fh)
         with self._lock:
-            self._handles[fh] = Handle(info, reader)
-            keep = self._opened.get(path) == info.cache_key
-            self._opened[path] = info.cache_key
+            self._handles[fh] = Handle(key, reader)
+            keep = self._opened.get(path) == key
+            self._opened[path] = key
         return fh, keep
 
     def read(self, fh: int, offset: int, size: int) -> bytes:

@@ -9,6 +9,7 @@ import stat
 from dataclasses import dataclass
 from typing import Literal
 
+from fwfs.archives import MemberFile
 from fwfs.models import Container, FileInfo
 
 DirKind = Literal["root", "container", "analyses", "analysis", "analysis-io"]
@@ -40,7 +41,30 @@ class File:
     info: FileInfo
 
 
-Node = Dir | File
+@dataclass(frozen=True)
+class ArchiveDir:
+    """A directory inside a zip archive: `relpath` "" is `<archive name>.d` itself."""
+
+    archive: FileInfo
+    relpath: str
+    mtime: float
+
+
+@dataclass(frozen=True)
+class ArchiveFile:
+    archive: FileInfo
+    member: MemberFile
+
+
+Node = Dir | File | ArchiveDir | ArchiveFile
+
+# The suffix that turns an archive's name into the name of its member directory.
+ARCHIVE_SUFFIX = ".d"
+
+
+def is_archive(info: FileInfo) -> bool:
+    """A `.zip` name or a Flywheel zip type; whether it opens as one is checked on lookup."""
+    return info.name.lower().endswith(".zip") or info.zip_member_count is not None
 
 
 @dataclass(frozen=True)
@@ -62,6 +86,15 @@ def dir_attr(node: Dir, writable: bool, mount_time: float) -> Attr:
     ctime = c.created if c and c.created else mtime
     perm = 0o755 if writable else 0o555
     return Attr(mode=stat.S_IFDIR | perm, size=0, mtime=mtime, ctime=ctime, nlink=2)
+
+
+def archive_attr(node: ArchiveDir | ArchiveFile) -> Attr:
+    """Archive contents are read-only whatever the mount: a zip is replaced, not edited."""
+    if isinstance(node, ArchiveDir):
+        mtime = node.mtime or node.archive.modified
+        return Attr(mode=stat.S_IFDIR | 0o555, size=0, mtime=mtime, ctime=mtime, nlink=2)
+    mtime = node.member.mtime or node.archive.modified
+    return Attr(mode=stat.S_IFREG | 0o444, size=node.member.size, mtime=mtime, ctime=mtime)
 
 
 def file_attr(node: File, writable: bool) -> Attr:

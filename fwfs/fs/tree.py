@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from fwfs import paths
 from fwfs.client import FlywheelClient
-from fwfs.errors import NotADirectory, NotFound
+from fwfs.errors import NotFound
 from fwfs.fs.nodes import ANALYSES_DIR, INPUT_DIR, OUTPUT_DIR, Dir, File, Node
 from fwfs.models import (
     CHILD_KIND,
@@ -65,16 +65,6 @@ class Tree:
         self._negative: dict[tuple[tuple[str, ...], str], float] = {}
 
     # ---- lookup -----------------------------------------------------------------------
-
-    def lookup(self, path: str) -> Node:
-        node: Node = ROOT
-        for part in path.split("/"):
-            if not part:
-                continue
-            if not isinstance(node, Dir):
-                raise NotADirectory(f"not a directory on the way to {part!r}")
-            node = self.child(node, part)
-        return node
 
     def child(self, parent: Dir, name: str) -> Node:
         listing = self.listing(parent)

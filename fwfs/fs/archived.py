@@ -1,0 +1,142 @@
+"""Zip archives of the mount: member indexes and readers, one per archive version.
+
+An index is one `?info=true` request, cached by (file_id, version) like file bytes: a new
+version is a new key. A file that does not open as a zip has no member directory (ENOENT),
+and that answer is cached too, for the same version.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cachetools import LRUCache
+
+from fwfs.archives import ArchiveConfig, ArchiveReader, MemberDir, MemberFile, ZipIndex
+from fwfs.blockcache import BlockCache
+from fwfs.client import FlywheelClient
+from fwfs.errors import InvalidArgument, NotFound
+from fwfs.fs.nodes import ArchiveDir, ArchiveFile
+from fwfs.models import FileInfo
+from fwfs.rangedfile import RangedReader
+
+log = logging.getLogger("fwfs.archives")
+
+# Readers no open file uses any more, kept for the next open of the same archive.
+_IDLE_READERS = 16
+# An archive this small is fetched whole (one request) on its first member read: a member
+# request would cost as much latency, and a scan would then transfer it twice.
+SMALL_ARCHIVE = 1 << 20
+
+
+@dataclass
+class _Reader:
+    reader: ArchiveReader
+    users: int = 0
+
+
+class Archives:
+    """Guarded by `self._lock`: `_indexes` and `_readers`; no request is made holding it."""
+
+    def __init__(
+        self,
+        client: FlywheelClient,
+        cache: BlockCache,
+        open_ranged: Callable[[FileInfo], RangedReader],
+        index_entries: int = 256,
+    ) -> None:
+        self._client = client
+        self._cache = cache
+        self._open_ranged = open_ranged
+        self._lock = threading.Lock()
+        self._indexes: LRUCache[tuple[str, int], ZipIndex | None] = LRUCache(index_entries)
+        self._readers: OrderedDict[tuple[str, int], _Reader] = OrderedDict()
+
+    def index(self, info: FileInfo) -> ZipIndex:
+        key = info.cache_key
+        with self._lock:
+            if key in self._indexes:
+                found = self._indexes[key]
+                if found is None:
+                    raise NotFound("not a zip archive")
+                return found
+        p = info.parent
+        try:
+            doc = self._client.zip_info(p.kind, p.id, info.name, version=info.version)
+            index: ZipIndex | None = ZipIndex.from_listing(doc)
+        except InvalidArgument as err:
+            # The site could not open it as a zip: it is shown as the file it is, no more.
+            log.info("%s %s: not a zip archive (%s)", p.kind, p.id, err.server_message or err)
+            index = None
+        with self._lock:
+            self._indexes[key] = index
+        if index is None:
+            raise NotFound("not a zip archive")
+        return index
+
+    def root(self, info: FileInfo) -> ArchiveDir:
+        self.index(info)
+        return ArchiveDir(info, "", info.modified)
+
+    def _node(self, archive: FileInfo, member: MemberDir | MemberFile) -> ArchiveDir | ArchiveFile:
+        if isinstance(member, MemberFile):
+            return ArchiveFile(archive, member)
+        return ArchiveDir(archive, member.relpath, member.mtime)
+
+    def child(self, node: ArchiveDir, name: str) -> ArchiveDir | ArchiveFile:
+        relpath = f"{node.relpath}/{name}" if node.relpath else name
+        return self._node(node.archive, self.index(node.archive).lookup(relpath))
+
+    def listdir(self, node: ArchiveDir) -> dict[str, ArchiveDir | ArchiveFile]:
+        members = self.index(node.archive).listdir(node.relpath)
+        return {name: self._node(node.archive, m) for name, m in members.items()}
+
+    # ---- readers ----------------------------------------------------------------------
+
+    def acquire(self, archive: FileInfo) -> ArchiveReader:
+        key = archive.cache_key
+        with self._lock:
+            entry = self._readers.get(key)
+            if entry is None:
+                p = archive.parent
+
+                def fetch_member(path: str) -> bytes:
+                    return self._client.read_zip_member(
+                        p.kind, p.id, archive.name, path, version=archive.version
+                    )
+
+                small = archive.size <= SMALL_ARCHIVE
+                reader = ArchiveReader(
+                    key,
+                    archive.size,
+                    fetch_member,
+                    lambda: self._open_ranged(archive),
+                    self._cache,
+                    ArchiveConfig(scan_members=0) if small else ArchiveConfig(),
+                )
+                entry = self._readers[key] = _Reader(reader)
+            entry.users += 1
+            self._readers.move_to_end(key)
+            return entry.reader
+
+    def release(self, archive: FileInfo) -> None:
+        closing: list[ArchiveReader] = []
+        with self._lock:
+            entry = self._readers.get(archive.cache_key)
+            if entry is not None:
+                entry.users -= 1
+            idle = [k for k, e in self._readers.items() if e.users <= 0]
+            for key in idle[: max(len(idle) - _IDLE_READERS, 0)]:
+                closing.append(self._readers.pop(key).reader)
+        for reader in closing:
+            reader.close()
+
+    def close(self) -> None:
+        with self._lock:
+            readers = [e.reader for e in self._readers.values()]
+            self._readers.clear()
+        for reader in readers:
+            reader.close()
