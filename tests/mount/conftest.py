@@ -1,0 +1,111 @@
+"""Real FUSE mounts of real sandbox sites: `fwfs mount MP -f` runs as a subprocess.
+
+* `mount_site(site, ttl=..., cache_size=..., key=..., args=[...])` mounts a site privately
+  (a fresh daemon, so a fresh cache) and unmounts it after the test.
+* `mounted` is one mount of the shared demo site for the whole session (read only from it).
+* `big_site` is a session-wide private demo site with `big.bin` (64 MiB) in
+  `flywheel/Anxiety Study/sub-01/ses-baseline/T1w`; `start_site` (tests/conftest.py) starts
+  others, e.g. with `range_quirk=True`.
+
+The daemon is a subprocess, so a hung one can be killed: teardown unmounts with
+`fusermount3 -u`, falls back to `-uz`, then terminates and kills the process, and checks
+that nothing is left mounted. A watchdog kills every daemon shortly before a test's timeout,
+because a syscall blocked on a hung FUSE daemon cannot be interrupted by pytest-timeout's
+SIGALRM; killing the daemon aborts the connection and makes the syscall return.
+
+Every test here needs /dev/fuse: without it they are skipped, with it they run (and fail
+if mounting does not work).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mountkit import LIVE, Mount, SiteTree, root_conftest, start_mount, stop_mount
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.fuse)
+            if not os.path.exists("/dev/fuse"):
+                item.add_marker(
+                    pytest.mark.skip(reason="/dev/fuse is absent: no FUSE mounts on this machine")
+                )
+
+
+# ---- fixtures -----------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _fuse_watchdog(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Kill every fwfs daemon a few seconds before the test's timeout, so that a syscall
+    stuck on a hung daemon returns (ENOTCONN) and pytest-timeout can report the test."""
+    marker = request.node.get_closest_marker("timeout")
+    timeout = float(marker.args[0]) if marker and marker.args else 300.0
+    fired = threading.Event()
+
+    def fire() -> None:
+        fired.set()
+        for mount in list(LIVE):
+            mount.kill()
+
+    timer = threading.Timer(max(1.0, timeout - 5.0), fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+    assert not fired.is_set(), "the test hung on the mount: the watchdog killed fwfs"
+
+
+@pytest.fixture
+def mount_site(
+    start_site: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Mount]]:
+    """`mount_site(site, ttl=2, cache_size="64M", key=site.readonly_api_key, args=[...])`:
+    a private mount (its own daemon and cache), unmounted after the test."""
+    mounts: list[Mount] = []
+
+    def mount(site: Any, **options: Any) -> Mount:
+        m = start_mount(site, tmp_path_factory.mktemp("mount"), **options)
+        mounts.append(m)
+        return m
+
+    yield mount
+    for m in reversed(mounts):
+        stop_mount(m)
+
+
+@pytest.fixture(scope="session")
+def mounted(demo_site: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+    """The shared demo site, mounted once for the session with the default options."""
+    m = start_mount(demo_site, tmp_path_factory.mktemp("demo-mount"))
+    yield m
+    stop_mount(m)
+
+
+@pytest.fixture(scope="session")
+def big_site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A private demo site with a 64 MiB `big.bin`, shared by the tests that read it."""
+    root = root_conftest(request.config)
+    site = root.start_sandbox(tmp_path_factory.mktemp("big-site"), big_file_mb=64)
+    request.addfinalizer(site.stop)
+    return site
+
+
+@pytest.fixture(scope="session")
+def demo_tree(fw: Any) -> SiteTree:
+    """The demo's two groups as the SDK sees them, with every file's bytes."""
+    tree = SiteTree(fw)
+    for gid in ("flywheel", "radiology"):
+        tree.add_group(gid)
+    return tree

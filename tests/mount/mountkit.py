@@ -1,0 +1,303 @@
+"""The machinery of the mount tests: FUSE mounts as subprocesses, mount state from
+/proc/self/mounts, the access log, and the SDK's view of a site. Imported by
+tests/mount/conftest.py and the test modules (tests/mount is on sys.path, as for every test
+directory without __init__.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+MOUNT_TIMEOUT = 30.0
+EXIT_TIMEOUT = 15.0
+FUSERMOUNT = "fusermount3"
+ROOT_CONFTEST = Path(__file__).resolve().parent.parent / "conftest.py"
+
+
+def root_conftest(config: pytest.Config) -> ModuleType:
+    """tests/conftest.py as pytest loaded it (both conftests are module `conftest`)."""
+    for plugin in config.pluginmanager.get_plugins():
+        file = getattr(plugin, "__file__", None)
+        if file and Path(file).resolve() == ROOT_CONFTEST:
+            assert isinstance(plugin, ModuleType)
+            return plugin
+    raise RuntimeError("tests/conftest.py is not loaded")
+
+
+# ---- mount state --------------------------------------------------------------------------
+
+
+def _unescape_mountinfo(field: str) -> str:
+    # /proc/self/mounts escapes space, tab, newline and backslash as octal.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mounted_paths() -> list[str]:
+    """Every mount point, once per mount (stacked mounts repeat), from /proc/self/mounts:
+    reading it never touches a mount, so a hung daemon cannot hang it (os.path.ismount
+    stats the mount point)."""
+    with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+        return [_unescape_mountinfo(line.split()[1]) for line in f if line.strip()]
+
+
+def is_mounted(path: Path | str) -> bool:
+    return str(Path(path).absolute()) in mounted_paths()
+
+
+def fusermount(path: Path, lazy: bool = False) -> subprocess.CompletedProcess[str]:
+    argv = [FUSERMOUNT, "-u", *(["-z"] if lazy else []), str(path)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=False)
+
+
+class Mount:
+    """One `fwfs mount -f` daemon and its mount point."""
+
+    def __init__(
+        self, path: Path, proc: subprocess.Popen[bytes], workdir: Path, site: Any, argv: list[str]
+    ) -> None:
+        self.path = path
+        self.proc = proc
+        self.workdir = workdir
+        self.site = site
+        self.argv = argv
+        self.log_file = workdir / "fwfs.log"
+
+    def __truediv__(self, other: str) -> Path:
+        return self.path / other
+
+    def log(self) -> str:
+        if not self.log_file.exists():
+            return ""
+        return self.log_file.read_text(encoding="utf-8", errors="replace")
+
+    def output(self) -> str:
+        parts = []
+        for name in ("stdout.txt", "stderr.txt"):
+            p = self.workdir / name
+            if p.exists():
+                parts.append(p.read_text(encoding="utf-8", errors="replace"))
+        return "".join(parts)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the daemon: the kernel then fails every pending request (ENOTCONN)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+    def unmount(self) -> list[str]:
+        """Unmount and stop the daemon, whatever state it is in. Returns what went wrong."""
+        problems: list[str] = []
+        if is_mounted(self.path):
+            result = fusermount(self.path)
+            if result.returncode != 0:
+                problems.append(f"fusermount3 -u failed: {result.stderr.strip()}")
+                result = fusermount(self.path, lazy=True)
+                if result.returncode != 0:
+                    problems.append(f"fusermount3 -uz failed: {result.stderr.strip()}")
+        try:
+            self.proc.wait(timeout=EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            problems.append("fwfs did not exit after the unmount: terminated")
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                problems.append("fwfs ignored SIGTERM: killed")
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if is_mounted(self.path):
+            # A killed daemon leaves a dead mount behind ("transport endpoint not connected").
+            fusermount(self.path, lazy=True)
+        return problems
+
+    def __repr__(self) -> str:
+        return f"<Mount {self.path} of {self.site!r}>"
+
+
+LIVE: list[Mount] = []
+
+
+def start_mount(
+    site: Any,
+    workdir: Path,
+    *,
+    key: str | None = None,
+    ttl: float | None = None,
+    negative_ttl: float | None = None,
+    cache_size: str | int | None = None,
+    args: tuple[str, ...] | list[str] = (),
+    timeout: float = MOUNT_TIMEOUT,
+) -> Mount:
+    """Run `python -m fwfs mount MP -f --log-file LOG` with FWFS_API_KEY set; return once
+    the mount is ready. Fails the test with fwfs's output if it exits or never mounts."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    mp = workdir / "mnt"
+    mp.mkdir(exist_ok=True)
+    argv = [sys.executable, "-m", "fwfs", "mount", str(mp), "-f"]
+    argv += ["--log-file", str(workdir / "fwfs.log")]
+    if ttl is not None:
+        argv += ["--metadata-ttl", str(ttl)]
+    if negative_ttl is not None:
+        argv += ["--negative-ttl", str(negative_ttl)]
+    if cache_size is not None:
+        argv += ["--cache-size", str(cache_size)]
+    argv += list(args)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FW_", "FWFS_"))}
+    env["FWFS_API_KEY"] = key if key is not None else site.api_key
+    with open(workdir / "stdout.txt", "wb") as out, open(workdir / "stderr.txt", "wb") as err:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=workdir
+        )
+    mount = Mount(mp, proc, workdir, site, argv)
+    LIVE.append(mount)
+    deadline = time.monotonic() + timeout
+    while not is_mounted(mp):
+        if proc.poll() is not None:
+            pytest.fail(
+                f"fwfs mount exited with {proc.returncode} before mounting\n"
+                f"output:\n{mount.output()}\nlog:\n{mount.log()}",
+                pytrace=False,
+            )
+        if time.monotonic() > deadline:
+            mount.unmount()
+            pytest.fail(
+                f"fwfs mount not mounted after {timeout:.0f}s\noutput:\n{mount.output()}\n"
+                f"log:\n{mount.log()}",
+                pytrace=False,
+            )
+        time.sleep(0.02)
+    assert os.path.ismount(mp)
+    return mount
+
+
+def stop_mount(mount: Mount) -> None:
+    problems = mount.unmount()
+    if mount in LIVE:
+        LIVE.remove(mount)
+    if problems:
+        print(f"{mount!r}: " + "; ".join(problems))
+        print(mount.log()[-4000:])
+    assert not is_mounted(mount.path), f"{mount.path} is still mounted after teardown"
+    assert mount.proc.poll() is not None, "the fwfs daemon is still running after teardown"
+
+
+# ---- what the site holds, according to the SDK --------------------------------------------
+
+
+def _escape(label: str) -> str:
+    if label in (".", ".."):
+        return label.replace(".", "．")
+    if not label:
+        return "(no label)"
+    return label.replace("/", "／").replace("\x00", "␀")
+
+
+def _file_name_with_suffix(name: str) -> str:
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    first_dot = name.find(".", 1)
+    stem, ext = (name, "") if first_dot < 0 else (name[:first_dot], name[first_dot:])
+    return f"{_escape(stem)} (file-{digest}){ext}"
+
+
+def entry_names(containers: list[Any], files: list[str], reserved: bool) -> dict[str, Any]:
+    """Names of one directory by the first collision step of docs/SEMANTICS.md (enough for
+    the demo tree): every member of a group of equal names gets its suffix."""
+    plain = [_escape(c.label) for c in containers] + [_escape(f) for f in files]
+    taken = Counter(plain + (["analyses"] if reserved else []))
+    out: dict[str, Any] = {}
+    for c, name in zip(containers, plain, strict=False):
+        out[name if taken[name] == 1 else f"{name} ({c.id[-8:]})"] = c
+    for f in files:
+        name = _escape(f)
+        out[name if taken[name] == 1 else _file_name_with_suffix(f)] = f
+    assert len(out) == len(containers) + len(files), "the demo needs a further collision step"
+    return out
+
+
+class SiteTree:
+    """The files and directories a mount of the site should show under some paths, built
+    from the SDK: `files[relpath] -> bytes` (downloaded by the SDK), `dirs` (relpaths)."""
+
+    def __init__(self, fw: Any) -> None:
+        self.fw = fw
+        self.files: dict[str, bytes] = {}
+        self.dirs: set[str] = set()
+
+    def add_group(self, gid: str) -> None:
+        self.dirs.add(gid)
+        for project in self.fw.get_group(gid).projects():
+            self.add_container(f"{gid}/{_escape(project.label)}", project)
+
+    def add_container(self, path: str, container: Any) -> None:
+        fw = self.fw
+        container = container.reload()
+        self.dirs.add(path)
+        kind = container.container_type
+        children: list[Any] = {
+            "project": lambda: list(container.subjects()),
+            "subject": lambda: list(container.sessions()),
+            "session": lambda: list(container.acquisitions()),
+            "acquisition": lambda: [],
+        }[kind]()
+        files = [f.name for f in container.files]
+        named = entry_names(children, files, reserved=True)
+        for name, item in named.items():
+            if isinstance(item, str):
+                data = fw.download_file_from_container_as_data(container.id, item)
+                self.files[f"{path}/{name}"] = data
+            else:
+                self.add_container(f"{path}/{name}", item)
+        analyses = list(container.analyses or [])
+        if analyses:
+            self.dirs.add(f"{path}/analyses")
+            for name, analysis in entry_names(analyses, [], reserved=False).items():
+                self.add_analysis(f"{path}/analyses/{name}", fw.get_analysis(analysis.id))
+
+    def add_analysis(self, path: str, analysis: Any) -> None:
+        self.dirs.update({path, f"{path}/input", f"{path}/output"})
+        for sub, files in (("input", analysis.inputs or []), ("output", analysis.files or [])):
+            for name in entry_names([], [f.name for f in files], reserved=False):
+                data = self.fw.download_file_from_analysis_as_data(analysis.id, name)
+                self.files[f"{path}/{sub}/{name}"] = data
+
+    def under(self, prefix: str) -> SiteTree:
+        sub = SiteTree(self.fw)
+        sub.files = {
+            k.removeprefix(prefix + "/"): v for k, v in self.files.items() if k.startswith(prefix)
+        }
+        sub.dirs = {k.removeprefix(prefix + "/") for k in self.dirs if k.startswith(prefix + "/")}
+        return sub
+
+
+# ---- the access log -------------------------------------------------------------------------
+
+
+def requests_since(site: Any, mark: int, settle: float = 0.1) -> list[dict[str, Any]]:
+    """The site's access-log entries after `mark`, once the log has stopped growing: the
+    site writes a request's line just after answering it, so late lines get a moment."""
+    seen = -1
+    entries: list[dict[str, Any]] = []
+    while len(entries) != seen:
+        seen = len(entries)
+        time.sleep(settle)
+        entries = site.access_log()[mark:]
+    return entries
+
+
+def quiet_mark(site: Any) -> int:
+    """`site.log_mark()` once the lines of requests already answered are in the log."""
+    return len(requests_since(site, 0))
