@@ -196,6 +196,21 @@ class MountConfig:
     archives: bool = True
     list_archives: bool = False
 
+    @property
+    def kernel_ttl(self) -> float:
+        """How long the kernel may cache entries and attributes fwfs gave it.
+
+        The kernel's cache starts when fwfs answers, possibly from a listing that is
+        already nearly `listing_ttl` old; the two add up to at most `metadata_ttl`, the
+        documented bound. One second keeps the kernel from asking for every `stat` of a
+        `ls -l`, and those questions cost no request anyway.
+        """
+        return min(1.0, self.metadata_ttl / 2)
+
+    @property
+    def listing_ttl(self) -> float:
+        return self.metadata_ttl - self.kernel_ttl
+
     def __post_init__(self) -> None:
         if self.metadata_ttl < 0 or self.negative_ttl < 0:
             raise InvalidArgument("TTLs must not be negative")

@@ -25,6 +25,7 @@ from fwfs.fs import Attr, FlywheelFS
 log = logging.getLogger("fwfs.fuse")
 
 F = TypeVar("F", bound=Callable[..., Any])
+_LOOKUPS = frozenset({"getattr", "getxattr", "listxattr", "access", "readdir"})
 
 
 def _errors(func: F) -> F:
@@ -33,7 +34,10 @@ def _errors(func: F) -> F:
         try:
             return func(self, *args)
         except FwfsError as err:
-            if err.errno not in (errno.ENOENT, errno.ENODATA):
+            # Lookups of names that do not exist are routine (shells, tools probing);
+            # any other failure, and every failed open or read, gets a line.
+            quiet = func.__name__ in _LOOKUPS and err.errno in (errno.ENOENT, errno.ENODATA)
+            if not quiet:
                 log.info("%s: %s (%s)", func.__name__, err, errno.errorcode.get(err.errno))
             raise mfusepy.FuseOSError(err.errno) from None
         except mfusepy.FuseOSError:
@@ -77,11 +81,12 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         if config is not None:
-            # Listings are trusted for the TTL, so the kernel may cache what they said too.
-            ttl = float(self.config.metadata_ttl)
+            # The kernel's share of the staleness budget (see MountConfig.kernel_ttl).
+            ttl = float(self.config.kernel_ttl)
             config.entry_timeout = ttl
             config.attr_timeout = ttl
-            config.negative_timeout = float(self.config.negative_ttl)
+            # A name missing now may be listed at the next listing: no longer than that.
+            config.negative_timeout = float(min(self.config.negative_ttl, ttl))
         self.ready.set()
         if self._on_ready is not None:
             self._on_ready()
@@ -101,9 +106,10 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
 
     @_errors
     def open(self, path: str, fi: Any) -> int:
-        fh, keep = self.fs.open(path, fi.flags)
-        fi.fh = fh
-        fi.keep_cache = 1 if keep else 0
+        opened = self.fs.open(path, fi.flags)
+        fi.fh = opened.fh
+        fi.keep_cache = int(opened.keep_cache)
+        fi.direct_io = int(opened.direct_io)
         return 0
 
     @_errors

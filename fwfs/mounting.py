@@ -116,6 +116,10 @@ def _serve(
     try:
         mount(ops, str(mountpoint), foreground=True, options=options)
     except RuntimeError as err:
+        # libfuse reports a loop ended by SIGTERM or Ctrl-C as an error too.
+        if ops.ready.is_set() and not os.path.ismount(mountpoint):
+            log.info("unmounted %s (%s)", mountpoint, err)
+            return 0
         log.error("mount of %s failed: %s", mountpoint, err)
         return 1
     finally:

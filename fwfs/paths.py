@@ -168,7 +168,11 @@ def _name_at(entry: RawEntry, escaped: str, level: int) -> str:
         # the same beginning stay apart.
         level = _SHORT
     if level == _LAST:
-        return f"(key-{_sha1(entry.key)})"
+        # Still the stem and extension (duplicate zip members reach this step routinely),
+        # told apart by the key; the bare form only when nothing else fits.
+        stem, ext = _split_ext(escaped) if entry.is_file else (escaped, "")
+        bare = f"(key-{_sha1(entry.key)})"
+        return _fit(stem, " " + bare, ext) or bare
     if entry.is_file:
         stem, ext = _split_ext(escaped)
         tag = _sha1(entry.label)

@@ -15,12 +15,19 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from fwfs.blockcache import BlockCache
 from fwfs.client import FlywheelClient
 from fwfs.config import MountConfig
-from fwfs.errors import InvalidArgument, IsADirectory, NotADirectory, NotFound, ReadOnly
+from fwfs.errors import (
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    ReadOnly,
+    RemoteError,
+)
 from fwfs.fs.archived import Archives
 from fwfs.fs.nodes import (
     ARCHIVE_SUFFIX,
@@ -35,7 +42,7 @@ from fwfs.fs.nodes import (
     file_attr,
     is_archive,
 )
-from fwfs.fs.tree import ROOT, Tree
+from fwfs.fs.tree import ROOT, SHADOWED, Tree
 from fwfs.models import FileInfo
 from fwfs.rangedfile import RangedReader, ReadConfig
 
@@ -83,6 +90,18 @@ class _MemberReads:
 class Handle:
     key: tuple[str, ...]
     reader: _Reads
+    path: str
+    attr: Attr
+
+
+class Opened(NamedTuple):
+    """`keep_cache`: the kernel's pages of this path are of this version: keep them.
+    `direct_io`: another version of this path is open through the page cache; this handle
+    must bypass it, since the kernel keeps one page cache and one size per path."""
+
+    fh: int
+    keep_cache: bool
+    direct_io: bool
 
 
 class FlywheelFS:
@@ -95,7 +114,7 @@ class FlywheelFS:
     def __init__(self, client: FlywheelClient, config: MountConfig) -> None:
         self.client = client
         self.config = config
-        self.tree = Tree(client, config.metadata_ttl, config.negative_ttl)
+        self.tree = Tree(client, config.listing_ttl, config.negative_ttl)
         self.cache = BlockCache(config.cache_size)
         self.pool = ThreadPoolExecutor(config.read_threads, thread_name_prefix="fwfs-read")
         self.read_config = ReadConfig(
@@ -159,7 +178,15 @@ class FlywheelFS:
         return archive_attr(node)
 
     def getattr(self, path: str) -> Attr:
-        return self.attr(self.lookup(path))
+        attr = self.attr(self.lookup(path))
+        with self._lock:
+            cached = self._opened.get(path)
+            for h in self._handles.values():
+                # While the version in the kernel's page cache is open, its size stands:
+                # a newer listing must not cut that program's reads short.
+                if h.path == path and h.key == cached:
+                    return h.attr
+        return attr
 
     def readdir(self, path: str) -> list[tuple[str, Attr]]:
         node = self.lookup(path)
@@ -239,15 +266,18 @@ class FlywheelFS:
             info.cache_key, info.size, fetch, self.cache, self.pool, self.read_config
         )
 
-    def open(self, path: str, flags: int) -> tuple[int, bool]:
-        """Returns (handle, keep_cache): the kernel may keep its page cache of the file
-        when the version opened is the one it cached last time."""
+    def open(self, path: str, flags: int) -> Opened:
         node = self.lookup(path)
         if isinstance(node, Dir | ArchiveDir):
             raise IsADirectory("is a directory")
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise ReadOnly("this mount is read-only")
         reader: _Reads
+        if isinstance(node, File) and node.info.raw.get(SHADOWED):
+            raise RemoteError(
+                f"analysis input {node.info.name!r} has an output of the same name; "
+                "read it from the container it came from"
+            )
         if isinstance(node, ArchiveFile):
             reader = _MemberReads(self.archives, node)
             key: tuple[str, ...] = (*map(str, node.archive.cache_key), node.member.path)
@@ -255,11 +285,15 @@ class FlywheelFS:
             reader = self._ranged(node.info)
             key = tuple(map(str, node.info.cache_key))
         fh = next(self._next_fh)
+        attr = self.attr(node)
         with self._lock:
-            self._handles[fh] = Handle(key, reader)
-            keep = self._opened.get(path) == key
+            cached = self._opened.get(path)
+            other_open = any(h.path == path and h.key == cached for h in self._handles.values())
+            self._handles[fh] = Handle(key, reader, path, attr)
+            if other_open and cached != key:
+                return Opened(fh, keep_cache=False, direct_io=True)
             self._opened[path] = key
-        return fh, keep
+        return Opened(fh, keep_cache=cached == key, direct_io=False)
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
         return self._handle(fh).reader.read(offset, size)

@@ -31,6 +31,8 @@ from fwfs.models import (
 log = logging.getLogger("fwfs.tree")
 
 ROOT = Dir("root")
+# Marks, in a file's JSON, an analysis input that an output of the same name hides.
+SHADOWED = "fwfs_shadowed"
 
 
 @dataclass
@@ -44,8 +46,8 @@ class Listing:
 class Tree:
     """Listings by directory key, each fetched by one thread while others wait.
 
-    Guarded by `self._lock`: `_listings`, `_inflight`, `_negative`. No request is made while
-    holding it.
+    Guarded by `self._lock`: `_listings`, `_inflight`, `_negative`, `_aliases`. No request
+    is made while holding it.
     """
 
     def __init__(
@@ -63,6 +65,8 @@ class Tree:
         self._listings: dict[tuple[str, ...], Listing] = {}
         self._inflight: dict[tuple[str, ...], threading.Event] = {}
         self._negative: dict[tuple[tuple[str, ...], str], float] = {}
+        # `<id:…>` containers found by lookup while not in their parent's listing.
+        self._aliases: dict[tuple[tuple[str, ...], str], tuple[Dir, float]] = {}
 
     # ---- lookup -----------------------------------------------------------------------
 
@@ -85,18 +89,29 @@ class Tree:
                 and node.container.id == cid
             ):
                 return node
-        # Not listed (yet): ask the site, and remember a miss for a moment.
-        neg_key = (parent.key, cid)
+        # Not listed (yet): ask the site once per TTL, and remember a miss for a moment.
+        key = (parent.key, cid)
         with self._lock:
-            until = self._negative.get(neg_key)
-            if until is not None and until > self._clock():
+            now = self._clock()
+            until = self._negative.get(key)
+            if until is not None and until > now:
                 raise NotFound(f"no container {cid} here")
+            hit = self._aliases.get(key)
+            if hit is not None and now - hit[1] < self._ttl:
+                return hit[0]
         try:
             node = self._resolve_alias(parent, cid)
         except NotFound:
             with self._lock:
-                self._negative[neg_key] = self._clock() + self._negative_ttl
+                now = self._clock()
+                # Forget expired misses, so the map cannot grow without bound.
+                self._negative = {k: t for k, t in self._negative.items() if t > now}
+                self._negative[key] = now + self._negative_ttl
             raise
+        with self._lock:
+            now = self._clock()
+            self._aliases = {k: v for k, v in self._aliases.items() if now - v[1] < self._ttl}
+            self._aliases[key] = (node, now)
         return node
 
     def _resolve_alias(self, parent: Dir, cid: str) -> Dir:
@@ -166,7 +181,15 @@ class Tree:
         # analysis-io: the analysis' inputs or outputs.
         doc = self._client.get("analysis", c.id)
         docs = doc.get("inputs" if node.file_group == "inputs" else "files") or []
-        files = [parse_file(d, c.ref) for d in docs if isinstance(d, dict)]
+        outputs = {d.get("name") for d in doc.get("files") or [] if isinstance(d, dict)}
+        files = []
+        for d in docs:
+            if isinstance(d, dict):
+                if node.file_group == "inputs" and d.get("name") in outputs:
+                    # The API reads an analysis file by name, and an output of the same
+                    # name wins: this input's own bytes cannot be reached that way.
+                    d = {**d, SHADOWED: True}
+                files.append(parse_file(d, c.ref))
         return Listing(_named_files(files), now, parse_container(doc, "analysis"))
 
     def _list_container(self, c: Container, now: float) -> Listing:

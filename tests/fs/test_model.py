@@ -66,7 +66,7 @@ def errno_of(call: Callable[[], Any]) -> int:
 
 
 def read_all(model: FlywheelFS, path: str, chunk: int = 10_000) -> bytes:
-    fh, _keep = model.open(path, os.O_RDONLY)
+    fh = model.open(path, os.O_RDONLY).fh
     try:
         out = bytearray()
         while True:
@@ -441,7 +441,7 @@ def test_reads_equal_the_sdk_download(
 
 def test_reads_at_any_offset_and_past_the_end(model: FlywheelFS, fw: Any, t1w: Any) -> None:
     source = fw.download_file_from_container_as_data(t1w.id, "T1w.dicom.zip")
-    fh, _keep = model.open(f"{SES}/T1w ({t1w.id[-8:]})/T1w.dicom.zip", os.O_RDONLY)
+    fh = model.open(f"{SES}/T1w ({t1w.id[-8:]})/T1w.dicom.zip", os.O_RDONLY).fh
     try:
         block = 128 << 10
         for offset, size in [
@@ -494,16 +494,24 @@ def test_a_new_version_is_seen_after_the_ttl_and_open_says_whether_to_keep_pages
     scratch_project.upload_file(flywheel.FileSpec("versions.txt", b"version one\n"))
     model = make_model(metadata_ttl=1)
     path = f"{scratch_project.group}/Model Scratch/versions.txt"
-    fh1, keep1 = model.open(path, os.O_RDONLY)
-    fh2, keep2 = model.open(path, os.O_RDONLY)
+    fh1, keep1, _ = model.open(path, os.O_RDONLY)
+    fh2, keep2, _ = model.open(path, os.O_RDONLY)
     assert (keep1, keep2) == (False, True)  # same version: the kernel may keep its pages
     scratch_project.upload_file(flywheel.FileSpec("versions.txt", b"version two, longer\n"))
     time.sleep(1.2)
-    assert model.getattr(path).size == len(b"version two, longer\n")
-    fh3, keep3 = model.open(path, os.O_RDONLY)
-    assert keep3 is False  # a new version: the kernel must drop the old pages
+    # Version one is open (and in the kernel's pages): its size stands while it is.
+    assert model.getattr(path).size == len(b"version one\n")
+    fh3, keep3, direct3 = model.open(path, os.O_RDONLY)
+    assert (keep3, direct3) == (False, True)  # a new version, read past the page cache
     # The handles opened at version one still read version one.
     assert model.read(fh1, 0, 100) == b"version one\n"
     assert model.read(fh3, 0, 100) == b"version two, longer\n"
-    for fh in (fh1, fh2, fh3):
+    model.release(fh1)
+    model.release(fh2)
+    # Nothing holds version one open any more: the path shows the new version.
+    assert model.getattr(path).size == len(b"version two, longer\n")
+    fh4, keep4, direct4 = model.open(path, os.O_RDONLY)
+    assert (keep4, direct4) == (False, False)  # the kernel must drop version one's pages
+    model.release(fh4)
+    for fh in (fh3,):
         model.release(fh)

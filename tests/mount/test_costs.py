@@ -261,11 +261,6 @@ def test_id_aliases_are_free_when_listed_and_misses_are_remembered(
     assert calls(requests_since(big_site, mark)) == [("POST", "/api/lookup")]  # remembered
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fwfs bug: an <id:…> alias resolved by POST /api/lookup is not remembered, so "
-    "every operation on a path through it (mfusepy hands fwfs whole paths) looks it up again",
-)
 def test_an_alias_not_yet_listed_costs_one_lookup(
     fresh: Callable[..., Mount], big_site: Any
 ) -> None:

@@ -516,12 +516,6 @@ def test_stopping_a_foreground_mount_unmounts_it(
     assert os.listdir(mount.path) == []  # the empty mount point again, not a dead mount
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fwfs bug: when a signal ends the FUSE loop, mfusepy raises RuntimeError(8) and "
-    "mounting._serve logs 'mount of … failed: 8' and exits 1, though the mount ran and was "
-    "cleanly unmounted",
-)
 def test_stopping_a_foreground_mount_is_a_clean_exit(
     demo_site: Any, mount_site: Callable[..., Mount]
 ) -> None:

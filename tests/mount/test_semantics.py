@@ -81,12 +81,6 @@ def test_listings_are_trusted_for_the_ttl_then_listed_again(
     assert errno_of(lambda: os.stat(folder / "old.txt")) == errno.ENOENT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fwfs bug: the kernel trusts an entry for the whole --metadata-ttl from the moment "
-    "fwfs answers it, and fwfs answers from a listing that may be almost that old, so a "
-    "deleted file can still be stat-ed up to twice the TTL after the listing",
-)
 def test_a_deleted_file_is_gone_within_the_ttl(
     scratch: Any, mount_site: Callable[..., Mount]
 ) -> None:
@@ -99,18 +93,14 @@ def test_a_deleted_file_is_gone_within_the_ttl(
     assert os.listdir(folder) == ["old.txt"]
     project.delete_file("old.txt")
     deleted_at = time.monotonic()
-    time.sleep(max(0.0, listed_at + ttl - 1.0 - time.monotonic()))
-    assert os.stat(folder / "old.txt").st_size > 0  # still within the TTL: still shows
+    # The listing is fresh (under a second old): it still shows the file.
+    assert deleted_at - listed_at < 1.0
+    assert os.stat(folder / "old.txt").st_size > 0
     time.sleep(max(0.0, deleted_at + ttl + 1.0 - time.monotonic()))
     # More than the TTL after the deletion: gone.
     assert errno_of(lambda: os.stat(folder / "old.txt")) == errno.ENOENT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fwfs bug: the kernel caches 'no such name' for --negative-ttl (5 s) rather than "
-    "at most --metadata-ttl, so a file ls already shows stays ENOENT for up to 5 s",
-)
 def test_a_name_missing_before_is_usable_as_soon_as_it_is_listed(
     scratch: Any, mount_site: Callable[..., Mount]
 ) -> None:
@@ -145,12 +135,6 @@ def test_an_open_file_keeps_reading_the_version_it_opened(
     assert path.read_bytes() == v2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fwfs bug: the kernel's page cache and file size belong to the inode (one per "
-    "path), not to the handle: once the new version is listed, a handle opened at the old "
-    "one is cut to the new size, and after a new open it reads the new version's bytes",
-)
 def test_an_open_file_keeps_its_version_after_the_new_one_is_listed(
     scratch: Any, mount_site: Callable[..., Mount]
 ) -> None:
@@ -162,13 +146,17 @@ def test_an_open_file_keeps_its_version_after_the_new_one_is_listed(
     with open(path, "rb", buffering=0) as old:
         assert old.read(1000) == v1[:1000]
         project.upload_file(flywheel.FileSpec("scan.bin", v2))
-        wait_until(lambda: path.stat().st_size == len(v2), timeout=TTL + 10)
-        # The new version is listed now; the old handle still reads version one, all of it.
+        wait_until(lambda: os.getxattr(path, "user.flywheel.version") == b"2", timeout=TTL + 10)
+        # Listed now; while version one is open its size stands, and it reads whole.
+        assert path.stat().st_size == len(v1)
         whole = os.pread(old.fileno(), len(v1) + 10, 0)
         assert (len(whole), whole == v1) == (len(v1), True)
         assert path.read_bytes() == v2  # a new open reads version two...
         whole = os.pread(old.fileno(), len(v1) + 10, 0)
         assert (len(whole), whole == v1) == (len(v1), True)  # ...the old handle still one
+    # Closed: the path shows version two, and reads it from the start.
+    wait_until(lambda: path.stat().st_size == len(v2), timeout=TTL + 10)
+    assert path.read_bytes() == v2
 
 
 def test_a_new_version_of_the_same_size_is_not_served_from_old_pages(
@@ -204,11 +192,6 @@ def test_a_file_deleted_under_an_open_handle_fails_clearly(
     assert mount.alive
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fwfs bug: fuse_ops._errors logs nothing for ENOENT, so a read that fails with "
-    "ENOENT (the file was deleted on the site) leaves no log line",
-)
 def test_a_failed_read_leaves_a_log_line(scratch: Any, mount_site: Callable[..., Mount]) -> None:
     site, _fw, project = scratch
     project.upload_file(flywheel.FileSpec("gone.txt", b"soon deleted\n"))
@@ -222,12 +205,6 @@ def test_a_failed_read_leaves_a_log_line(scratch: Any, mount_site: Callable[...,
     assert "gone.txt" in mount.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fwfs bug: an analysis input is read through /analyses/{id}/files/{name}, where "
-    "an output of the same name shadows it, so input/ serves the output's bytes, cut to "
-    "the input's size",
-)
 def test_an_analysis_input_reads_its_own_bytes_even_if_an_output_shares_its_name(
     scratch: Any, mount_site: Callable[..., Mount]
 ) -> None:

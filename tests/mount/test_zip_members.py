@@ -223,12 +223,6 @@ def test_members_with_the_same_path_all_appear(zips: Any, mount_site: Callable[.
     assert again == files  # stable names
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fwfs bug: paths.assign_names' last step names duplicates '(key-<sha1>)', "
-    "dropping the stem and the extension, where SEMANTICS rule 3 keeps the name and puts "
-    "the suffix before the extension",
-)
 def test_duplicate_members_keep_their_name_and_extension(
     zips: Any, mount_site: Callable[..., Mount]
 ) -> None:

@@ -189,7 +189,7 @@ def test_a_prefix_on_container_keys_stays_out_of_the_suffix() -> None:
 def test_one_id_twice_falls_back_to_the_key_hash() -> None:
     # Two keys naming one id cannot be told apart by the id; only the key is left.
     names = assign_names([container("a:1", "s"), container("b:1", "s")])
-    assert names == {"a:1": f"(key-{sha1('a:1')})", "b:1": f"(key-{sha1('b:1')})"}
+    assert names == {"a:1": f"s (key-{sha1('a:1')})", "b:1": f"s (key-{sha1('b:1')})"}
 
 
 def test_short_ids_whose_tail_is_the_whole_id() -> None:
@@ -218,7 +218,7 @@ def test_an_id_too_long_for_a_name_falls_back_to_the_key_hash() -> None:
     a = container("a" * 300, "x")
     b = container("b" + "a" * 299, "x")  # the same last 8 characters
     names = assign_names([a, b])
-    assert names == {a.key: f"(key-{sha1(a.key)})", b.key: f"(key-{sha1(b.key)})"}
+    assert names == {a.key: f"x (key-{sha1(a.key)})", b.key: f"x (key-{sha1(b.key)})"}
 
 
 def test_identical_entries_twice_are_one_entry() -> None:
