@@ -213,28 +213,58 @@ class Tree:
                     containers.append(parse_container(doc))
             except ValueError as err:
                 log.warning("skipping a malformed entry of %s %s: %s", c.kind, c.id, err)
-        raw: list[paths.RawEntry] = [
-            paths.RawEntry("c:" + x.id, x.label, False) for x in containers
-        ]
-        raw += [paths.RawEntry("f:" + f.name, f.name, True) for f in files]
-        names = paths.assign_names(raw, reserved={ANALYSES_DIR})
-        entries: dict[str, Node] = {}
-        for x in containers:
-            entries[names["c:" + x.id]] = Dir("container", x)
-        for f in files:
-            entries[names["f:" + f.name]] = File(f)
-        if analyses or me.raw.get("analyses"):
-            entries[ANALYSES_DIR] = Dir("analyses", me)
-        listing = Listing(entries, now, me)
+        listing = Listing(_entries(me, containers, files, bool(analyses)), now, me)
+        prefilled: dict[tuple[str, ...], Listing] = {}
         if analyses:
             # The analyses directory is listed from this same answer: no second request.
-            with self._lock:
-                self._listings[Dir("analyses", me).key] = Listing(_named_dirs(analyses), now)
+            prefilled[Dir("analyses", me).key] = Listing(_named_dirs(analyses), now)
+        for x in containers:
+            leaf = _leaf_listing(x, now)
+            if leaf is not None:
+                prefilled[Dir("container", x).key] = leaf
+        with self._lock:
+            for key, value in prefilled.items():
+                # Never replace a listing that was fetched later than this answer.
+                if key not in self._listings or self._listings[key].fetched < now:
+                    self._listings[key] = value
         return listing
 
     def _analyses_of(self, c: Container) -> list[Container]:
         docs = self._client.list_children(c.kind, c.id, "analysis")
         return [parse_container(d, "analysis") for d in docs]
+
+
+def _entries(
+    me: Container, containers: list[Container], files: list[FileInfo], has_analyses: bool
+) -> dict[str, Node]:
+    raw = [paths.RawEntry("c:" + x.id, x.label, False) for x in containers]
+    raw += [paths.RawEntry("f:" + f.name, f.name, True) for f in files]
+    names = paths.assign_names(raw, reserved={ANALYSES_DIR})
+    entries: dict[str, Node] = {}
+    for x in containers:
+        entries[names["c:" + x.id]] = Dir("container", x)
+    for f in files:
+        entries[names["f:" + f.name]] = File(f)
+    if has_analyses or me.raw.get("analyses"):
+        entries[ANALYSES_DIR] = Dir("analyses", me)
+    return entries
+
+
+def _leaf_listing(c: Container, now: float) -> Listing | None:
+    """The listing of a child that holds no containers (an acquisition), when its parent's
+    answer already carried its files and analyses: `ls -R` then costs one request per
+    session, not one per acquisition too."""
+    files_doc, analyses_doc = c.raw.get("files"), c.raw.get("analyses")
+    if c.kind in CHILD_KIND or not isinstance(files_doc, list):
+        return None
+    if not isinstance(analyses_doc, list) or analyses_doc:
+        # Unknown, or some analyses: their directory needs its own listing anyway.
+        return None
+    try:
+        files = [parse_file(d, c.ref) for d in files_doc if isinstance(d, dict)]
+    except ValueError:
+        return None
+    return Listing(_entries(c, [], files, False), now, c)
 
 
 def _named_dirs(containers: list[Container]) -> dict[str, Node]:

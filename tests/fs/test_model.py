@@ -409,8 +409,8 @@ def test_a_fresh_listing_answers_enoent_without_a_request(
     mark = quiet_mark(demo_site)
     for missing in ("T1w", "scan_notes", "analyses/nothing", "DWI/none.nii.gz"):
         assert errno_of(lambda m=missing: model.getattr(f"{SES}/{m}")) == errno.ENOENT
-    # DWI/ was never listed: that lookup lists it (one request), the rest cost nothing.
-    assert [e["path"] for e in requests_since(demo_site, mark)] == ["/api/resolve"]
+    # DWI/ came with its session's listing: none of these costs a request.
+    assert requests_since(demo_site, mark) == []
 
 
 # ---- reading ------------------------------------------------------------------------------
@@ -465,13 +465,14 @@ def test_ttl_zero_lists_again_and_a_long_ttl_does_not(
     make_model: Callable[..., FlywheelFS], demo_site: Any
 ) -> None:
     path = f"{SES}/DWI/DWI.nii.gz"
-    # Root, group, project, subject, session, acquisition: six listings on the way.
-    for ttl, second in ((0, 6), (300, 0)):
+    # Root, group, project, subject, session: five listings on the way; the acquisition's
+    # came with its session's, unless no listing may be reused at all (TTL 0).
+    for ttl, resolves, second in ((0, 5, 6), (300, 4, 0)):
         model = make_model(metadata_ttl=ttl)
         mark = quiet_mark(demo_site)
         model.getattr(path)
         first = requests_since(demo_site, mark)
-        assert [e["path"] for e in first] == ["/api/groups"] + ["/api/resolve"] * 5
+        assert [e["path"] for e in first] == ["/api/groups"] + ["/api/resolve"] * resolves
         mark = quiet_mark(demo_site)
         model.getattr(path)
         assert len(requests_since(demo_site, mark)) == second, f"ttl={ttl}"
@@ -485,7 +486,7 @@ def test_concurrent_lookups_share_one_listing_per_directory(
     with ThreadPoolExecutor(8) as pool:
         sizes = list(pool.map(lambda p: model.getattr(p).size, paths))
     assert all(sizes)
-    assert len(requests_since(demo_site, mark)) == 6
+    assert len(requests_since(demo_site, mark)) == 5  # root, group, project, subject, session
 
 
 def test_a_new_version_is_seen_after_the_ttl_and_open_says_whether_to_keep_pages(

@@ -90,14 +90,15 @@ def test_a_path_not_yet_listed_costs_one_listing_per_directory_on_the_way(
     mount = fresh()
     mark = quiet_mark(big_site)
     os.stat(mount / SES / "DWI/DWI.nii.gz")
-    # The root, then the group, project, subject, session and acquisition.
+    # The root, then the group, project, subject and session; the session's listing
+    # carried its acquisitions' files, so the acquisition costs nothing more.
     assert (
         calls(requests_since(big_site, mark))
-        == [("GET", "/api/groups")] + [("POST", "/api/resolve")] * 5
+        == [("GET", "/api/groups")] + [("POST", "/api/resolve")] * 4
     )
     mark = quiet_mark(big_site)
-    os.stat(mount / SES / "fMRI rest/fMRI_rest.nii.gz")  # only the new acquisition
-    assert calls(requests_since(big_site, mark)) == [("POST", "/api/resolve")]
+    os.stat(mount / SES / "fMRI rest/fMRI_rest.nii.gz")  # a sibling acquisition: free
+    assert calls(requests_since(big_site, mark)) == []
 
 
 def test_ls_lR_of_the_project_costs_one_request_per_directory(
@@ -115,12 +116,16 @@ def test_ls_lR_of_the_project_costs_one_request_per_directory(
     container_dirs = [
         d for d in dirs if d.name != "analyses" and d.parent.name != "analyses" and d not in io_dirs
     ]
+    # Acquisitions (no analyses in the demo) come with their session's listing.
+    acquisitions = [d for d in container_dirs if len(d.relative_to(mount / PROJECT).parts) == 3]
+    assert acquisitions
+    listed = len(container_dirs) - len(acquisitions)
     assert len(log) <= len(dirs)
     counts = Counter(calls(log))
-    assert counts[("POST", "/api/resolve")] == len(container_dirs)
+    assert counts[("POST", "/api/resolve")] == listed
     analysis_gets = sum(n for (m, p), n in counts.items() if p.startswith("/api/analyses/"))
     assert analysis_gets == len(io_dirs)
-    assert len(log) == len(container_dirs) + len(io_dirs)  # and nothing else: no file bytes
+    assert len(log) == listed + len(io_dirs)  # and nothing else: no file bytes
     # find and du after it, within the TTL: nothing more.
     mark = quiet_mark(big_site)
     sh("find", mount / PROJECT)
