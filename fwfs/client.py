@@ -193,17 +193,26 @@ def _read_upto(resp: requests.Response, limit: int) -> bytes:
 
 def _read_span(resp: requests.Response, skip: int, limit: int) -> bytes:
     """Drop ``skip`` bytes of the body, then read at most ``limit``; stops reading there."""
-    buf = bytearray()
     if limit <= 0:
         return b""
+    # Filled in place: growing a bytearray chunk by chunk would copy a large range several
+    # times over, and four of them are in flight per reader.
+    buf = bytearray(limit)
+    view = memoryview(buf)
+    filled = 0
     for chunk in resp.iter_content(chunk_size=min(1 << 20, skip + limit)):
         if skip >= len(chunk):
             skip -= len(chunk)
             continue
-        buf += chunk[skip : skip + limit - len(buf)]
+        piece = chunk[skip : skip + limit - filled]
+        view[filled : filled + len(piece)] = piece
+        filled += len(piece)
         skip = 0
-        if len(buf) >= limit:
+        if filled >= limit:
             break
+    view.release()
+    if filled < limit:
+        del buf[filled:]
     return bytes(buf)
 
 
