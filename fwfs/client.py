@@ -534,6 +534,10 @@ class FlywheelClient:
             params=_version_params(version, member=member),
             headers=_FILE_HEADERS,
             consume=_whole_body,
+            # A member body that breaks off is most often one the server cannot
+            # decompress: the archive reader falls back to the archive's own bytes
+            # rather than waiting out every retry.
+            idempotent=False,
         )
 
     def delete_file(self, kind: Kind, cid: str, name: str) -> Json:

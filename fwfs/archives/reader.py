@@ -403,9 +403,10 @@ class ArchiveReader:
     def _fetch(self, member: MemberFile) -> bytes:
         try:
             data = self._fetch_member(member.path)
-        except (NotFound, InvalidArgument) as err:
+        except (NotFound, InvalidArgument, RemoteError) as err:
             # The server would not serve the member (a name its lookup mangles, a member it
-            # calls encrypted or missing): the archive itself gives the precise answer.
+            # calls encrypted or missing, a member it fails to decompress mid-body): the
+            # archive itself gives the precise answer, or the same network error.
             return self._extract_instead(member, err)
         except FwfsError:
             raise

@@ -278,6 +278,9 @@ class _Handler(BaseHTTPRequestHandler):
             # to tell the client that the body is incomplete.
             log.exception("sandbox body failed after %d bytes: %s", total, self.path)
             self.close_connection = True
+        if resp.length is not None and total != resp.length:
+            # Fewer bytes than Content-Length promised: only a closed connection says so.
+            self.close_connection = True
         return total
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _dispatch

@@ -94,7 +94,10 @@ class Seeder:
     ) -> Container:
         stem, modality, shape, voxel = _SERIES[label]
         acq = self.container("acquisition", session, label, when, timestamp=iso(when))
-        seed = _seed(session.id, label)
+        # Seeded from where the series sits and when, never from ids (they differ per site),
+        # so every site built by --demo holds the same bytes.
+        place = f"{subject_code}/{session.label}/{session.doc.get('timestamp')}"
+        seed = _seed(place, label)
         zipped = demodata.dicom_series_zip(
             series_description=stem,
             modality=modality,
@@ -102,7 +105,7 @@ class Seeder:
             voxel_mm=voxel,
             patient_id=subject_code,
             patient_name=f"{subject_code}^Demo",
-            study_instance_uid=f"2.25.{_seed(session.id) + 1000}",
+            study_instance_uid=f"2.25.{_seed(place) + 1000}",
             series_number=series_no,
             acquisition_datetime=when.replace(tzinfo=None),
             seed=seed,
@@ -371,7 +374,7 @@ def add_scale_project(store: Store, sessions: int) -> None:
             for label in ("anat", "func"):
                 acq = s.container("acquisition", session, label, when)
                 s.file(acq, f"{label}.json", demodata.json_bytes({"n": n, "label": label}), when)
-                s.file(acq, f"{label}.bin", _seed(acq.id).to_bytes(4, "big") * 256, when)
+                s.file(acq, f"{label}.bin", _seed(str(n), label).to_bytes(4, "big") * 256, when)
 
 
 def _find(store: Store, labels: list[str]) -> Container:

@@ -157,7 +157,9 @@ class Sandbox:
         self.httpd.serve_forever()
 
     def stop(self) -> None:
-        self.httpd.shutdown()
+        # shutdown() waits for serve_forever() to return: it would hang if it never ran.
+        if self._thread is not None:
+            self.httpd.shutdown()
         self.httpd.server_close()
         self.access_log.close()
         self.store.close()

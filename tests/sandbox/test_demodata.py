@@ -461,3 +461,18 @@ def test_module_imports_nothing_else_from_fwfs() -> None:
     source = Path(demodata.__file__).read_text(encoding="utf-8")
     assert not re.search(r"^\s*(from|import)\s+fwfs\b", source, re.M)
     assert not re.search(r"^\s*from\s+\.", source, re.M)
+
+
+def test_two_demo_sites_hold_the_same_bytes(tmp_path: Path) -> None:
+    # docs/SANDBOX.md: files are generated deterministically, the same on every machine.
+    from fwfs.sandbox.server import Sandbox, ServeOptions
+
+    listings = []
+    for n in range(2):
+        site = Sandbox(ServeOptions(data=tmp_path / f"site{n}", demo=True))
+        try:
+            listings.append(sorted((r.name, r.doc["hash"]) for r in site.store.all_current_files()))
+        finally:
+            site.stop()
+    assert len(listings[0]) > 40
+    assert listings[0] == listings[1]
