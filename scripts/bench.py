@@ -1,0 +1,720 @@
+"""scripts/bench: fwfs's mount against the Flywheel SDK and plain HTTP, on a sandbox site.
+
+Run through scripts/bench (which installs what it needs first); docs/BENCHMARKS.md explains
+every case. Each case runs its variants interleaved (A B C A B C ...), `--reps` times, and
+reports medians with the min-max spread; the figures worth reading are the ratios between
+variants of one run, since the machine is shared and noisy.
+
+    scripts/bench --quick          a minute or two: checks that a change did not break speed
+    scripts/bench                  the published figures (docs/benchmarks/), ~4 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+# Before flywheel is imported: a broken site fails a run in seconds, not minutes.
+os.environ.setdefault("FLYWHEEL_SDK_TOTAL_RETRIES", "1")
+os.environ.setdefault("FLYWHEEL_SDK_BACKOFF_FACTOR", "0.2")
+os.environ.setdefault("FLYWHEEL_SDK_REQUEST_TIMEOUT", "120")
+
+import bench_kit as kit
+import bench_report as report
+
+CASES = ("cold_read", "headers", "tree", "archives", "upload")
+MODES: dict[str, dict[str, int]] = {
+    "quick": {
+        "big_file_mb": 128,
+        "scale": 100,
+        "nifti_count": 50,
+        "nifti_mb": 16,
+        "zip_members": 1000,
+        "zip_matrix": 128,
+        "reps": 3,
+    },
+    "full": {
+        "big_file_mb": 1024,
+        "scale": 1000,
+        "nifti_count": 50,
+        "nifti_mb": 32,
+        "zip_members": 1000,
+        "zip_matrix": 128,
+        "reps": 5,
+    },
+}
+MEMBER = "bench/bench_0500.dcm"
+SMALL_CACHE = "64M"
+PROFILE_RATE = 500  # py-spy samples per second
+
+
+def _ticks(pid: int) -> float:
+    """CPU seconds (user + system) that process `pid` has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def nifti_header(path: Path) -> tuple[int, ...]:
+    """The dimensions from the first 352 bytes of a .nii.gz, decompressing only as much of
+    the file as that takes (what nibabel or fslhd reads for a header)."""
+    inflate = zlib.decompressobj(31)
+    out = b""
+    with open(path, "rb", buffering=0) as f:
+        while len(out) < 352:
+            chunk = inflate.unconsumed_tail or f.read(16384)
+            if not chunk:
+                break
+            out += inflate.decompress(chunk, 352 - len(out))
+    if len(out) < 352 or struct.unpack("<i", out[:4])[0] != 348 or out[344:348] != b"n+1\0":
+        raise RuntimeError(f"{path}: not a NIfTI-1 header")
+    return struct.unpack("<8h", out[40:56])
+
+
+def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+    kwargs.setdefault("stdout", subprocess.DEVNULL)
+    kwargs.setdefault("stderr", subprocess.PIPE)
+    done = subprocess.run(argv, check=False, timeout=1800, **kwargs)
+    if done.returncode != 0:
+        err = (done.stderr or b"").decode(errors="replace").strip()
+        raise RuntimeError(f"{' '.join(argv[:2])} ... exited with {done.returncode}: {err}")
+    return done
+
+
+class Skip(Exception):
+    """A case that cannot run on this version of fwfs or this machine."""
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, params: dict[str, int]) -> None:
+        self.args = args
+        self.params = params
+        self.reps = args.reps or params["reps"]
+        self.spec = kit.DataSpec(
+            big_file_mb=params["big_file_mb"],
+            scale=params["scale"],
+            nifti_count=params["nifti_count"],
+            nifti_mb=params["nifti_mb"],
+            zip_members=params["zip_members"],
+            zip_matrix=params["zip_matrix"],
+        )
+        self.work = Path(tempfile.mkdtemp(prefix="fwfs-bench-run-"))
+        self.records: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        self.skipped: dict[str, str] = {}
+        self.failed: dict[str, str] = {}
+        self.checks: dict[str, Any] = {}
+        self.cache_dropped = True
+        self.site: kit.Site | None = None
+        self.mounter: kit.Mounter | None = None
+        self.fw: Any = None
+        self.ids: dict[str, Any] = {}
+        self.local_big = self.work / "local" / "big.bin"
+
+    # ---- set-up ---------------------------------------------------------------------------
+
+    def data_dir(self) -> Path:
+        if self.args.data_dir:
+            return Path(self.args.data_dir)
+        return Path(tempfile.gettempdir()) / f"fwfs-bench-data-{self.spec.key()}"
+
+    def start(self) -> None:
+        data = self.data_dir()
+        if self.args.fresh and data.exists():
+            shutil.rmtree(data)
+        for attempt in range(2):
+            first = not (data / "site.sqlite").exists()
+            kit.log(
+                f"starting the sandbox on {data}"
+                + (" (first use: seeding, this takes a while)" if first else "")
+            )
+            self.site = kit.start_site(
+                data, self.work, big_file_mb=self.spec.big_file_mb, scale=self.spec.scale
+            )
+            import flywheel
+
+            self.fw = flywheel.Client(self.site.api_key)
+            ids = kit.bench_ids(self.fw)
+            if ids is None:
+                kit.log("adding the Bench project (NIfTI files, a 1,000-member zip) via the SDK")
+                ids = kit.seed_bench(self.fw, self.spec, self.work / "seed")
+            elif "partial" in ids or ids.get("spec") != self.spec.key():
+                if attempt:
+                    raise RuntimeError("the Bench project is still incomplete after a re-seed")
+                kit.log("the cached data directory holds an incomplete Bench project: re-seeding")
+                self.site.stop()
+                shutil.rmtree(data)
+                continue
+            self.ids = ids
+            break
+        assert self.site is not None
+        self.mounter = kit.Mounter(self.site, self.work)
+        t1w = self.fw.lookup("flywheel/Anxiety Study/sub-01/ses-baseline/T1w")
+        self.ids["t1w"] = t1w.id
+        self.ids["big_size"] = next(f.size for f in t1w.files if f.name == "big.bin")
+        # The acquisition T1w shares its name with a file T1w: docs/SEMANTICS.md, rule 2.
+        self.big_rel = f"flywheel/Anxiety Study/sub-01/ses-baseline/T1w ({t1w.id[-8:]})/big.bin"
+        with self.mounter.mount() as m:
+            for rel in (self.big_rel, f"{kit.bench_path('headers')}/{kit.nifti_name(0)}"):
+                if not (m / rel).is_file():
+                    raise RuntimeError(f"the mount has no {rel}")
+        self.cache_dropped = kit.drop_caches()
+        if not self.cache_dropped:
+            self.notes.append(
+                "The page cache could not be dropped (not root): cold figures are warmer "
+                "than they should be."
+            )
+
+    def stop(self) -> None:
+        if self.mounter is not None:
+            self.checks["mount_log_problems"] = self.mounter.problems()[:50]
+        if self.site is not None:
+            self.site.stop()
+        if not self.args.keep:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    # ---- measuring ------------------------------------------------------------------------
+
+    @property
+    def m(self) -> kit.Mounter:
+        assert self.mounter is not None
+        return self.mounter
+
+    def drop(self) -> None:
+        if self.cache_dropped:
+            kit.drop_caches()
+
+    def measure(
+        self,
+        case: str,
+        variant: str,
+        rep: int,
+        fn: Callable[[], object],
+        *,
+        payload: int | None = None,
+        mount: kit.Mount | None = None,
+        cold: bool = True,
+    ) -> dict[str, Any]:
+        """Time `fn` once; with the requests it made (access log), CPU use of the daemon,
+        the site and this process with its children, and the daemon's peak RSS."""
+        assert self.site is not None
+        if cold:
+            self.drop()
+        mark = self.site.log.mark()
+        site_cpu, own_cpu = _ticks(self.site.proc.pid), _own_cpu()
+        daemon_cpu = _ticks(mount.pid) if mount else 0.0
+        t0 = time.perf_counter()
+        extra = fn()
+        seconds = time.perf_counter() - t0
+        if not isinstance(extra, dict):
+            extra = {}
+        rec: dict[str, Any] = {"case": case, "variant": variant, "rep": rep, "seconds": seconds}
+        rec["client_cpu_s"] = _own_cpu() - own_cpu
+        rec["site_cpu_s"] = _ticks(self.site.proc.pid) - site_cpu
+        if mount is not None:
+            rec["daemon_cpu_s"] = _ticks(mount.pid) - daemon_cpu
+            mem = mount.memory()
+            rec["rss_peak_mib"] = mem.get("VmHWM", 0) / 1024
+            rec["rss_end_mib"] = mem.get("VmRSS", 0) / 1024
+        rec.update(kit.traffic(self.site.log.since(mark)))
+        if payload:
+            rec["payload_bytes"] = payload
+            rec["mb_s"] = payload / seconds / 1e6
+        rec.update(extra)
+        self.records.append(rec)
+        shown = f"{rec['mb_s']:.0f} MB/s" if payload else f"{seconds:.2f} s"
+        kit.log(f"  {case} / {variant} #{rep + 1}: {shown}, {rec['requests']} requests")
+        return rec
+
+    # ---- cases ----------------------------------------------------------------------------
+
+    def case_cold_read(self) -> None:
+        """Cold sequential read (mount, SDK, requests, curl), warm re-read, and memory."""
+        assert self.site is not None
+        size = int(self.ids["big_size"])
+        url = f"{self.site.url}/api/acquisitions/{self.ids['t1w']}/files/big.bin"
+        headers = self.work / "curl-headers"
+        headers.write_text(f"Authorization: {self.site.authorization}\n")
+        headers.chmod(0o600)
+        self.local_big.parent.mkdir(parents=True, exist_ok=True)
+        t1w_path = "flywheel/Anxiety Study/sub-01/ses-baseline/T1w"
+
+        def sdk() -> None:
+            self.fw.lookup(t1w_path).download_file("big.bin", str(self.local_big))
+
+        def plain() -> dict[str, Any]:
+            import requests
+
+            got = 0
+            with (
+                requests.Session() as s,
+                s.get(url, headers={"Authorization": self.site_auth}, stream=True) as r,
+            ):
+                r.raise_for_status()
+                for chunk in r.iter_content(1 << 20):
+                    got += len(chunk)
+            if got != size:
+                raise RuntimeError(f"requests read {got} of {size} bytes")
+            return {}
+
+        def cat(path: Path) -> Callable[[], None]:
+            def go() -> None:
+                run(["cat", str(path)])
+
+            return go
+
+        def curl() -> None:
+            run(["curl", "-sSf", "-o", "/dev/null", "-H", f"@{headers}", url])
+
+        for rep in range(self.reps):
+            with self.m.mount() as mnt:
+                self.measure(
+                    "cold_read", "mount", rep, cat(mnt / self.big_rel), payload=size, mount=mnt
+                )
+                self.measure(
+                    "warm_read",
+                    "mount, re-read",
+                    rep,
+                    cat(mnt / self.big_rel),
+                    payload=size,
+                    mount=mnt,
+                    cold=False,
+                )
+            self.measure("cold_read", "SDK download_file", rep, sdk, payload=size)
+            self.measure("cold_read", "requests stream", rep, plain, payload=size)
+            self.measure("cold_read", "curl", rep, curl, payload=size)
+            with self.m.mount("--cache-size", SMALL_CACHE) as mnt:
+                self.measure(
+                    "cold_read",
+                    f"mount --cache-size {SMALL_CACHE}",
+                    rep,
+                    cat(mnt / self.big_rel),
+                    payload=size,
+                    mount=mnt,
+                )
+            self.measure("cold_read", "local copy (disk)", rep, cat(self.local_big), payload=size)
+            self.measure(
+                "warm_read",
+                "local copy, re-read",
+                rep,
+                cat(self.local_big),
+                payload=size,
+                cold=False,
+            )
+        with self.m.mount() as mnt:
+            same = subprocess.run(
+                ["cmp", str(mnt / self.big_rel), str(self.local_big)], check=False
+            )
+            self.checks["cold_read_bytes_match"] = same.returncode == 0
+
+    @property
+    def site_auth(self) -> str:
+        assert self.site is not None
+        return self.site.authorization
+
+    def case_headers(self) -> None:
+        names = [kit.nifti_name(i) for i in range(self.spec.nifti_count)]
+        rel = kit.bench_path("headers")
+        total = sum(self.ids["nifti_sizes"])
+        scratch = self.work / "headers"
+        scratch.mkdir(exist_ok=True)
+
+        def via_mount(mnt: kit.Mount) -> dict[str, Any]:
+            dims = {nifti_header(mnt / rel / name) for name in names}
+            return {"files": len(names), "files_bytes": total, "dims": sorted(dims)}
+
+        def via_sdk() -> dict[str, Any]:
+            acq = self.fw.lookup(rel)
+            dims = set()
+            for name in names:
+                dest = scratch / name
+                acq.download_file(name, str(dest))
+                dims.add(nifti_header(dest))
+                dest.unlink()
+            return {"files": len(names), "files_bytes": total, "dims": sorted(dims)}
+
+        for rep in range(self.reps):
+            with self.m.mount() as mnt:
+                self.measure("headers", "mount", rep, lambda mnt=mnt: via_mount(mnt), mount=mnt)
+            self.measure("headers", "SDK download_file", rep, via_sdk)
+
+    def case_tree(self) -> None:
+        rel = f"flywheel/Scale {self.spec.scale}"
+
+        def ls(mnt: kit.Mount) -> dict[str, Any]:
+            run(["ls", "-lR", str(mnt / rel)])
+            return {}
+
+        def find(mnt: kit.Mount) -> dict[str, Any]:
+            out = run(["find", str(mnt / rel), "-printf", "%y %s\\n"], stdout=subprocess.PIPE)
+            kinds = [line[:1] for line in out.stdout.splitlines()]
+            # The walk also lists the mount's root and the group on the way to the project.
+            return {"directories": kinds.count(b"d") + 2, "files": kinds.count(b"f")}
+
+        def sdk() -> dict[str, Any]:
+            project = self.fw.lookup(rel)
+            containers, files = 1, len(project.files or [])
+            for subject in project.subjects():
+                containers += 1
+                files += len(subject.files or [])
+                for session in subject.sessions():
+                    containers += 1
+                    files += len(session.files or [])
+                    for acq in session.acquisitions():
+                        containers += 1
+                        files += len(acq.files or [])
+            return {"directories": containers, "files": files}
+
+        for rep in range(self.reps):
+            with self.m.mount() as mnt:
+                r = self.measure("tree", "mount: ls -lR", rep, lambda mnt=mnt: ls(mnt), mount=mnt)
+            with self.m.mount() as mnt:
+                f = self.measure("tree", "mount: find", rep, lambda mnt=mnt: find(mnt), mount=mnt)
+            s = self.measure("tree", "SDK walk", rep, sdk)
+            r["directories"] = f["directories"]
+            self.checks["tree_files_match"] = f["files"] == s["files"]
+            self.checks["tree_counts"] = {
+                "mount (directories, files)": [f["directories"], f["files"]],
+                "SDK (containers, files)": [s["directories"], s["files"]],
+            }
+
+    def case_archives(self) -> None:
+        rel = kit.bench_path("archive")
+        zsize = int(self.ids["zip_size"])
+        scratch = self.work / "archives"
+
+        def member_mount(mnt: kit.Mount) -> dict[str, Any]:
+            data = (mnt / rel / f"{kit.ZIP_NAME}.d" / MEMBER).read_bytes()
+            return {"member_bytes": len(data), "files_bytes": zsize}
+
+        def member_sdk() -> dict[str, Any]:
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir()
+            self.fw.lookup(rel).download_file(kit.ZIP_NAME, str(scratch / kit.ZIP_NAME))
+            with zipfile.ZipFile(scratch / kit.ZIP_NAME) as z:
+                data = z.read(MEMBER)
+            return {"member_bytes": len(data), "files_bytes": zsize}
+
+        def dcm2niix(src: Path, out: Path) -> dict[str, Any]:
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            run(["dcm2niix", "-z", "n", "-f", "vol", "-o", str(out), str(src)])
+            nii = out / "vol.nii"
+            if not nii.is_file():
+                raise RuntimeError(f"dcm2niix wrote no {nii}")
+            return {"files_bytes": zsize, "nii_bytes": nii.stat().st_size}
+
+        def dcm2niix_sdk() -> dict[str, Any]:
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir()
+            self.fw.lookup(rel).download_file(kit.ZIP_NAME, str(scratch / kit.ZIP_NAME))
+            with zipfile.ZipFile(scratch / kit.ZIP_NAME) as z:
+                z.extractall(scratch / "unzipped")
+            return dcm2niix(scratch / "unzipped", self.work / "nii-sdk")
+
+        for rep in range(self.reps):
+            with self.m.mount() as mnt:
+                self.measure(
+                    "archive_member", "mount", rep, lambda mnt=mnt: member_mount(mnt), mount=mnt
+                )
+            with self.m.mount() as mnt:
+                # The same read once the directories on the way are listed (as after an `ls`):
+                # what the archive itself costs.
+                os.listdir(mnt / rel)
+                self.measure(
+                    "archive_member",
+                    "mount, directories listed",
+                    rep,
+                    lambda mnt=mnt: member_mount(mnt),
+                    mount=mnt,
+                )
+            self.measure("archive_member", "SDK download + unzip", rep, member_sdk)
+            with self.m.mount() as mnt:
+                src = mnt / rel / f"{kit.ZIP_NAME}.d"
+                self.measure(
+                    "dcm2niix",
+                    "mount",
+                    rep,
+                    lambda src=src: dcm2niix(src, self.work / "nii-mount"),
+                    mount=mnt,
+                )
+            self.measure("dcm2niix", "SDK download + unzip + dcm2niix", rep, dcm2niix_sdk)
+        a, b = self.work / "nii-mount" / "vol.nii", self.work / "nii-sdk" / "vol.nii"
+        self.checks["dcm2niix_outputs_match"] = a.read_bytes() == b.read_bytes()
+
+    def _fetch_local_big(self) -> None:
+        if not self.local_big.exists():
+            self.local_big.parent.mkdir(parents=True, exist_ok=True)
+            t1w = self.fw.lookup("flywheel/Anxiety Study/sub-01/ses-baseline/T1w")
+            t1w.download_file("big.bin", str(self.local_big))
+
+    def case_upload(self) -> None:
+        """cp into the mount vs the SDK's upload_file; skipped while the mount is read-only."""
+        rel = kit.bench_path("uploads")
+        probe = self.work / "probe.txt"
+        probe.write_text("fwfs bench: can the mount take a file?\n")
+        with self.m.mount() as mnt:
+            done = subprocess.run(
+                ["cp", str(probe), str(mnt / rel / f"probe-{os.getpid()}.txt")],
+                capture_output=True,
+                text=True,
+                check=False,
+                env={**os.environ, "LC_ALL": "C"},  # cp's message, untranslated
+            )
+        if done.returncode != 0:
+            if "Read-only file system" in done.stderr:
+                raise Skip("not available: the mount is read-only in this version (cp: EROFS)")
+            raise RuntimeError(f"cp into the mount failed: {done.stderr.strip()}")
+        self._fetch_local_big()
+        size = self.local_big.stat().st_size
+        small = self.work / "local" / "small.bin"
+        with open(self.local_big, "rb") as src, open(small, "wb") as dst:
+            dst.write(src.read(max(1, size // 8)))
+        acq = self.fw.get_acquisition(self.ids["uploads"])
+        staging = self.work / "upload"
+        staging.mkdir(exist_ok=True)
+
+        def cp_and_wait(mnt: kit.Mount, src: Path, name: str) -> dict[str, Any]:
+            run(["cp", str(src), str(mnt / rel / name)])
+            return {"visible": self._wait_for_file(name, src.stat().st_size)}
+
+        for rep in range(self.reps):
+            name = f"cp-{rep}.bin"
+            with self.m.mount() as mnt:
+                self.measure(
+                    "upload",
+                    "mount: cp",
+                    rep,
+                    lambda mnt=mnt, name=name: cp_and_wait(mnt, self.local_big, name),
+                    payload=size,
+                    mount=mnt,
+                    cold=False,
+                )
+            with self.m.mount() as mnt:
+                self.measure(
+                    "upload",
+                    "mount: cp of a file 8x smaller",
+                    rep,
+                    lambda mnt=mnt, rep=rep: cp_and_wait(mnt, small, f"cp-small-{rep}.bin"),
+                    payload=small.stat().st_size,
+                    mount=mnt,
+                    cold=False,
+                )
+            link = staging / f"sdk-{rep}.bin"
+            link.unlink(missing_ok=True)
+            link.symlink_to(self.local_big)
+            self.measure(
+                "upload",
+                "SDK upload_file",
+                rep,
+                lambda link=link: acq.upload_file(str(link)),
+                payload=size,
+                cold=False,
+            )
+            for leftover in (name, f"cp-small-{rep}.bin", link.name):
+                with contextlib.suppress(Exception):
+                    acq.delete_file(leftover)
+
+    def _wait_for_file(self, name: str, size: int, timeout: float = 120.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            acq = self.fw.get_acquisition(self.ids["uploads"])
+            if any(f.name == name and f.size == size for f in acq.files or []):
+                return True
+            time.sleep(0.2)
+        return False
+
+    # ---- profiles -------------------------------------------------------------------------
+
+    def profile(self, case: str, out_dir: Path) -> dict[str, Any] | None:
+        """One more run of the mount's side of `case` with py-spy sampling the daemon."""
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(spy).exists():
+            self.notes.append("py-spy is not installed: no profiles")
+            return None
+        work: Callable[[kit.Mount], object]
+        if case in ("cold_read", "memory"):
+            args = ["--cache-size", SMALL_CACHE] if case == "memory" else []
+
+            def work(mnt: kit.Mount) -> object:
+                return run(["cat", str(mnt / self.big_rel)])
+        elif case == "tree":
+            args = []
+
+            def work(mnt: kit.Mount) -> object:
+                return run(["ls", "-lR", str(mnt / f"flywheel/Scale {self.spec.scale}")])
+        elif case == "headers":
+            args = []
+
+            def work(mnt: kit.Mount) -> object:
+                rel = kit.bench_path("headers")
+                return [
+                    nifti_header(mnt / rel / kit.nifti_name(i))
+                    for i in range(self.spec.nifti_count)
+                ]
+        elif case == "dcm2niix":
+            args = []
+
+            def work(mnt: kit.Mount) -> object:
+                src = mnt / kit.bench_path("archive") / f"{kit.ZIP_NAME}.d"
+                out = self.work / "nii-profile"
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+                return run(["dcm2niix", "-z", "n", "-o", str(out), str(src)])
+        else:
+            return None
+        out_dir.mkdir(parents=True, exist_ok=True)
+        raw = out_dir / f"{case}.txt"
+        with self.m.mount(*args) as mnt:
+            self.drop()
+            argv = [
+                spy,
+                "record",
+                "--pid",
+                str(mnt.pid),
+                "--rate",
+                str(PROFILE_RATE),
+                "--format",
+                "raw",
+            ]
+            argv += ["--output", str(raw), "--nonblocking"]
+            spy_proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            time.sleep(1.0)  # py-spy attaches
+            t0 = time.perf_counter()
+            work(mnt)
+            seconds = time.perf_counter() - t0
+            spy_proc.send_signal(signal.SIGINT)
+            try:
+                _, err = spy_proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                spy_proc.kill()
+                _, err = spy_proc.communicate()
+        if not raw.exists():
+            self.notes.append(f"py-spy wrote no profile for {case}: {err.decode()[-300:]}")
+            return None
+        summary = report.summarize_profile(raw.read_text(), rate=PROFILE_RATE, seconds=seconds)
+        summary["file"] = str(raw)
+        summary["seconds"] = seconds
+        return summary
+
+
+def run_cases(bench: Bench, cases: list[str]) -> None:
+    for case in cases:
+        kit.log(f"case {case}")
+        try:
+            getattr(bench, f"case_{case}")()
+        except Skip as why:
+            bench.skipped[case] = str(why)
+            kit.log(f"  skipped: {why}")
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:
+            bench.failed[case] = f"{type(err).__name__}: {err}"
+            kit.log(f"  FAILED: {bench.failed[case]}")
+
+
+@contextlib.contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """SIGTERM ends the run as Ctrl-C does: through every `finally` (unmounts, site stop)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small data, 3 repetitions (~2 min)")
+    p.add_argument("--reps", type=int, help="repetitions of each case (default 5; quick 3)")
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated: {','.join(CASES)}")
+    p.add_argument(
+        "--out", type=Path, help="output directory (default docs/benchmarks; quick: a temp dir)"
+    )
+    p.add_argument("--data-dir", help="the sandbox's data (default: a cached dir under /tmp)")
+    p.add_argument("--fresh", action="store_true", help="re-create the cached data directory")
+    p.add_argument(
+        "--profile",
+        choices=("missed", "none", "all"),
+        help="py-spy profiles of the mount for missed targets (default in full mode), "
+        "for every case, or none (default in quick mode)",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the run's work directory")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        print(f"unknown cases: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    out = args.out or (
+        kit.REPO / "docs" / "benchmarks"
+        if mode == "full"
+        else Path(tempfile.gettempdir()) / "fwfs-bench-quick"
+    )
+    profile = args.profile or ("missed" if mode == "full" else "none")
+    bench = Bench(args, MODES[mode])
+    started = time.time()
+    with signals_as_interrupts():
+        try:
+            bench.start()
+            run_cases(bench, cases)
+            results = report.build(bench, mode, time.time() - started)
+            if profile != "none":
+                for old in (out / "profiles").glob("*.txt"):
+                    old.unlink()  # a profile from an earlier run would pass for this one's
+                wanted = report.profile_cases(results, everything=profile == "all")
+                for case in wanted:
+                    kit.log(f"profiling the daemon: {case}")
+                    try:
+                        summary = bench.profile(case, out / "profiles")
+                    except Exception as err:
+                        bench.notes.append(f"profile of {case} failed: {err}")
+                        summary = None
+                    if summary:
+                        results["profiles"][case] = summary
+        finally:
+            bench.stop()
+    results["checks"] = bench.checks
+    results["notes"] = bench.notes
+    results["duration_s"] = round(time.time() - started)
+    report.write(results, out, plots_too=not args.no_plots, update_doc=out == report.DOCS_OUT)
+    print(report.markdown(results))
+    kit.log(f"wrote {out}")
+    return 1 if bench.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,453 @@
+"""The machinery of scripts/bench: the sandbox site, FUSE mounts of it, the access log, the
+page cache, the daemon's memory, the machine, and the benchmark's own data on the site.
+
+Nothing here times anything: scripts/bench.py does, case by case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import gzip
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+MOUNT_TIMEOUT = 30.0
+EXIT_TIMEOUT = 15.0
+# Bumped whenever the benchmark's own data on the site changes shape.
+DATA_SCHEMA = 2
+
+
+def log(message: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    print(f"[bench {stamp}] {message}", file=sys.stderr, flush=True)
+
+
+# ---- the page cache, the machine ----------------------------------------------------------
+
+
+def drop_caches() -> bool:
+    """Write back and drop the page cache, dentries and inodes; False when not allowed."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def _first(path: str, key: str) -> str | None:
+    with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def _run_text(argv: list[str]) -> str | None:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout or out.stderr).strip() or None
+
+
+def machine() -> dict[str, Any]:
+    mem_kib = _first("/proc/meminfo", "MemTotal")
+    commit = _run_text(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = _run_text(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
+    from fwfs import __version__
+
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": _first("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
+        "nproc": os.cpu_count(),
+        "memory_gib": round(int(mem_kib.split()[0]) / (1 << 20), 1) if mem_kib else None,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "fwfs": __version__,
+        "commit": (commit or "unknown") + ("+changes" if dirty else ""),
+        "dcm2niix": (_run_text(["dcm2niix", "-v"]) or "").splitlines()[-1:],
+        "curl": ((_run_text(["curl", "--version"]) or "").splitlines() or [""])[0],
+        "root": os.geteuid() == 0,
+    }
+
+
+# ---- processes -----------------------------------------------------------------------------
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = EXIT_TIMEOUT) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (peak since the process started) of `pid`, in KiB."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status", encoding="utf-8") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+# ---- the access log ------------------------------------------------------------------------
+
+
+class AccessLog:
+    """The sandbox's access log (one JSON line per request), read by byte offset."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def settle(self, quiet: float = 0.15, timeout: float = 10.0) -> int:
+        """The log's size once it has not grown for `quiet` seconds: the site writes a
+        request's line just after answering it, and readahead may still be landing."""
+        deadline = time.monotonic() + timeout
+        size = self._size()
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            now = self._size()
+            if now == size:
+                break
+            size = now
+        return size
+
+    def mark(self) -> int:
+        return self.settle()
+
+    def since(self, mark: int) -> list[dict[str, Any]]:
+        end = self.settle()
+        with open(self.path, "rb") as f:
+            f.seek(mark)
+            data = f.read(end - mark)
+        return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+def traffic(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Requests and body bytes of some access-log entries, with the file bodies apart."""
+    files = [e for e in entries if "/files/" in e["path"] and e["method"] == "GET"]
+    return {
+        "requests": len(entries),
+        "bytes": sum(int(e.get("bytes") or 0) for e in entries),
+        "file_requests": len(files),
+        "file_bytes": sum(int(e.get("bytes") or 0) for e in files),
+        "errors": sum(1 for e in entries if int(e.get("status") or 0) >= 400),
+    }
+
+
+# ---- the site ------------------------------------------------------------------------------
+
+
+@dataclass
+class Site:
+    proc: subprocess.Popen[bytes]
+    info: dict[str, Any]
+    log: AccessLog
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        return str(self.info["url"])
+
+    @property
+    def api_key(self) -> str:
+        return str(self.info["api_key"])
+
+    @property
+    def authorization(self) -> str:
+        from fwfs.config import parse_api_key
+
+        return parse_api_key(self.api_key)[1]
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def start_site(
+    data: Path, workdir: Path, *, big_file_mb: int, scale: int, timeout: float = 1800.0
+) -> Site:
+    """`fwfs serve --demo` on `data` (seeded on first use, which can take minutes)."""
+    ready = workdir / "site-ready.json"
+    access = workdir / "access.log"
+    ready.unlink(missing_ok=True)
+    argv = [PYTHON, "-m", "fwfs", "serve", "--data", str(data), "--demo"]
+    argv += ["--big-file-mb", str(big_file_mb), "--scale", str(scale)]
+    argv += ["--ready-file", str(ready), "--access-log", str(access)]
+    with open(workdir / "site.out", "wb") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir
+        )
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if proc.poll() is not None:
+            text = (workdir / "site.out").read_text(errors="replace")
+            raise RuntimeError(f"fwfs serve exited with {proc.returncode}:\n{text[-3000:]}")
+        if time.monotonic() > deadline:
+            stop_process(proc)
+            raise RuntimeError(f"fwfs serve not ready after {timeout:.0f} s")
+        time.sleep(0.1)
+    info = json.loads(ready.read_text(encoding="utf-8"))
+    return Site(proc, info, AccessLog(access), workdir)
+
+
+# ---- mounts --------------------------------------------------------------------------------
+
+
+def _mounted(path: Path) -> bool:
+    """From /proc/self/mounts, which never touches the mount (a hung daemon cannot hang it)."""
+    target = str(path)
+    with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            field = line.split()[1]
+            field = field.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+            if field == target:
+                return True
+    return False
+
+
+class Mount:
+    """One `fwfs mount MP -f` daemon (the process is the daemon: its pid is the one to
+    sample and profile). Use as a context manager: it always unmounts."""
+
+    def __init__(self, site: Site, mountpoint: Path, log_file: Path, args: list[str]) -> None:
+        self.site = site
+        self.path = mountpoint
+        self.log_file = log_file
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def __truediv__(self, other: str) -> Path:
+        return self.path / other
+
+    def start(self) -> Mount:
+        self.path.mkdir(parents=True, exist_ok=True)
+        if _mounted(self.path):
+            raise RuntimeError(f"{self.path} is mounted already")
+        argv = [PYTHON, "-m", "fwfs", "mount", str(self.path), "-f"]
+        argv += ["--log-file", str(self.log_file), *self.args]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FW_", "FWFS_"))}
+        env["FWFS_API_KEY"] = self.site.api_key
+        out = self.log_file.with_suffix(".out")
+        with open(out, "ab") as fh:
+            self.proc = subprocess.Popen(
+                argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while not _mounted(self.path):
+            if self.proc.poll() is not None:
+                text = out.read_text(errors="replace")
+                raise RuntimeError(f"fwfs mount exited with {self.proc.returncode}:\n{text}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"fwfs mount not mounted after {MOUNT_TIMEOUT:.0f} s")
+            time.sleep(0.02)
+        return self
+
+    def memory(self) -> dict[str, int]:
+        return memory_kib(self.pid)
+
+    def stop(self) -> None:
+        """fusermount3 -u, then -uz; then the daemon must exit, or is terminated."""
+        tool = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
+        if _mounted(self.path):
+            done = subprocess.run([tool, "-u", str(self.path)], capture_output=True, check=False)
+            if done.returncode != 0:
+                subprocess.run([tool, "-uz", str(self.path)], capture_output=True, check=False)
+        if self.proc is not None:
+            stop_process(self.proc)
+        if _mounted(self.path):
+            subprocess.run([tool, "-uz", str(self.path)], capture_output=True, check=False)
+
+    def __enter__(self) -> Mount:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Mounter:
+    """Makes fresh mounts of one site, each with its own mount point and log file."""
+
+    def __init__(self, site: Site, workdir: Path) -> None:
+        self.site = site
+        self.workdir = workdir
+        self.count = 0
+
+    @contextlib.contextmanager
+    def mount(self, *args: str) -> Iterator[Mount]:
+        self.count += 1
+        mp = self.workdir / "mnt"
+        log_file = self.workdir / "mount-logs" / f"mount-{self.count:03d}.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with Mount(self.site, mp, log_file, list(args)) as m:
+            yield m
+
+    def problems(self) -> list[str]:
+        """ERROR lines and tracebacks of every mount's log."""
+        out: list[str] = []
+        for path in sorted((self.workdir / "mount-logs").glob("*.log")):
+            for line in path.read_text(errors="replace").splitlines():
+                if " ERROR " in line or "Traceback" in line:
+                    out.append(f"{path.name}: {line[:300]}")
+        return out
+
+
+# ---- the benchmark's data on the site -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the site holds for the benchmark: the sandbox options and the Bench project."""
+
+    big_file_mb: int
+    scale: int
+    nifti_count: int
+    nifti_mb: int
+    zip_members: int
+    zip_matrix: int
+
+    def key(self) -> str:
+        return (
+            f"big{self.big_file_mb}-scale{self.scale}-nii{self.nifti_count}x{self.nifti_mb}"
+            f"-zip{self.zip_members}x{self.zip_matrix}-v{DATA_SCHEMA}"
+        )
+
+
+BENCH_PROJECT = "Bench"
+# session label -> its one acquisition: flywheel/Bench/bench/<session>/<acquisition>
+BENCH_ACQUISITIONS = {"headers": "nifti", "archive": "dicom", "uploads": "scratch"}
+
+
+def bench_path(case: str) -> str:
+    """The site path (and mount path, below the group) of a case's acquisition."""
+    return f"flywheel/{BENCH_PROJECT}/bench/{case}/{BENCH_ACQUISITIONS[case]}"
+
+
+ZIP_NAME = "bench.dicom.zip"
+NIFTI_SHAPE = (64, 64, 32)
+
+
+def nifti_name(i: int) -> str:
+    return f"func_{i:03d}.nii.gz"
+
+
+def make_nifti_gz(path: Path, size_mb: int, seed: int) -> None:
+    """A gzipped 4D NIfTI-1 of about `size_mb` MiB: int16 noise (incompressible, so the
+    .nii.gz is as large as the volume), a real header (sizeof_hdr 348, 352-byte vox_offset)."""
+    import nibabel as nib
+    import numpy as np
+
+    frames = max(1, (size_mb << 20) // (NIFTI_SHAPE[0] * NIFTI_SHAPE[1] * NIFTI_SHAPE[2] * 2))
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 4096, size=(*NIFTI_SHAPE, frames), dtype=np.int16)
+    affine = np.diag([3.0, 3.0, 3.5, 1.0])
+    image: Any = nib.Nifti1Image(data, affine)
+    image.header.set_xyzt_units("mm", "sec")
+    image.header["pixdim"][4] = 2.0
+    image.header["descrip"] = f"fwfs bench run {seed}".encode()
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz,
+    ):
+        gz.write(image.to_bytes())
+
+
+def make_zip(path: Path, members: int, matrix: int) -> None:
+    """A DICOM series zipped as the sandbox's demo does: one Part-10 file per slice."""
+    from fwfs.sandbox import demodata
+
+    data = demodata.dicom_series_zip(
+        series_description="bench",
+        shape=(members, matrix, matrix),
+        voxel_mm=(1.0, 1.0, 1.0),
+        patient_id="BENCH01",
+        patient_name="Bench^Archive",
+        study_instance_uid=demodata.derive_uid("fwfs-bench", "study"),
+        series_number=1,
+        acquisition_datetime=dt.datetime(2021, 6, 1, 9, 0, 0),
+        seed=members + matrix,
+    )
+    path.write_bytes(data)
+
+
+def bench_ids(fw: Any) -> dict[str, Any] | None:
+    """Ids of the Bench project's containers, or None when it is not there (or partial)."""
+    try:
+        project = fw.lookup(f"flywheel/{BENCH_PROJECT}")
+    except Exception:
+        return None
+    ready = (project.info or {}).get("bench_ready")
+    if not ready:
+        return {"partial": project.id}
+    return dict(ready)
+
+
+def seed_bench(fw: Any, spec: DataSpec, scratch: Path) -> dict[str, Any]:
+    """Create the Bench project: NIfTI files, a zip of `zip_members` DICOM slices, and an
+    acquisition for uploads. Done once per data directory, through the SDK."""
+    group = fw.get_group("flywheel")
+    project = group.add_project(label=BENCH_PROJECT)
+    subject = project.add_subject(label="bench", code="bench")
+    # One session per case: a session's listing carries its acquisitions' files, so cases
+    # sharing one would pay for each other's file lists.
+    acq = {}
+    for case, label in BENCH_ACQUISITIONS.items():
+        acq[case] = subject.add_session(label=case).add_acquisition(label=label)
+    headers, archive, uploads = acq["headers"], acq["archive"], acq["uploads"]
+    scratch.mkdir(parents=True, exist_ok=True)
+    sizes: list[int] = []
+    for i in range(spec.nifti_count):
+        path = scratch / nifti_name(i)
+        make_nifti_gz(path, spec.nifti_mb, seed=1000 + i)
+        headers.upload_file(str(path))
+        sizes.append(path.stat().st_size)
+        path.unlink()
+        if i % 10 == 9:
+            log(f"  uploaded {i + 1} of {spec.nifti_count} NIfTI files")
+    zpath = scratch / ZIP_NAME
+    make_zip(zpath, spec.zip_members, spec.zip_matrix)
+    archive.upload_file(str(zpath))
+    zip_size = zpath.stat().st_size
+    zpath.unlink()
+    ids = {
+        "spec": spec.key(),
+        "project": project.id,
+        "headers": headers.id,
+        "archive": archive.id,
+        "uploads": uploads.id,
+        "nifti_sizes": sizes,
+        "zip_size": zip_size,
+    }
+    project.update_info({"bench_ready": ids})
+    return ids
