@@ -211,7 +211,11 @@ class FlywheelFS:
         return sorted(self._xattrs(self.lookup(path)))
 
     def getxattr(self, path: str, name: str) -> bytes:
-        value = self._xattrs(self.lookup(path)).get(name)
+        node = self.lookup(path)
+        if not name.startswith(XATTR_PREFIX):
+            # `ls -l` asks every entry for security.* and system.* attributes.
+            raise NotFound(f"no attribute {name}")
+        value = self._xattrs(node).get(name)
         if value is None:
             raise NotFound(f"no attribute {name}")
         return value
