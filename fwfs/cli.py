@@ -178,20 +178,7 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("--tls-cert and --tls-key go together", file=sys.stderr)
         return 2
-    opts = ServeOptions(
-        data=args.data,
-        host=args.host,
-        port=args.port,
-        demo=demo,
-        ready_file=args.ready_file,
-        access_log=args.access_log,
-        range_quirk=args.range_quirk,
-        signed_url=args.signed_url,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        big_file_mb=args.big_file_mb,
-        scale=args.scale,
-    )
+    opts = ServeOptions.from_args(args, demo)
     site = Sandbox(opts)
     info = site.announce()
     print(f"fwfs sandbox listening on {info['url']}", flush=True)

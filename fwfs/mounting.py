@@ -203,22 +203,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if problem:
         print(f"fwfs: {problem}", file=sys.stderr)
         return 1
-    site = Sandbox(
-        ServeOptions(
-            data=args.data,
-            host=args.host,
-            port=args.port,
-            demo=True,
-            ready_file=args.ready_file,
-            access_log=args.access_log,
-            range_quirk=args.range_quirk,
-            signed_url=args.signed_url,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            big_file_mb=args.big_file_mb,
-            scale=args.scale,
-        )
-    )
+    site = Sandbox(ServeOptions.from_args(args, demo=True))
     info = site.announce()
     site.start()
     try:

@@ -37,6 +37,12 @@ class ServeOptions:
     big_file_mb: int = 0
     scale: int = 0
 
+    @classmethod
+    def from_args(cls, args: Any, demo: bool) -> ServeOptions:
+        """From the parsed `fwfs serve`/`fwfs demo` arguments (same names as the fields)."""
+        names = [f for f in cls.__dataclass_fields__ if f != "demo"]
+        return cls(demo=demo, **{name: getattr(args, name) for name in names})
+
 
 class Sandbox:
     """A running site. `start()` returns once it listens; `stop()` closes it."""
