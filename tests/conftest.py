@@ -118,6 +118,21 @@ class Site:
         """How many requests the log holds now: pass it as `since` to see only later ones."""
         return len(self.access_log())
 
+    def requests_since(self, mark: int, settle: float = 0.1) -> list[dict[str, Any]]:
+        """The entries after `mark`, once the log has stopped growing: the site writes a
+        request's line just after answering it, so late lines get a moment."""
+        seen = -1
+        entries: list[dict[str, Any]] = []
+        while len(entries) != seen:
+            seen = len(entries)
+            time.sleep(settle)
+            entries = self.access_log()[mark:]
+        return entries
+
+    def quiet_mark(self) -> int:
+        """`log_mark()` once the lines of requests already answered are in the log."""
+        return len(self.requests_since(0))
+
     def wait_for_log(
         self,
         predicate: Callable[[dict[str, Any]], bool],

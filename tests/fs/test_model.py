@@ -37,21 +37,11 @@ SES = f"{PROJECT}/sub-01/ses-baseline"
 
 
 def requests_since(site: Any, mark: int, settle: float = 0.1) -> list[dict[str, Any]]:
-    """The access-log entries after `mark`, once the log has stopped growing.
-
-    The site logs a request just after answering it, so give late lines a moment."""
-    seen = -1
-    entries: list[dict[str, Any]] = []
-    while len(entries) != seen:
-        seen = len(entries)
-        time.sleep(settle)
-        entries = site.access_log()[mark:]
-    return entries
+    return site.requests_since(mark, settle)
 
 
 def quiet_mark(site: Any) -> int:
-    """`site.log_mark()` once the lines of requests already answered are in the log."""
-    return len(requests_since(site, 0))
+    return site.quiet_mark()
 
 
 def ts(value: Any) -> float:
