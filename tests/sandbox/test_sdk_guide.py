@@ -13,7 +13,6 @@ import io
 import json
 import os
 import re
-import uuid
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,23 +61,6 @@ def query(entry: dict[str, Any]) -> dict[str, str]:
 
 def job_state(job: Any) -> str:
     return str(getattr(job.state, "value", job.state))
-
-
-@pytest.fixture(scope="module")
-def anxiety(fw: Any) -> Any:
-    return fw.lookup("flywheel/Anxiety Study")
-
-
-@pytest.fixture(scope="module")
-def scratch_group(fw: Any) -> Any:
-    gid = f"sdk-guide-{uuid.uuid4().hex[:8]}"
-    fw.add_group(flywheel.Group(gid, "SDK guide tests"))
-    return fw.get_group(gid)
-
-
-@pytest.fixture
-def scratch_project(scratch_group: Any, unique: Any) -> Any:
-    return scratch_group.add_project(label=unique("guide project"))
 
 
 # ---- Making API Calls ------------------------------------------------------------------

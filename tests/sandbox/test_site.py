@@ -36,23 +36,6 @@ def query(entry: dict[str, Any]) -> dict[str, str]:
     return {k: v[-1] for k, v in parse_qs(entry["query"], keep_blank_values=True).items()}
 
 
-@pytest.fixture(scope="module")
-def anxiety(fw: Any) -> Any:
-    return fw.lookup("flywheel/Anxiety Study")
-
-
-@pytest.fixture(scope="module")
-def scratch_group(fw: Any) -> Any:
-    gid = f"site-tests-{uuid.uuid4().hex[:8]}"
-    fw.add_group(flywheel.Group(gid, "Site tests"))
-    return fw.get_group(gid)
-
-
-@pytest.fixture
-def scratch_project(scratch_group: Any, unique: Any) -> Any:
-    return scratch_group.add_project(label=unique("site project"))
-
-
 def new_group_and_project(fw: Any, label: str = "Scratch") -> Any:
     """A project in a new group, on a private site."""
     gid = f"g-{uuid.uuid4().hex[:8]}"

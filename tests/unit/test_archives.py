@@ -17,11 +17,12 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import pytest
+from executors import InlineExecutor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -45,9 +46,6 @@ from fwfs.errors import (
 from fwfs.paths import NAME_MAX
 from fwfs.rangedfile import KiB, MiB, RangedReader, ReadConfig
 
-P = ParamSpec("P")
-T = TypeVar("T")
-
 KEY = ("archive-file-id", 3)
 READ = ReadConfig(
     block_size=16 * KiB,
@@ -60,19 +58,6 @@ STAMP = "2024-01-02T03:04:04"
 
 
 # --------------------------------------------------------------------------- the fake site
-
-
-class InlineExecutor(Executor):
-    """Runs readahead inside ``submit``, so counts of fetches are deterministic."""
-
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        future: Future[T] = Future()
-        future.set_running_or_notify_cancel()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
 
 
 class Site:

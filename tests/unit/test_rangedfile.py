@@ -16,6 +16,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
 import pytest
+from executors import InlineExecutor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -71,17 +72,6 @@ class Source:
     @property
     def bytes_fetched(self) -> int:
         return sum(end - start for start, end in self.calls)
-
-
-class InlineExecutor(Executor):
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        future: Future[T] = Future()
-        future.set_running_or_notify_cancel()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
 
 
 class ManualExecutor(Executor):
