@@ -318,6 +318,3 @@ class FlywheelFS:
         if handle is None:
             raise InvalidArgument(f"no open file handle {fh}")
         return handle
-
-    def stats(self) -> dict[str, Any]:
-        return {"cache": self.cache.stats(), "open_handles": len(self._handles)}

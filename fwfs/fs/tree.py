@@ -155,10 +155,6 @@ class Tree:
         event.set()
         return listing
 
-    def invalidate(self, node: Dir) -> None:
-        with self._lock:
-            self._listings.pop(node.key, None)
-
     def _fetch(self, node: Dir) -> Listing:
         now = self._clock()
         if node.kind == "root":
