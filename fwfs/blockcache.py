@@ -4,6 +4,10 @@ Keys must name immutable bytes: callers put the file version in the key, so a ne
 is a new key and stale bytes can never be served. The cache never fetches anything itself;
 callers pass the fetch in, and it is always called without the cache's lock held.
 
+A block is ``bytes`` or a read-only ``memoryview`` slice of a larger buffer, so that one
+ranged fetch can be cut into blocks without copying it. Every key space holds one kind:
+a caller gets back the kind it stores.
+
 Single flight: a key that someone is fetching has a ``_Flight``. Other callers wait on it
 instead of fetching again. Whoever created a flight must settle it (with bytes, an error
 or a release), which ``Reservation`` guarantees by settling leftovers on exit.
@@ -12,19 +16,22 @@ or a release), which ``Reservation`` guarantees by settling leftovers on exit.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Generic, TypeVar
-
-from cachetools import LRUCache
+from typing import Generic, TypeVar, cast
 
 K = TypeVar("K", bound=Hashable)
+Block = bytes | memoryview
+B = TypeVar("B", bytes, memoryview)
 
 
 @dataclass(frozen=True)
 class CacheStats:
-    """A snapshot of counters. ``waits`` counts lookups that joined someone else's fetch."""
+    """A snapshot of counters. ``waits`` counts lookups that joined someone else's fetch.
+
+    ``bytes_cached`` is the memory the stored blocks keep alive (see ``_Lru``)."""
 
     hits: int
     misses: int
@@ -35,38 +42,119 @@ class CacheStats:
     max_bytes: int
 
 
-class _Lru(LRUCache[Hashable, bytes]):
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(max_bytes, getsizeof=len)
-        self.evictions = 0
+class _Lru:
+    """Blocks in least-recently-used order, bounded by the memory they keep alive.
 
-    def popitem(self) -> tuple[Hashable, bytes]:
-        # cachetools calls popitem only to make room, so every call is an eviction.
-        item = super().popitem()
-        self.evictions += 1
-        return item
+    A memoryview block keeps its whole underlying buffer alive, so the buffer is charged
+    in full, once, while any slice of it is stored: ``size`` never understates what the
+    cache holds, however its slices are evicted. Slices of one fetch are stored and read
+    together, so in practice a buffer goes with its last slice and costs no more than
+    the blocks cut from it. Not thread-safe: ``BlockCache`` holds its lock around it.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.evictions = 0
+        self._blocks: OrderedDict[Hashable, Block] = OrderedDict()
+        # id() of each buffer with slices stored -> how many; the slices keep it alive,
+        # so its id cannot be reused while it is counted here.
+        self._slices: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._blocks
+
+    def get(self, key: Hashable) -> Block | None:
+        block = self._blocks.get(key)
+        if block is not None:
+            self._blocks.move_to_end(key)
+        return block
+
+    def put(self, key: Hashable, block: Block) -> None:
+        """Store ``block`` as the most recent, evicting the least recent to make room.
+
+        A slice of a buffer larger than the whole cache is stored as a copy instead.
+        """
+        if isinstance(block, memoryview) and _buffer_size(block) > self.max_bytes:
+            block = bytes(block)
+        if len(block) > self.max_bytes:
+            return
+        old = self._blocks.pop(key, None)
+        if old is not None:
+            self._uncharge(old)
+        self._blocks[key] = block
+        self._charge(block)
+        while self.size > self.max_bytes:
+            _, evicted = self._blocks.popitem(last=False)
+            self._uncharge(evicted)
+            self.evictions += 1
+
+    def clear(self) -> None:
+        self._blocks.clear()
+        self._slices.clear()
+        self.size = 0
+
+    def _charge(self, block: Block) -> None:
+        if isinstance(block, memoryview):
+            ident = id(block.obj)
+            count = self._slices.get(ident, 0)
+            self._slices[ident] = count + 1
+            if count:
+                return
+            self.size += _buffer_size(block)
+        else:
+            self.size += len(block)
+
+    def _uncharge(self, block: Block) -> None:
+        if isinstance(block, memoryview):
+            ident = id(block.obj)
+            count = self._slices.pop(ident) - 1
+            if count:
+                self._slices[ident] = count
+                return
+            self.size -= _buffer_size(block)
+        else:
+            self.size -= len(block)
+
+
+def _buffer_size(view: memoryview) -> int:
+    return memoryview(view.obj).nbytes
 
 
 class _Flight:
-    """One fetch in progress. ``data`` and ``error`` are written once, before ``done``."""
+    """One fetch in progress. ``data`` and ``error`` are written once, before ``settle``.
 
-    __slots__ = ("data", "done", "error")
+    A lock held from creation until ``settle``, rather than an Event: a cold read makes
+    one flight per 128 KiB block, and an Event costs fifteen times as much to make.
+    """
+
+    __slots__ = ("_done", "data", "error")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
-        self.data: bytes | None = None
+        self._done = threading.Lock()
+        self._done.acquire()
+        self.data: Block | None = None
         self.error: BaseException | None = None
 
-    def wait(self) -> bytes | None:
+    def settle(self) -> None:
+        """Let every waiter through; called exactly once."""
+        self._done.release()
+
+    def wait(self) -> Block | None:
         """The fetched bytes; None if the fetcher gave up without a result (retry)."""
-        self.done.wait()
+        # Each waiter takes the released lock and hands it on to the next.
+        with self._done:
+            pass
         if self.error is not None:
             raise self.error
         return self.data
 
 
 class BlockCache:
-    """Thread-safe LRU of blocks bounded by their total length in bytes.
+    """Thread-safe LRU of blocks bounded by the memory they keep alive (see ``_Lru``).
 
     Guarded by ``_lock``: ``_blocks``, ``_flights`` and the counters. The lock is held only
     for dictionary work: never while fetching or waiting. A block longer than ``max_bytes``
@@ -84,7 +172,7 @@ class BlockCache:
         self._misses = 0
         self._waits = 0
 
-    def get(self, key: Hashable) -> bytes | None:
+    def get(self, key: Hashable) -> Block | None:
         with self._lock:
             data = self._blocks.get(key)
             if data is None:
@@ -93,17 +181,14 @@ class BlockCache:
                 self._hits += 1
             return data
 
-    def put(self, key: Hashable, data: bytes) -> None:
+    def put(self, key: Hashable, data: Block) -> None:
         with self._lock:
             self._store(key, data)
 
     def clear(self) -> None:
         """Drop every stored block. Fetches in flight still complete and store theirs."""
         with self._lock:
-            evictions = self._blocks.evictions
             self._blocks.clear()
-            # Older cachetools clear through popitem; emptying on request is not eviction.
-            self._blocks.evictions = evictions
 
     def stats(self) -> CacheStats:
         with self._lock:
@@ -113,17 +198,17 @@ class BlockCache:
                 waits=self._waits,
                 evictions=self._blocks.evictions,
                 blocks=len(self._blocks),
-                bytes_cached=int(self._blocks.currsize),
+                bytes_cached=self._blocks.size,
                 max_bytes=self.max_bytes,
             )
 
-    def get_or_fetch(self, key: Hashable, fetch: Callable[[], bytes]) -> bytes:
+    def get_or_fetch(self, key: Hashable, fetch: Callable[[], B]) -> B:
         """The block for ``key``, calling ``fetch`` only if nobody has it or is fetching it."""
         return self.get_or_fetch_many([key], lambda _keys: [fetch()])[0]
 
     def get_or_fetch_many(
-        self, keys: Sequence[K], fetch: Callable[[list[K]], Sequence[bytes]]
-    ) -> list[bytes]:
+        self, keys: Sequence[K], fetch: Callable[[list[K]], Sequence[B]]
+    ) -> list[B]:
         """The blocks for ``keys``, in order.
 
         ``fetch`` gets the keys that are neither stored nor being fetched by another caller
@@ -131,7 +216,8 @@ class BlockCache:
         others are waited for. Any error, ours or the other fetcher's, propagates and stores
         nothing for the keys it covers.
         """
-        found: dict[int, bytes] = {}
+        # Blocks already stored or fetched by others are of the kind this key space holds.
+        found: dict[int, B] = {}
         todo = list(range(len(keys)))
         while todo:
             mine: list[tuple[int, _Flight]] = []
@@ -141,7 +227,7 @@ class BlockCache:
                     data = self._blocks.get(keys[pos])
                     if data is not None:
                         self._hits += 1
-                        found[pos] = data
+                        found[pos] = cast(B, data)
                     elif (flight := self._flights.get(keys[pos])) is not None:
                         self._waits += 1
                         theirs.append((pos, flight))
@@ -166,7 +252,7 @@ class BlockCache:
                 if data is None:
                     todo.append(pos)
                 else:
-                    found[pos] = data
+                    found[pos] = cast(B, data)
         return [found[pos] for pos in range(len(keys))]
 
     def reserve(self, keys: Iterable[K]) -> Reservation[K]:
@@ -183,11 +269,10 @@ class BlockCache:
                     claimed.append((key, flight))
         return Reservation(self, claimed)
 
-    def _store(self, key: Hashable, data: bytes) -> None:
-        if len(data) <= self.max_bytes:
-            self._blocks[key] = data
+    def _store(self, key: Hashable, data: Block) -> None:
+        self._blocks.put(key, data)
 
-    def _settle(self, key: Hashable, flight: _Flight, data: bytes | None) -> None:
+    def _settle(self, key: Hashable, flight: _Flight, data: Block | None) -> None:
         # Storing and forgetting the flight in one critical section leaves no moment in
         # which a newcomer finds neither and fetches the key a second time.
         with self._lock:
@@ -212,22 +297,22 @@ class Reservation(Generic[K]):
         self._open: dict[K, _Flight] = dict(claimed)
         self.keys: tuple[K, ...] = tuple(key for key, _ in claimed)
 
-    def fulfil(self, key: K, data: bytes) -> None:
+    def fulfil(self, key: K, data: Block) -> None:
         flight = self._open.pop(key)
         flight.data = data
         self._cache._settle(key, flight, data)
-        flight.done.set()
+        flight.settle()
 
     def fail(self, error: BaseException) -> None:
         for key, flight in self._take_open():
             flight.error = error
             self._cache._settle(key, flight, None)
-            flight.done.set()
+            flight.settle()
 
     def release(self) -> None:
         for key, flight in self._take_open():
             self._cache._settle(key, flight, None)
-            flight.done.set()
+            flight.settle()
 
     def _take_open(self) -> list[tuple[K, _Flight]]:
         items = list(self._open.items())

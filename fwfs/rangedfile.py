@@ -12,7 +12,7 @@ continues exactly where the previous one ended, its fetch also takes the next
 ``initial_window`` bytes, in the same request. Later batches double, up to ``max_window``,
 each issued once the reader is halfway through the previous one, as requests of at most
 ``max_request`` bytes running in parallel on the pool. A read outside the stream (further
-back than ``initial_window``, or past what was requested) starts a new stream; readahead
+back than ``reorder_window``, or past what was requested) starts a new stream; readahead
 already in flight is never discarded, because the reader may well come back to it.
 
 Readahead lands in the shared cache, up to about 1.5 * ``max_window`` ahead of each
@@ -49,8 +49,11 @@ class ReadConfig:
     or two blocks and a 352-byte header read transfers 128 KiB, not megabytes.
     ``initial_window`` / ``max_window``: the first readahead batch and the cap of the
     doubling; 1 MiB wastes little when a "stream" turns out to be two reads, and 64 MiB
-    keeps several requests busy on a fast link. ``initial_window`` is also how far back a
-    read may reach (reordered kernel requests) without ending the stream.
+    keeps several requests busy on a fast link.
+    ``reorder_window``: how far behind the furthest read of a stream a read may start and
+    still belong to it. The kernel sends its readahead as parallel requests (1 MiB each
+    when its readahead is 1 MiB) that reach fwfs in any order; ending the stream on each
+    of them would restart readahead from ``initial_window`` every few MiB.
     ``max_request``: the largest readahead fetch; a batch runs as parallel requests of this
     size. 8 MiB is mountpoint-s3's part size, large enough that request latency is noise.
     ``max_parallel``: readahead requests one reader may have pending, which bounds its
@@ -63,6 +66,7 @@ class ReadConfig:
     max_window: int = 64 * MiB
     max_request: int = 8 * MiB
     max_parallel: int = 4
+    reorder_window: int = 8 * MiB
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -71,8 +75,8 @@ class ReadConfig:
             raise ValueError("need block_size <= initial_window <= max_window")
         if self.max_request < self.block_size:
             raise ValueError("max_request must be at least block_size")
-        if self.max_parallel < 0:
-            raise ValueError("max_parallel must not be negative")
+        if self.max_parallel < 0 or self.reorder_window < 0:
+            raise ValueError("max_parallel and reorder_window must not be negative")
 
 
 @dataclass(frozen=True)
@@ -213,7 +217,7 @@ class RangedReader:
         bs = self._config.block_size
         end_block = _blocks_needed(end, bs)
         last = self._last_end
-        if last is None or not last - self._config.initial_window <= offset <= self._ahead * bs:
+        if last is None or not last - self._config.reorder_window <= offset <= self._ahead * bs:
             upto = end_block
             if last is None and self.size <= self._config.initial_window:
                 # A small file (a DICOM slice) costs one request, not one per block read.
@@ -297,8 +301,9 @@ class RangedReader:
         keys = [(self.key, i) for i in range(first, max(last, upto))]
         blocks = self._cache.get_or_fetch_many(keys, self._fetch_keys)[: last - first]
         head, tail = offset - first * bs, end - (last - 1) * bs
+        # The one copy of the read path: FUSE replies must be bytes.
         if len(blocks) == 1:
-            data = blocks[0][head:tail]
+            data = bytes(blocks[0][head:tail])
         else:
             data = b"".join([blocks[0][head:], *blocks[1:-1], blocks[-1][:tail]])
         if len(data) != end - offset:
@@ -306,14 +311,18 @@ class RangedReader:
             raise OSError(errno.EIO, f"cached blocks of {self.key!r} do not match its size")
         return data
 
-    def _fetch_keys(self, keys: list[BlockKey]) -> list[bytes]:
-        blocks: list[bytes] = []
+    def _fetch_keys(self, keys: list[BlockKey]) -> list[memoryview]:
+        blocks: list[memoryview] = []
         for first, last in _runs([i for _, i in keys]):
             blocks.extend(self._fetch_blocks(first, last))
         return blocks
 
-    def _fetch_blocks(self, first: int, last: int) -> list[bytes]:
-        """Blocks ``[first, last)`` in one fetch, so adjacent misses cost one request."""
+    def _fetch_blocks(self, first: int, last: int) -> list[memoryview]:
+        """Blocks ``[first, last)`` in one fetch, so adjacent misses cost one request.
+
+        The blocks are slices of the fetched bytes, not copies; the cache charges the whole
+        buffer for as long as any of them is stored.
+        """
         bs = self._config.block_size
         start, stop = first * bs, min(last * bs, self.size)
         with self._lock:
@@ -329,4 +338,4 @@ class RangedReader:
         with self._lock:
             self._bytes_fetched += len(data)
         view = memoryview(data)
-        return [bytes(view[i : i + bs]) for i in range(0, len(data), bs)]
+        return [view[i : i + bs] for i in range(0, len(data), bs)]

@@ -82,6 +82,30 @@ def test_clear_empties_but_keeps_history() -> None:
     assert cache.get("c") is None
 
 
+def test_slices_of_one_buffer_count_the_whole_buffer_until_the_last_goes() -> None:
+    cache = BlockCache(100)
+    first, second = memoryview(bytes(range(40))), memoryview(bytes(40))
+    for i in range(4):
+        cache.put(("first", i), first[i * 10 : (i + 1) * 10])
+        cache.put(("second", i), second[i * 10 : (i + 1) * 10])
+    assert cache.stats().bytes_cached == 80
+    assert cache.get(("first", 2)) == bytes(range(20, 30))
+    # 30 more bytes do not fit. Evicting every slice of `second` frees its 40 bytes;
+    # `first` stays counted whole for as long as one slice of it is kept.
+    cache.put("third", bytes(30))
+    assert [cache.get(("first", i)) is not None for i in range(4)] == [False, False, True, False]
+    assert all(cache.get(("second", i)) is None for i in range(4))
+    assert cache.stats().bytes_cached == 40 + 30 <= 100
+
+
+def test_a_slice_of_a_buffer_larger_than_the_cache_is_kept_as_a_copy() -> None:
+    cache = BlockCache(16)
+    big = bytes(range(64))
+    cache.put("k", memoryview(big)[8:16])
+    assert cache.get("k") == big[8:16]
+    assert cache.stats().bytes_cached == 8
+
+
 def test_get_or_fetch_fetches_once_then_hits() -> None:
     cache = BlockCache(100)
     calls: list[str] = []

@@ -444,6 +444,21 @@ def test_reordered_kernel_requests_do_not_end_the_stream() -> None:
     assert len(source.calls) <= 2 + 17
 
 
+def test_reordered_1mib_kernel_requests_keep_large_fetches() -> None:
+    # With a 1 MiB kernel readahead, its parallel 1 MiB reads arrive swapped in pairs.
+    source = Source(size=64 * MiB)
+    reader = reader_for(source)
+    order = [0, 1]
+    for pair in range(2, 64, 2):
+        order += [pair + 1, pair]
+    for m in order:
+        assert reader.read(m * MiB, MiB) == source.slice(m * MiB, (m + 1) * MiB)
+    assert source.bytes_fetched == 64 * MiB
+    # Ending the stream at each swap would fetch 1 MiB at a time: 60 requests or more.
+    assert len(source.calls) <= 2 + 17
+    assert max(end - start for start, end in source.calls) == 8 * MiB
+
+
 def test_inflight_readahead_is_bounded_per_reader() -> None:
     source = Source(RANDOM_DATA)
     pool = ManualExecutor()
