@@ -152,9 +152,20 @@ class SiteApi:
         # Duplicate labels resolve to the oldest container, deterministically.
         return next((c for c in candidates if label_of(c, False) == element), None)
 
+    def _child(self, parent: Container | None, ctype: str, element: str) -> Container | None:
+        """One indexed query per path element, rather than reading every sibling."""
+        parent_id = None if parent is None else parent.id
+        if element.startswith("<id:") and element.endswith(">"):
+            return self.store.child(parent_id, ctype, element[4:-1])
+        if ctype == "group":
+            # Groups are named by their id.
+            return self.store.child(parent_id, ctype, element)
+        # Duplicate labels resolve to the oldest container, deterministically.
+        return self.store.child_labelled(parent_id, ctype, element)
+
     def _walk(self, path: list[str]) -> tuple[list[dict[str, Any]], Container | None, bool]:
         """Returns the path nodes, the last container and whether the path ended on a file."""
-        nodes: list[dict[str, Any]] = []
+        found: list[Container] = []
         current: Container | None = None
         i = 0
         while i < len(path):
@@ -172,35 +183,26 @@ class SiteApi:
                     rec = self._match(recs, name, lambda r, by_id: r.file_id if by_id else r.name)
                     if rec is None:
                         raise ApiError(404, f"file {name} not found in {current.type}")
-                    nodes.append(self.views.file(rec, current, node=True))
-                    return nodes, current, True
-                found = self._match(
-                    self.store.children(current.id, "analysis"),
-                    name,
-                    lambda c, by_id: c.id if by_id else c.label,
-                )
-                if found is None:
+                    file_node = self.views.file(rec, current, node=True)
+                    return [*self.views.containers(found), file_node], current, True
+                analysis = self._child(current, "analysis", name)
+                if analysis is None:
                     raise ApiError(404, f"analysis {name} not found")
-                current = found
-                nodes.append(self.views.container(found))
+                current = analysis
+                found.append(analysis)
                 i += 2
                 continue
             ctype = "group" if current is None else CHILD_TYPE.get(current.type)
             if ctype is None:
                 assert current is not None
                 raise ApiError(404, f"{element} not found: a {current.type} has no children")
-            candidates = self.store.children(None if current is None else current.id, ctype)
-            found = self._match(
-                candidates,
-                element,
-                lambda c, by_id: c.id if (by_id or c.type == "group") else c.label,
-            )
-            if found is None:
+            child = self._child(current, ctype, element)
+            if child is None:
                 raise ApiError(404, f"{ctype} {element} not found")
-            current = found
-            nodes.append(self.views.container(found))
+            current = child
+            found.append(child)
             i += 1
-        return nodes, current, False
+        return self.views.containers(found), current, False
 
     @staticmethod
     def _path(req: Request) -> list[str]:
@@ -229,7 +231,7 @@ class SiteApi:
     def list_all(self, req: Request) -> Response:
         ctype = self.kind(req.params["kind"])
         assert ctype is not None
-        docs = [self.views.container(c) for c in self.store.all_of_type(ctype)]
+        docs = self.views.containers(self.store.all_of_type(ctype))
         return self.find(req, docs)
 
     def get_one(self, req: Request) -> Response:
@@ -254,7 +256,7 @@ class SiteApi:
             found = self.store.descendants_of_type(parent.id, child)
         else:
             raise ApiError(404, f"a {parent.type} has no {req.params['children']}")
-        return self.find(req, [self.views.container(c) for c in found])
+        return self.find(req, self.views.containers(found))
 
     def create(self, req: Request) -> Response:
         ctype = self.kind(req.params["kind"])

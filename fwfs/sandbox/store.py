@@ -13,7 +13,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,6 +40,20 @@ CREATE INDEX IF NOT EXISTS files_container ON files (container_id, current, name
 CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tickets (ticket TEXT PRIMARY KEY, doc TEXT NOT NULL);
 """
+
+
+# SQLite's default limit on bound parameters in one statement is 999.
+_CHUNK = 500
+
+
+def _chunks(ids: Iterable[str]) -> Iterator[tuple[str, ...]]:
+    unique = list(dict.fromkeys(ids))
+    for i in range(0, len(unique), _CHUNK):
+        yield tuple(unique[i : i + _CHUNK])
+
+
+def _marks(chunk: tuple[str, ...]) -> str:
+    return ",".join("?" * len(chunk))
 
 
 def now_iso() -> str:
@@ -205,6 +219,52 @@ class Store:
                 ).fetchall()
         return [self._container(r) for r in rows]
 
+    def child(self, parent_id: str | None, ctype: str, cid: str) -> Container | None:
+        """The child `cid` of `parent_id`, if it is one of type `ctype`."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, type, parent_id, label, doc FROM containers "
+                "WHERE id=? AND type=? AND parent_id IS ?",
+                (cid, ctype, parent_id),
+            ).fetchone()
+        return None if row is None else self._container(row)
+
+    def child_labelled(self, parent_id: str | None, ctype: str, label: str) -> Container | None:
+        """The oldest child of `parent_id` of type `ctype` with this label (ids sort by age)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, type, parent_id, label, doc FROM containers "
+                "WHERE parent_id IS ? AND type=? AND label=? ORDER BY id LIMIT 1",
+                (parent_id, ctype, label),
+            ).fetchone()
+        return None if row is None else self._container(row)
+
+    def containers_by_id(self, ids: Iterable[str]) -> dict[str, Container]:
+        out: dict[str, Container] = {}
+        for chunk in _chunks(ids):
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT id, type, parent_id, label, doc FROM containers "
+                    f"WHERE id IN ({_marks(chunk)})",
+                    chunk,
+                ).fetchall()
+            out.update((r[0], self._container(r)) for r in rows)
+        return out
+
+    def children_of(self, parent_ids: Iterable[str], ctype: str) -> dict[str, list[Container]]:
+        """`children(p, ctype)` for many parents in one query per chunk of parents."""
+        out: dict[str, list[Container]] = {}
+        for chunk in _chunks(parent_ids):
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT id, type, parent_id, label, doc FROM containers "
+                    f"WHERE parent_id IN ({_marks(chunk)}) AND type=? ORDER BY id",
+                    (*chunk, ctype),
+                ).fetchall()
+            for r in rows:
+                out.setdefault(r[2], []).append(self._container(r))
+        return out
+
     def all_of_type(self, ctype: str) -> list[Container]:
         with self._lock:
             rows = self._db.execute(
@@ -263,6 +323,20 @@ class Store:
         return self._files_where(
             "container_id=? AND current=1 AND file_group=?", (container_id, file_group)
         )
+
+    def current_files_of(
+        self, container_ids: Iterable[str], file_group: str
+    ) -> dict[str, list[FileRec]]:
+        """`current_files(c, file_group)` for many containers, in one query per chunk."""
+        out: dict[str, list[FileRec]] = {}
+        for chunk in _chunks(container_ids):
+            recs = self._files_where(
+                f"container_id IN ({_marks(chunk)}) AND current=1 AND file_group=?",
+                (*chunk, file_group),
+            )
+            for rec in recs:
+                out.setdefault(rec.container_id, []).append(rec)
+        return out
 
     def all_current_files(self) -> list[FileRec]:
         return self._files_where("current=1", ())

@@ -6,6 +6,7 @@ Field names follow the SDK's models (flywheel/models/*_output.py); every contain
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fwfs.sandbox.store import Container, FileRec, Store
@@ -73,58 +74,91 @@ class Views:
         return [self.file(r, c) for r in self.store.current_files(c.id, file_group)]
 
     def container(self, c: Container, with_files: bool = True) -> dict[str, Any]:
-        out: dict[str, Any] = dict(c.doc)
-        out["_id"] = c.id
-        out["label"] = c.label
-        out["container_type"] = c.type
-        out["info_exists"] = bool(out.get("info"))
-        parents = out.get("parents", {})
-        if c.type == "group":
-            out["permissions"] = self.permissions()
-            return out
-        out["permissions"] = self.permissions()
-        if c.type in ("project", "session"):
-            out["group"] = parents.get("group")
-        if c.type in ("subject", "session"):
-            out["project"] = parents.get("project")
-        if c.type == "project":
-            group = self.store.get_container(parents.get("group", ""))
-            out["group_info"] = {
-                "_id": parents.get("group"),
-                "label": group.label if group else None,
-            }
-        if c.type == "subject":
-            out.setdefault("code", c.label)
-        if c.type == "session":
-            subj = self.store.get_container(parents.get("subject", ""))
-            if subj is not None:
-                out["subject"] = self.container(subj, with_files=False)
-        if c.type == "acquisition":
-            out["session"] = parents.get("session")
-        if c.type == "analysis":
-            parent = self.store.get_container(c.parent_id or "")
-            if parent is not None:
-                out["parent"] = {"type": parent.type, "id": parent.id}
-            out["inputs"] = self.files(c, "inputs")
+        return self.containers([c], with_files)[0]
+
+    def containers(self, cs: Sequence[Container], with_files: bool = True) -> list[dict[str, Any]]:
+        """The wire JSON of many containers, with what each one embeds (files, analyses,
+        parents' labels) read for all of them at once: a listing of N children costs a
+        handful of queries, not several per child."""
+        perms = self.permissions()
+        analyses: dict[str, list[Container]] = {}
         if with_files:
-            out["files"] = self.files(c)
-            if c.type != "analysis":
-                out["analyses"] = [
-                    self.container(a, with_files=False)
-                    for a in self.store.children(c.id, "analysis")
-                ]
-        return out
+            analyses = self.store.children_of(
+                (c.id for c in cs if c.type != "analysis"), "analysis"
+            )
+        # Embedded analyses are shown too (without files), so their references count.
+        shown = [*cs, *(a for c in cs for a in analyses.get(c.id, ()))]
+        known = {c.id: c for c in shown}
+        wanted: set[str] = set()
+        for c in shown:
+            parents = c.doc.get("parents", {})
+            if c.type == "project":
+                wanted.add(parents.get("group", ""))
+            elif c.type == "session":
+                wanted.add(parents.get("subject", ""))
+            elif c.type == "analysis":
+                wanted.add(c.parent_id or "")
+        related = self.store.containers_by_id(wanted - known.keys())
+        related.update((k, known[k]) for k in wanted & known.keys())
+        files: dict[str, list[FileRec]] = {}
+        if with_files:
+            files = self.store.current_files_of((c.id for c in cs), "files")
+        inputs = self.store.current_files_of(
+            (c.id for c in shown if c.type == "analysis"), "inputs"
+        )
+
+        def one(c: Container, with_files: bool) -> dict[str, Any]:
+            out: dict[str, Any] = dict(c.doc)
+            out["_id"] = c.id
+            out["label"] = c.label
+            out["container_type"] = c.type
+            out["info_exists"] = bool(out.get("info"))
+            out["permissions"] = perms
+            if c.type == "group":
+                return out
+            parents = out.get("parents", {})
+            if c.type in ("project", "session"):
+                out["group"] = parents.get("group")
+            if c.type in ("subject", "session"):
+                out["project"] = parents.get("project")
+            if c.type == "project":
+                group = related.get(parents.get("group", ""))
+                out["group_info"] = {
+                    "_id": parents.get("group"),
+                    "label": group.label if group else None,
+                }
+            if c.type == "subject":
+                out.setdefault("code", c.label)
+            if c.type == "session":
+                subj = related.get(parents.get("subject", ""))
+                if subj is not None:
+                    out["subject"] = one(subj, False)
+            if c.type == "acquisition":
+                out["session"] = parents.get("session")
+            if c.type == "analysis":
+                parent = related.get(c.parent_id or "")
+                if parent is not None:
+                    out["parent"] = {"type": parent.type, "id": parent.id}
+                out["inputs"] = [self.file(r, c) for r in inputs.get(c.id, [])]
+            if with_files:
+                out["files"] = [self.file(r, c) for r in files.get(c.id, [])]
+                if c.type != "analysis":
+                    out["analyses"] = [one(a, False) for a in analyses.get(c.id, [])]
+            return out
+
+        return [one(c, with_files) for c in cs]
 
     def children_nodes(self, c: Container | None) -> list[dict[str, Any]]:
         """What `/resolve` lists below a node: child containers, analyses, then files."""
         if c is None:
-            return [self.container(g) for g in self.store.children(None, "group")]
-        nodes: list[dict[str, Any]] = []
+            return self.containers(self.store.children(None, "group"))
+        kids: list[Container] = []
         child = CHILD_TYPE.get(c.type)
         if child is not None:
-            nodes += [self.container(x) for x in self.store.children(c.id, child)]
+            kids += self.store.children(c.id, child)
         if c.type not in ("group", "analysis"):
-            nodes += [self.container(x) for x in self.store.children(c.id, "analysis")]
+            kids += self.store.children(c.id, "analysis")
+        nodes = self.containers(kids)
         if c.type != "group":
             nodes += [self.file(r, c, node=True) for r in self.store.current_files(c.id, "files")]
         if c.type == "analysis":
