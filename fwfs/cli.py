@@ -70,6 +70,23 @@ def _mount_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--foreground", "-f", action="store_true", help="do not go to the background")
     p.add_argument("--read-only", action="store_true", help="refuse every write (EROFS)")
     p.add_argument(
+        "--allow-delete",
+        action="store_true",
+        help="let rm and rmdir delete files and containers on the site (default: EPERM)",
+    )
+    p.add_argument(
+        "--retry-failed-uploads",
+        action="store_true",
+        help="at mount, upload again the files earlier failed uploads left in the spool's "
+        "recovery/ folder (by default they are only listed in the log)",
+    )
+    p.add_argument(
+        "--spool-dir",
+        type=Path,
+        help="where written files wait for upload, and failed uploads are kept "
+        "(default: ~/.cache/fwfs/spool/<site and mountpoint>)",
+    )
+    p.add_argument(
         "-o",
         dest="fuse_options",
         action="append",
@@ -122,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     unmount.add_argument(
         "--lazy", "-z", action="store_true", help="detach now, finish when no longer busy"
     )
+    unmount.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="seconds to wait for running uploads to finish (default 3600)",
+    )
     demo = sub.add_parser("demo", help="run the demo sandbox site and mount it (foreground)")
     demo.add_argument(
         "mountpoint",
@@ -162,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "unmount":
         from fwfs.mounting import unmount
 
-        return unmount(args.mountpoint, lazy=args.lazy)
+        return unmount(args.mountpoint, lazy=args.lazy, timeout=args.timeout)
     return 2
 
 

@@ -195,6 +195,12 @@ class MountConfig:
     # Zip archives as `<name>.d` directories; listed (not only reachable) when list_archives.
     archives: bool = True
     list_archives: bool = False
+    # Writes (when not read_only): where staged bytes wait for upload, and whether unlink
+    # and rmdir may delete on the site.
+    spool_dir: Path | None = None
+    allow_delete: bool = False
+    # At mount, upload again what earlier runs left in the spool's recovery/ folder.
+    retry_recovery: bool = False
 
     @property
     def kernel_ttl(self) -> float:

@@ -164,8 +164,16 @@ ERRNO_TABLE: tuple[ErrnoRow, ...] = (
     ),
     _row("list pagination cursor does not advance", RemoteError, "avoids an endless listing"),
     _row("write to a read-only mount or container", ReadOnly, "the mount or object is read-only"),
-    _row("operation Flywheel has no equivalent for", NotSupported, "e.g. links, xattrs, chmod"),
-    _row("operation forbidden by fwfs itself", NotPermitted, "e.g. renaming a container level"),
+    _row(
+        "operation Flywheel has no equivalent for",
+        NotSupported,
+        "e.g. hard and symbolic links, setting xattrs",
+    ),
+    _row(
+        "operation forbidden by fwfs itself",
+        NotPermitted,
+        "e.g. deleting without --allow-delete, moving a container to another parent",
+    ),
     _row("path component is a file", NotADirectory, "POSIX semantics for lookups"),
     _row("directory used as a file", IsADirectory, "POSIX semantics for open/unlink"),
     _row("removing a non-empty container", NotEmpty, "fwfs never deletes recursively"),

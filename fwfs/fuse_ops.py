@@ -19,13 +19,15 @@ from typing import Any, TypeVar, cast
 import mfusepy
 
 from fwfs.config import MountConfig
-from fwfs.errors import FwfsError
+from fwfs.errors import FwfsError, NotPermitted, NotSupported
 from fwfs.fs import Attr, FlywheelFS
 
 log = logging.getLogger("fwfs.fuse")
 
 F = TypeVar("F", bound=Callable[..., Any])
 _LOOKUPS = frozenset({"getattr", "getxattr", "listxattr", "access", "readdir"})
+# Where a failure means bytes did not reach the site: worth more than an INFO line.
+_UPLOADS = frozenset({"flush", "fsync", "release", "truncate", "rename"})
 
 
 def _errors(func: F) -> F:
@@ -38,7 +40,11 @@ def _errors(func: F) -> F:
             # any other failure, and every failed open or read, gets a line.
             quiet = func.__name__ in _LOOKUPS and err.errno in (errno.ENOENT, errno.ENODATA)
             if not quiet:
-                log.info("%s: %s (%s)", func.__name__, err, errno.errorcode.get(err.errno))
+                level = logging.WARNING if func.__name__ in _UPLOADS else logging.INFO
+                # Callbacks on an open handle may get no path (an unlinked file).
+                where = args[0] if args and isinstance(args[0], str) else "(open file)"
+                code = errno.errorcode.get(err.errno)
+                log.log(level, "%s %r: %s (%s)", func.__name__, where, err, code)
             raise mfusepy.FuseOSError(err.errno) from None
         except mfusepy.FuseOSError:
             raise
@@ -80,6 +86,10 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
         }
 
     def init_with_config(self, conn: Any, config: Any) -> None:
+        if conn is not None:
+            # The kernel keeps the smaller of the mount's readahead and this: no cap of our
+            # own, so the larger one `mount` sets in sysfs stands whichever comes first.
+            conn.max_readahead = 0xFFFFFFFF
         if config is not None:
             # The kernel's share of the staleness budget (see MountConfig.kernel_ttl).
             ttl = float(self.config.kernel_ttl)
@@ -122,6 +132,92 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
         return 0
 
     @_errors
+    def create(self, path: str, mode: int, fi: Any) -> int:
+        opened = self.fs.create(path)
+        fi.fh = opened.fh
+        fi.keep_cache = 0
+        fi.direct_io = 0
+        return 0
+
+    @_errors
+    def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
+        return self.fs.write(fi.fh, offset, data)
+
+    @_errors
+    def flush(self, path: str, fi: Any) -> int:
+        # The errno returned here is what close(2) returns: the upload's outcome.
+        self.fs.flush(fi.fh)
+        return 0
+
+    @_errors
+    def fsync(self, path: str, datasync: int, fi: Any) -> int:
+        self.fs.fsync(fi.fh)
+        return 0
+
+    @_errors
+    def truncate(self, path: str | None, length: int, fh: Any = None) -> int:
+        if path is None:
+            # mfusepy passes no handle for truncate, and an unlinked file has no path.
+            raise NotSupported("truncate of a file that was removed while open")
+        self.fs.truncate(path, length, getattr(fh, "fh", None))
+        return 0
+
+    @_errors
+    def mkdir(self, path: str, mode: int) -> int:
+        self.fs.mkdir(path)
+        return 0
+
+    @_errors
+    def rmdir(self, path: str) -> int:
+        self.fs.rmdir(path)
+        return 0
+
+    @_errors
+    def unlink(self, path: str) -> int:
+        self.fs.unlink(path)
+        return 0
+
+    @_errors
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        self.fs.rename(old, new, flags)
+        return 0
+
+    @_errors
+    def chmod(self, path: str, mode: int) -> int:
+        self.fs.set_metadata(path)
+        return 0
+
+    @_errors
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        self.fs.set_metadata(path)
+        return 0
+
+    @_errors
+    def utimens(self, path: str, times: Any = None) -> int:
+        self.fs.set_metadata(path)
+        return 0
+
+    @_errors
+    def symlink(self, target: str, source: str) -> int:
+        raise NotSupported("Flywheel has no links")
+
+    @_errors
+    def link(self, target: str, source: str) -> int:
+        raise NotSupported("Flywheel has no links")
+
+    @_errors
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        raise NotPermitted("only regular files and directories can be made")
+
+    @_errors
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        raise NotSupported("extended attributes are read-only")
+
+    @_errors
+    def removexattr(self, path: str, name: str) -> int:
+        raise NotSupported("extended attributes are read-only")
+
+    @_errors
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         try:
             return self.fs.getxattr(path, name)
@@ -156,7 +252,54 @@ def mount(
 ) -> None:
     """Blocks until unmounted."""
     opts: dict[str, Any] = {"fsname": "fwfs", "subtype": "fwfs", "default_permissions": True}
+    # libfuse would turn the unlink of an open file into a rename to `.fuse_hiddenNNN`,
+    # which on Flywheel is an upload under that name: remove it now, keep the handle.
+    opts["hard_remove"] = True
     if ops.config.read_only:
         opts["ro"] = True
     opts.update(options or {})
-    mfusepy.FUSE(ops, mountpoint, foreground=foreground, raw_fi=True, nothreads=False, **opts)
+    # Resolved now: once mounted, resolving the path would ask this very daemon.
+    where = os.path.realpath(mountpoint)
+    # The kernel reads ahead 128 KiB (256 KiB for `cat`) in reads of that size: one Python
+    # callback each. With 1 MiB it sends 1 MiB reads, and a cold read's callbacks fall
+    # 4-fold. Only root may set it (in sysfs, per mount); for others it stays as it is.
+    readahead_kib = 1024
+
+    def raise_readahead() -> None:
+        if not ops.ready.wait(60):
+            return
+        # As the kernel writes mount points in mountinfo; found there, not by a stat that
+        # would go through the mount.
+        escaped = where
+        for char, code in (("\\", "\\134"), (" ", "\\040"), ("\t", "\\011"), ("\n", "\\012")):
+            escaped = escaped.replace(char, code)
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+                devices = [
+                    fields[2]
+                    for fields in map(str.split, f)
+                    if fields[4] == escaped and fields[fields.index("-") + 1].startswith("fuse")
+                ]
+            if not devices:
+                return
+            knob = f"/sys/class/bdi/{devices[-1]}/read_ahead_kb"
+            with open(knob, "r+", encoding="ascii") as f:
+                if int(f.read()) < readahead_kib:
+                    f.seek(0)
+                    f.write(str(readahead_kib))
+                    log.debug("kernel readahead of %s: %d KiB", where, readahead_kib)
+        except (OSError, ValueError) as err:
+            log.debug("kernel readahead left as it is: %s", err)
+
+    threading.Thread(target=raise_readahead, name="fwfs-readahead", daemon=True).start()
+    _Fuse(ops, mountpoint, foreground=foreground, raw_fi=True, nothreads=False, **opts)
+
+
+class _Fuse(mfusepy.FUSE):  # type: ignore[misc]
+    """mfusepy drops rename's flags; RENAME_NOREPLACE (`mv -n`) must not replace a file."""
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        result: int = self.operations.rename(
+            old.decode(self.encoding, self.errors), new.decode(self.encoding, self.errors), flags
+        )
+        return result

@@ -149,3 +149,21 @@ def resolver_path(c: Container) -> list[str]:
         # walked all the way down to it.
         return [*path, "analyses", f"<id:{c.id}>"]
     return [*path, f"<id:{c.id}>"]
+
+
+def write_access(container: Container, user_id: str | None) -> bool | None:
+    """Whether ``user_id`` may write to ``container``, from its ``permissions`` list:
+    False for a read-only role, True for a writing one, None when the list does not say
+    (role ids only, or the user not listed, as for site admins): the site then decides."""
+    perms = container.raw.get("permissions")
+    if user_id is None or not isinstance(perms, list):
+        return None
+    for perm in perms:
+        if not isinstance(perm, dict) or perm.get("_id") != user_id:
+            continue
+        access = perm.get("access")
+        if access == "ro":
+            return False
+        if access in ("rw", "admin"):
+            return True
+    return None

@@ -1105,3 +1105,19 @@ def _float(value: Any) -> float:
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def uploads_running(root: Path) -> int:
+    """How many uploads the spool at ``root`` shows as running, read from the journal
+    without taking the spool's lock (for ``fwfs unmount``, while the daemon holds it)."""
+    journal = Path(root) / "journal"
+    if not journal.is_dir():
+        return 0
+    running = 0
+    for entry in _entries(journal, ".json"):
+        try:
+            if _read_json(journal / f"{entry}.json").get("state") == "uploading":
+                running += 1
+        except (OSError, ValueError):
+            continue
+    return running

@@ -2,5 +2,6 @@
 
 from fwfs.fs.core import FlywheelFS
 from fwfs.fs.nodes import Attr, Dir, File, Node
+from fwfs.fs.writes import check_spool, running_uploads
 
-__all__ = ["Attr", "Dir", "File", "FlywheelFS", "Node"]
+__all__ = ["Attr", "Dir", "File", "FlywheelFS", "Node", "check_spool", "running_uploads"]

@@ -11,6 +11,8 @@ import itertools
 import json
 import logging
 import os
+import posixpath
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +29,7 @@ from fwfs.errors import (
     NotFound,
     ReadOnly,
     RemoteError,
+    StaleFile,
 )
 from fwfs.fs.archived import Archives
 from fwfs.fs.nodes import (
@@ -43,8 +46,10 @@ from fwfs.fs.nodes import (
     is_archive,
 )
 from fwfs.fs.tree import ROOT, SHADOWED, Tree
+from fwfs.fs.writes import Pending, WriteHandle, Writes, is_write
 from fwfs.models import FileInfo
 from fwfs.rangedfile import RangedReader, ReadConfig
+from fwfs.uploads import Spool
 
 log = logging.getLogger("fwfs.fs")
 
@@ -86,12 +91,54 @@ class _MemberReads:
         self._archives.release(self._node.archive)
 
 
+class _WriteReads:
+    """Reads through a handle on a file being written: the staged bytes once there are
+    any, else the site's version the handle was opened on; and the site's newest version
+    once the staged file is uploaded and gone (a read right after close() may open the
+    path just before the upload's release)."""
+
+    def __init__(self, fs: FlywheelFS, handle: WriteHandle) -> None:
+        self._fs = fs
+        self._handle = handle
+        self._site: _Reads | None = None
+        self._gone = False
+
+    def read(self, offset: int, length: int) -> bytes:
+        if not self._gone:
+            try:
+                data = self._fs._writes().read(self._handle, offset, length)
+            except StaleFile:
+                self._gone = True
+                self._close_site()
+            else:
+                if data is not None:
+                    return data
+        if self._site is None:
+            source = None if self._gone else self._handle.source
+            if source is None:
+                node = self._fs.lookup_site(self._handle.path)
+                if not isinstance(node, File):
+                    raise StaleFile(f"{self._handle.path!r} is no longer a file")
+                source = node
+            self._site = self._fs._ranged(source.info)
+        return self._site.read(offset, length)
+
+    def _close_site(self) -> None:
+        if self._site is not None:
+            self._site.close()
+            self._site = None
+
+    def close(self) -> None:
+        self._close_site()
+
+
 @dataclass
 class Handle:
     key: tuple[str, ...]
     reader: _Reads
     path: str
     attr: Attr
+    write: WriteHandle | None = None
 
 
 class Opened(NamedTuple):
@@ -111,10 +158,14 @@ class FlywheelFS:
     which decides whether the kernel may keep its page cache).
     """
 
-    def __init__(self, client: FlywheelClient, config: MountConfig) -> None:
+    def __init__(
+        self, client: FlywheelClient, config: MountConfig, user_id: str | None = None
+    ) -> None:
         self.client = client
         self.config = config
-        self.tree = Tree(client, config.listing_ttl, config.negative_ttl)
+        # Listings fetched ahead of a walk (`ls -R`, `find`): see Tree.listdir.
+        self.list_pool = ThreadPoolExecutor(4, thread_name_prefix="fwfs-list")
+        self.tree = Tree(client, config.listing_ttl, config.negative_ttl, prefetch=self.list_pool)
         self.cache = BlockCache(config.cache_size)
         self.pool = ThreadPoolExecutor(config.read_threads, thread_name_prefix="fwfs-read")
         # Readahead lands in the cache: a window larger than a quarter of it would evict its
@@ -132,6 +183,17 @@ class FlywheelFS:
         self._handles: dict[int, Handle] = {}
         self._opened: dict[str, tuple[str, ...]] = {}
         self._next_fh = itertools.count(1)
+        self.writes: Writes | None = None
+        if not config.read_only:
+            if config.spool_dir is None:
+                raise InvalidArgument("a writable mount needs a spool directory")
+            spool = Spool(config.spool_dir)
+            self.writes = Writes(client, config, self.tree, self.lookup, spool, user_id)
+
+    def _writes(self) -> Writes:
+        if self.writes is None:
+            raise ReadOnly("this mount is read-only")
+        return self.writes
 
     def close(self) -> None:
         with self._lock:
@@ -140,11 +202,22 @@ class FlywheelFS:
         for h in handles:
             h.reader.close()
         self.archives.close()
+        if self.writes is not None:
+            self.writes.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.list_pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- metadata ---------------------------------------------------------------------
 
-    def lookup(self, path: str) -> Node:
+    def lookup(self, path: str) -> Node | Pending:
+        if self.writes is not None:
+            pending = self.writes.pending(path)
+            if pending is not None:
+                return pending
+        return self.lookup_site(path)
+
+    def lookup_site(self, path: str) -> Node:
+        """`path` as the site's listings show it, ignoring files being written."""
         node: Node = ROOT
         for part in path.split("/"):
             if part:
@@ -173,32 +246,40 @@ class FlywheelFS:
             return base.info
         return None
 
-    def attr(self, node: Node) -> Attr:
+    def attr(self, node: Node | Pending) -> Attr:
         writable = not self.config.read_only
+        if isinstance(node, Pending):
+            return Attr(stat.S_IFREG | 0o644, node.staged.size, node.mtime, node.mtime)
         if isinstance(node, File):
-            return file_attr(node, writable)
+            return file_attr(node, writable and node.info.parent.kind != "analysis")
         if isinstance(node, Dir):
             return dir_attr(node, writable, self.mount_time)
         return archive_attr(node)
 
     def getattr(self, path: str) -> Attr:
-        attr = self.attr(self.lookup(path))
+        node = self.lookup(path)
+        attr = self.attr(node)
+        if isinstance(node, Pending):
+            return attr
         with self._lock:
             cached = self._opened.get(path)
             for h in self._handles.values():
                 # While the version in the kernel's page cache is open, its size stands:
-                # a newer listing must not cut that program's reads short.
-                if h.path == path and h.key == cached:
+                # a newer listing must not cut that program's reads short. Handles of a
+                # file being written hold no size of their own (before the first change of
+                # a lazy copy-on-write, the site's version is the file: O_APPEND writes at
+                # its end; after the upload, the listing is).
+                if h.path == path and h.key == cached and h.key[0] != "written":
                     return h.attr
         return attr
 
     def readdir(self, path: str) -> list[tuple[str, Attr]]:
         node = self.lookup(path)
-        entries: dict[str, Node]
+        entries: dict[str, Node | Pending]
         if isinstance(node, ArchiveDir):
             entries = dict(self.archives.listdir(node))
         elif isinstance(node, Dir):
-            entries = dict(self.tree.listing(node).entries)
+            entries = dict(self.tree.listdir(node).entries)
             if self.config.archives and self.config.list_archives:
                 for name, child in list(entries.items()):
                     if isinstance(child, File) and is_archive(child.info):
@@ -209,23 +290,29 @@ class FlywheelFS:
                         )
         else:
             raise NotADirectory("not a directory")
+        if self.writes is not None and isinstance(node, Dir):
+            for p in self.writes.pending_in(path.rstrip("/") or "/"):
+                entries[posixpath.basename(p.path)] = p
         return [(name, self.attr(child)) for name, child in entries.items()]
 
     def listxattr(self, path: str) -> list[str]:
         return sorted(self._xattrs(self.lookup(path)))
 
     def getxattr(self, path: str, name: str) -> bytes:
-        node = self.lookup(path)
         if not name.startswith(XATTR_PREFIX):
-            # `ls -l` asks every entry for security.* and system.* attributes.
+            # `ls -l` asks every entry for security.* and system.* attributes: answered
+            # without walking the path (17,303 of them in one `ls -lR` of 3,103 directories).
             raise NotFound(f"no attribute {name}")
+        node = self.lookup(path)
         value = self._xattrs(node).get(name)
         if value is None:
             raise NotFound(f"no attribute {name}")
         return value
 
-    def _xattrs(self, node: Node) -> dict[str, bytes]:
+    def _xattrs(self, node: Node | Pending) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
+        if isinstance(node, Pending):
+            return out
         raw: dict[str, Any]
         if isinstance(node, ArchiveFile | ArchiveDir):
             out[XATTR_PREFIX + "archive_file_id"] = node.archive.file_id.encode()
@@ -253,14 +340,19 @@ class FlywheelFS:
         return out
 
     def statfs(self) -> dict[str, int]:
-        return {
-            "f_bsize": self.config.block_size,
-            "f_frsize": self.config.block_size,
-            "f_blocks": 0,
-            "f_bfree": 0,
-            "f_bavail": 0,
-            "f_namemax": 255,
-        }
+        out = {"f_bsize": self.config.block_size, "f_frsize": self.config.block_size}
+        out.update(f_blocks=0, f_bfree=0, f_bavail=0, f_namemax=255)
+        if self.writes is not None:
+            # What can be written is what the spool can stage: tools that check free
+            # space before copying (and `df`) see that.
+            st = os.statvfs(self.writes.spool.root)
+            scale = st.f_frsize / self.config.block_size
+            out.update(
+                f_blocks=int(st.f_blocks * scale),
+                f_bfree=int(st.f_bfree * scale),
+                f_bavail=int(st.f_bavail * scale),
+            )
+        return out
 
     # ---- reading ----------------------------------------------------------------------
 
@@ -278,8 +370,17 @@ class FlywheelFS:
         node = self.lookup(path)
         if isinstance(node, Dir | ArchiveDir):
             raise IsADirectory("is a directory")
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
-            raise ReadOnly("this mount is read-only")
+        if is_write(flags):
+            truncate = bool(flags & os.O_TRUNC)
+            try:
+                whandle = self._writes().open(path, node, truncate)
+            except StaleFile:
+                # Its upload was released between the lookup and now: open what the site
+                # holds instead.
+                whandle = self._writes().open(path, self.lookup(path), truncate)
+            return self._add_write_handle(path, whandle)
+        if isinstance(node, Pending):
+            return self._add_write_handle(path, WriteHandle(path, node), reading=True)
         reader: _Reads
         if isinstance(node, File) and node.info.raw.get(SHADOWED):
             raise RemoteError(
@@ -303,14 +404,81 @@ class FlywheelFS:
             self._opened[path] = key
         return Opened(fh, keep_cache=cached == key, direct_io=False)
 
+    def create(self, path: str) -> Opened:
+        return self._add_write_handle(path, self._writes().create(path))
+
+    def _add_write_handle(self, path: str, whandle: WriteHandle, reading: bool = False) -> Opened:
+        fh = next(self._next_fh)
+        attr = Attr(stat.S_IFREG | 0o644, 0, 0, 0)
+        with self._lock:
+            # The kernel's pages of this path are of no version any more.
+            self._opened[path] = ("written", str(fh))
+            self._handles[fh] = Handle(
+                ("written", str(fh)),
+                _WriteReads(self, whandle),
+                path,
+                attr,
+                None if reading else whandle,
+            )
+        return Opened(fh, keep_cache=False, direct_io=False)
+
     def read(self, fh: int, offset: int, size: int) -> bytes:
         return self._handle(fh).reader.read(offset, size)
+
+    def write(self, fh: int, offset: int, data: bytes) -> int:
+        return self._writes().write(self._write_handle(fh), offset, data)
+
+    def flush(self, fh: int) -> None:
+        handle = self._handle(fh)
+        if handle.write is not None:
+            self._writes().flush(handle.write)
+
+    def fsync(self, fh: int) -> None:
+        handle = self._handle(fh)
+        if handle.write is not None:
+            self._writes().fsync(handle.write)
+
+    def truncate(self, path: str, size: int, fh: int | None = None) -> None:
+        if fh is not None:
+            self._writes().truncate_handle(self._write_handle(fh), size)
+            return
+        node = self.lookup(path)
+        self._writes().truncate(path, node, size)
 
     def release(self, fh: int) -> None:
         with self._lock:
             handle = self._handles.pop(fh, None)
-        if handle is not None:
-            handle.reader.close()
+        if handle is None:
+            return
+        handle.reader.close()
+        if handle.write is not None:
+            self._writes().release(handle.write)
+
+    def _write_handle(self, fh: int) -> WriteHandle:
+        handle = self._handle(fh)
+        if handle.write is None:
+            raise InvalidArgument(f"file handle {fh} is not open for writing")
+        return handle.write
+
+    # ---- changing the namespace -------------------------------------------------------
+
+    def mkdir(self, path: str) -> None:
+        self._writes().mkdir(path)
+
+    def rmdir(self, path: str) -> None:
+        self._writes().rmdir(path, self.lookup(path))
+
+    def unlink(self, path: str) -> None:
+        self._writes().unlink(path, self.lookup(path))
+
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        self._writes().rename(old, new, flags, self.lookup(old))
+
+    def set_metadata(self, path: str) -> None:
+        """chmod, chown, utimens: Flywheel keeps no modes, owners or times, so these are
+        accepted and change nothing (as `cp -p` and `rsync -a` need) on a writable mount."""
+        self._writes()
+        self.lookup(path)
 
     def _handle(self, fh: int) -> Handle:
         with self._lock:

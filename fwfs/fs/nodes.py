@@ -84,7 +84,8 @@ def dir_attr(node: Dir, writable: bool, mount_time: float) -> Attr:
     c = node.container
     mtime = c.modified if c and c.modified else mount_time
     ctime = c.created if c and c.created else mtime
-    perm = 0o755 if writable else 0o555
+    # Only containers take new entries (files, or the next level's containers).
+    perm = 0o755 if writable and node.kind == "container" else 0o555
     return Attr(mode=stat.S_IFDIR | perm, size=0, mtime=mtime, ctime=ctime, nlink=2)
 
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from fwfs import paths
 from fwfs.client import FlywheelClient
@@ -21,6 +24,7 @@ from fwfs.fs.nodes import ANALYSES_DIR, INPUT_DIR, OUTPUT_DIR, Dir, File, Node
 from fwfs.models import (
     CHILD_KIND,
     Container,
+    ContainerRef,
     FileInfo,
     container_type,
     parse_container,
@@ -31,6 +35,11 @@ from fwfs.models import (
 log = logging.getLogger("fwfs.tree")
 
 ROOT = Dir("root")
+ROOT_KEY = ROOT.key
+PARENT_KIND = {child: parent for parent, child in CHILD_KIND.items()}
+# Directories queued for listing ahead of a walk: beyond this, the oldest wishes are dropped
+# (a walk that goes on asks for them again on the way).
+MAX_PENDING = 1024
 # Marks, in a file's JSON, an analysis input that an output of the same name hides.
 SHADOWED = "fwfs_shadowed"
 
@@ -46,8 +55,19 @@ class Listing:
 class Tree:
     """Listings by directory key, each fetched by one thread while others wait.
 
-    Guarded by `self._lock`: `_listings`, `_inflight`, `_negative`, `_aliases`. No request
-    is made while holding it.
+    With a `prefetch` executor, a walk (`ls -R`, `find`, `du`) has the listings it will
+    ask for next fetched ahead on that executor, `prefetch_limit` at a time. A walk shows
+    when a second child of one directory is enumerated (`listdir`): then the first
+    `prefetch_limit` child containers of that child and its next `prefetch_limit` siblings
+    are listed ahead, a window that moves with the walk. A single `ls`, or going down one
+    directory at a time, lists nothing ahead; a false alarm costs at most twice
+    `prefetch_limit` listings. Each listing ahead is still one request, made once:
+    single-flight and the cache apply as to any listing, a failure is only logged (the
+    walk lists it again when it gets there), and `forget` discards one in flight.
+
+    Guarded by `self._lock`: `_listings`, `_inflight`, `_negative`, `_aliases`, `_changed`,
+    `_last_child`, `_prune_at`, `_pending`, `_pending_keys`, `_workers`. No request is
+    made while holding it.
     """
 
     def __init__(
@@ -56,17 +76,33 @@ class Tree:
         ttl: float,
         negative_ttl: float,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        prefetch: Executor | None = None,
+        prefetch_limit: int = 4,
     ) -> None:
         self._client = client
         self._ttl = ttl
         self._negative_ttl = negative_ttl
         self._clock = clock
+        self._prefetch = prefetch
+        self._prefetch_limit = max(1, prefetch_limit)
+        # Per directory, which child was enumerated last and when: what tells a walk
+        # apart from a lookup, a single `ls` or a `cd` down the tree.
+        self._last_child: dict[tuple[str, ...], tuple[tuple[str, ...], float]] = {}
+        self._prune_at = MAX_PENDING
+        # Directories to list ahead, most wanted first, and how many tasks drain them.
+        self._pending: deque[Dir] = deque()
+        self._pending_keys: set[tuple[str, ...]] = set()
+        self._workers = 0
         self._lock = threading.Lock()
         self._listings: dict[tuple[str, ...], Listing] = {}
         self._inflight: dict[tuple[str, ...], threading.Event] = {}
         self._negative: dict[tuple[tuple[str, ...], str], float] = {}
         # `<id:…>` containers found by lookup while not in their parent's listing.
         self._aliases: dict[tuple[tuple[str, ...], str], tuple[Dir, float]] = {}
+        # Per listing key, when this mount last changed that directory: a listing fetched
+        # (or prefilled) before then is stale even within its TTL.
+        self._changed: dict[tuple[str, ...], float] = {}
 
     # ---- lookup -----------------------------------------------------------------------
 
@@ -133,7 +169,7 @@ class Tree:
         while True:
             with self._lock:
                 cached = self._listings.get(key)
-                if cached is not None and self._clock() - cached.fetched < self._ttl:
+                if cached is not None and self._fresh(key, cached):
                     return cached
                 event = self._inflight.get(key)
                 if event is None:
@@ -154,6 +190,105 @@ class Tree:
             del self._inflight[key]
         event.set()
         return listing
+
+    def listdir(self, node: Dir) -> Listing:
+        """`listing(node)` for a `readdir`: the caller enumerates the directory, which is
+        the hint that may start listing what a walk needs next (see the class)."""
+        listing = self.listing(node)
+        if self._prefetch is not None:
+            self._plan(node, listing, self._prefetch)
+        return listing
+
+    def _plan(self, node: Dir, listing: Listing, pool: Executor) -> None:
+        parent = _parent_key(node)
+        if parent is None:
+            return
+        window = self._prefetch_limit
+        with self._lock:
+            now = self._clock()
+            if len(self._last_child) > self._prune_at:
+                self._last_child = {
+                    k: v for k, v in self._last_child.items() if now - v[1] < self._ttl
+                }
+                # A big walk keeps many fresh: prune again only once it has doubled.
+                self._prune_at = max(MAX_PENDING, 2 * len(self._last_child))
+            last = self._last_child.get(parent)
+            self._last_child[parent] = (node.key, now)
+            if last is None or last[0] == node.key or now - last[1] >= self._ttl:
+                return
+            wanted = [x for x in listing.entries.values() if _needs_listing(x)][:window]
+            siblings = self._listings.get(parent)
+            if siblings is not None:
+                after = [x for x in siblings.entries.values() if _needs_listing(x)]
+                keys = [x.key for x in after]
+                if node.key in keys:
+                    i = keys.index(node.key)
+                    wanted += after[i + 1 : i + 1 + window]
+            batch = [x for x in wanted if not self._known(x.key)]
+            if not batch:
+                return
+            # Newest first: a depth-first walk needs these before anything queued for the
+            # directories above this one.
+            self._pending.extendleft(reversed(batch))
+            self._pending_keys.update(x.key for x in batch)
+            while len(self._pending) > MAX_PENDING:
+                self._pending_keys.discard(self._pending.pop().key)
+            start = max(min(window - self._workers, len(self._pending)), 0)
+            self._workers += start
+        for _ in range(start):
+            try:
+                pool.submit(self._drain)
+            except RuntimeError:
+                # The executor is shut down: the mount is closing.
+                with self._lock:
+                    self._workers -= 1
+
+    def _known(self, key: tuple[str, ...]) -> bool:
+        """Listed and fresh, being listed, or queued (holding `self._lock`)."""
+        if key in self._inflight or key in self._pending_keys:
+            return True
+        cached = self._listings.get(key)
+        return cached is not None and self._fresh(key, cached)
+
+    def _drain(self) -> None:
+        """One prefetch task: list queued directories until none is left."""
+        while True:
+            with self._lock:
+                node = None
+                while self._pending:
+                    candidate = self._pending.popleft()
+                    self._pending_keys.discard(candidate.key)
+                    if not self._known(candidate.key):
+                        node = candidate
+                        break
+                if node is None:
+                    self._workers -= 1
+                    return
+            try:
+                self.listing(node)
+            except Exception as err:  # a guess ahead: the walk lists it again if need be
+                log.debug("listing ahead of a walk failed: %s", err)
+
+    def _fresh(self, key: tuple[str, ...], listing: Listing) -> bool:
+        changed = self._changed.get(key)
+        if changed is not None and listing.fetched <= changed:
+            return False
+        return self._clock() - listing.fetched < self._ttl
+
+    def forget(self, node: Dir) -> None:
+        """This mount changed `node` (an upload, a new child, a rename): list it again on
+        next use, even if a listing started before the change is still in flight."""
+        with self._lock:
+            now = self._clock()
+            self._listings.pop(node.key, None)
+            if len(self._changed) > 4096:
+                # A change older than the TTL outdates no listing that is still fresh.
+                self._changed = {k: t for k, t in self._changed.items() if now - t < self._ttl}
+            self._changed[node.key] = now
+
+    def forget_container(self, cid: str) -> None:
+        """As `forget`, by container id (uploads a previous run left, finished at mount)."""
+        self.forget(Dir("container", _placeholder(cid)))
 
     def _fetch(self, node: Dir) -> Listing:
         now = self._clock()
@@ -263,6 +398,21 @@ def _leaf_listing(c: Container, now: float) -> Listing | None:
     return Listing(_entries(c, [], files, False), now, c)
 
 
+def _needs_listing(node: Node) -> TypeGuard[Dir]:
+    return isinstance(node, Dir) and node.kind == "container"
+
+
+def _parent_key(node: Dir) -> tuple[str, ...] | None:
+    """The listing key of a container directory's parent (None for other directories)."""
+    c = node.container
+    if node.kind != "container" or c is None:
+        return None
+    if c.kind == "group":
+        return ROOT_KEY
+    pid = c.parents.get(PARENT_KIND.get(c.kind, ""))
+    return None if pid is None else ("container", pid, "")
+
+
 def _named_dirs(containers: list[Container]) -> dict[str, Node]:
     # Groups are shown by id (their human-readable, unique name), the rest by label.
     names = paths.assign_names(
@@ -278,3 +428,8 @@ def _named_dirs(containers: list[Container]) -> dict[str, Node]:
 def _named_files(files: list[FileInfo]) -> dict[str, Node]:
     names = paths.assign_names(paths.RawEntry("f:" + f.name, f.name, True) for f in files)
     return {names["f:" + f.name]: File(f) for f in files}
+
+
+def _placeholder(cid: str) -> Container:
+    """A container known only by id: enough for a listing key."""
+    return Container(ContainerRef("project", cid), "", 0.0, 0.0, {}, {})

@@ -1,8 +1,11 @@
 """Real FUSE mounts of real sandbox sites: `fwfs mount MP -f` runs as a subprocess.
 
-* `mount_site(site, ttl=..., cache_size=..., key=..., args=[...])` mounts a site privately
-  (a fresh daemon, so a fresh cache) and unmounts it after the test.
-* `mounted` is one mount of the shared demo site for the whole session (read only from it).
+* `mount_site(site, ttl=..., cache_size=..., key=..., args=[...], read_only=...)` mounts a
+  site privately (a fresh daemon, so a fresh cache, its own spool) and unmounts it after
+  the test. Mounts are writable unless `read_only=True`.
+* `mounted` is one mount of the shared demo site for the whole session (writable: write only
+  into containers of your own, with `unique` names).
+* `scratch` is a private, small site for write tests (`Scratch`): they may change it freely.
 * `big_site` is a session-wide private demo site with `big.bin` (64 MiB) in
   `flywheel/Anxiety Study/sub-01/ses-baseline/T1w`; `start_site` (tests/conftest.py) starts
   others, e.g. with `range_quirk=True`.
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mountkit import LIVE, Mount, SiteTree, root_conftest, start_mount, stop_mount
+from mountkit import LIVE, Mount, Scratch, SiteTree, root_conftest, start_mount, stop_mount
 
 HERE = Path(__file__).resolve().parent
 
@@ -71,8 +74,9 @@ def _fuse_watchdog(request: pytest.FixtureRequest) -> Iterator[None]:
 def mount_site(
     start_site: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., Mount]]:
-    """`mount_site(site, ttl=2, cache_size="64M", key=site.readonly_api_key, args=[...])`:
-    a private mount (its own daemon and cache), unmounted after the test."""
+    """`mount_site(site, ttl=2, cache_size="64M", key=site.readonly_api_key, args=[...],
+    read_only=True)`: a private mount (its own daemon, cache and spool), unmounted after
+    the test."""
     mounts: list[Mount] = []
 
     def mount(site: Any, **options: Any) -> Mount:
@@ -109,3 +113,9 @@ def demo_tree(fw: Any) -> SiteTree:
     for gid in ("flywheel", "radiology"):
         tree.add_group(gid)
     return tree
+
+
+@pytest.fixture
+def scratch(start_site: Callable[..., Any]) -> Scratch:
+    """A private `Scratch` site of this test's own."""
+    return Scratch(start_site(demo=False))

@@ -7,11 +7,14 @@ directory without __init__.py).
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import re
 import subprocess
 import sys
 import time
+import zipfile
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
@@ -64,13 +67,20 @@ class Mount:
     """One `fwfs mount -f` daemon and its mount point."""
 
     def __init__(
-        self, path: Path, proc: subprocess.Popen[bytes], workdir: Path, site: Any, argv: list[str]
+        self,
+        path: Path,
+        proc: subprocess.Popen[bytes],
+        workdir: Path,
+        site: Any,
+        argv: list[str],
+        spool: Path,
     ) -> None:
         self.path = path
         self.proc = proc
         self.workdir = workdir
         self.site = site
         self.argv = argv
+        self.spool = spool  # its --spool-dir
         self.log_file = workdir / "fwfs.log"
 
     def __truediv__(self, other: str) -> Path:
@@ -140,15 +150,27 @@ def start_mount(
     negative_ttl: float | None = None,
     cache_size: str | int | None = None,
     args: tuple[str, ...] | list[str] = (),
+    read_only: bool = False,
     timeout: float = MOUNT_TIMEOUT,
 ) -> Mount:
     """Run `python -m fwfs mount MP -f --log-file LOG` with FWFS_API_KEY set; return once
-    the mount is ready. Fails the test with fwfs's output if it exits or never mounts."""
+    the mount is ready. Fails the test with fwfs's output if it exits or never mounts.
+
+    Mounts are writable: unless `args` names a `--spool-dir`, the spool is `workdir/spool`
+    (`mount.spool`), so no test touches the user's. `read_only=True` adds `--read-only`."""
     workdir.mkdir(parents=True, exist_ok=True)
     mp = workdir / "mnt"
     mp.mkdir(exist_ok=True)
     argv = [sys.executable, "-m", "fwfs", "mount", str(mp), "-f"]
     argv += ["--log-file", str(workdir / "fwfs.log")]
+    args = list(args)
+    spool = workdir / "spool"
+    if "--spool-dir" in args:
+        spool = Path(args[args.index("--spool-dir") + 1])
+    else:
+        argv += ["--spool-dir", str(spool)]
+    if read_only:
+        argv.append("--read-only")
     if ttl is not None:
         argv += ["--metadata-ttl", str(ttl)]
     if negative_ttl is not None:
@@ -162,7 +184,7 @@ def start_mount(
         proc = subprocess.Popen(
             argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=workdir
         )
-    mount = Mount(mp, proc, workdir, site, argv)
+    mount = Mount(mp, proc, workdir, site, argv, spool)
     LIVE.append(mount)
     deadline = time.monotonic() + timeout
     while not is_mounted(mp):
@@ -292,3 +314,114 @@ def requests_since(site: Any, mark: int, settle: float = 0.1) -> list[dict[str, 
 
 def quiet_mark(site: Any) -> int:
     return site.quiet_mark()
+
+
+# ---- writes: what reached the site ----------------------------------------------------------
+
+_UPLOAD = re.compile(r"/api/(projects|subjects|sessions|acquisitions|analyses)/[^/]+/files")
+_MOVE = re.compile(r"/api/files/[^/]+/move")
+
+
+def uploads(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The upload requests (`POST /api/<kind>/<id>/files`, whatever their status) among
+    access-log entries."""
+    return [e for e in entries if e["method"] == "POST" and _UPLOAD.fullmatch(e["path"])]
+
+
+def moves(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in entries if e["method"] == "POST" and _MOVE.fullmatch(e["path"])]
+
+
+def changes(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every request that could change the site (anything but GET, HEAD and the read-only
+    POSTs /api/resolve and /api/lookup)."""
+    reads = ("/api/resolve", "/api/lookup")
+    return [
+        e
+        for e in entries
+        if e["method"] not in ("GET", "HEAD") and not (e["method"] == "POST" and e["path"] in reads)
+    ]
+
+
+def site_files(fw: Any, cid: str) -> dict[str, Any]:
+    """The current files of a container as the SDK sees them, by name."""
+    return {f.name: f for f in fw.get(cid).files}
+
+
+def site_bytes(fw: Any, cid: str, name: str) -> bytes:
+    data = fw.download_file_from_container_as_data(cid, name)
+    assert isinstance(data, bytes)
+    return data
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, what: str = "the condition") -> None:
+    """Poll `predicate()` until true; fail after `timeout` (a bound, not a measurement)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: still not true after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def spool_journal(spool: Path) -> list[dict[str, Any]]:
+    """The journal entries of a spool directory (fwfs/uploads.py's layout)."""
+    out = []
+    for path in sorted((spool / "journal").glob("*.json")):
+        try:
+            out.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue  # replaced while being read
+    return out
+
+
+def recovery_entries(spool: Path) -> list[tuple[dict[str, Any], bytes]]:
+    """(journal, bytes) of every entry of `spool/recovery/`."""
+    out = []
+    for data in sorted((spool / "recovery").glob("*.data")):
+        record = json.loads(data.with_suffix(".json").read_text(encoding="utf-8"))
+        out.append((record, data.read_bytes()))
+    return out
+
+
+class Scratch:
+    """A private site with one of each thing a write can meet (paths on a mount):
+
+    g/P                                   project, file notes.txt ("version one\n")
+    g/P/sub-01/ses-01                     session, analysis "qc" (output report.txt)
+    g/P/sub-01/ses-01/anat                acquisition, file scan.zip (member dir/a.txt)
+    """
+
+    NOTES = b"version one\n"
+    MEMBER = b"a zip member\n"
+    REPORT = b"an analysis output\n"
+
+    def __init__(self, site: Any) -> None:
+        import flywheel  # after tests/conftest.py has set the SDK's retry environment
+
+        self.site = site
+        self.fw = fw = site.client()
+        fw.add_group(flywheel.Group("g", "Scratch"))
+        self.project = fw.get_group("g").add_project(label="P")
+        self.project.upload_file(flywheel.FileSpec("notes.txt", self.NOTES))
+        self.subject = self.project.add_subject(label="sub-01")
+        self.session = self.subject.add_session(label="ses-01")
+        self.acquisition = self.session.add_acquisition(label="anat")
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr("dir/a.txt", self.MEMBER)
+        self.acquisition.upload_file(flywheel.FileSpec("scan.zip", archive.getvalue()))
+        self.analysis = self.session.add_analysis(label="qc")
+        self.analysis.upload_output(flywheel.FileSpec("report.txt", self.REPORT))
+
+    def files(self, container: Any) -> dict[str, Any]:
+        """The container's current files (SDK), by name."""
+        return {f.name: f for f in self.fw.get(container.id).files}
+
+    def read(self, container: Any, name: str) -> bytes:
+        data = self.fw.download_file_from_container_as_data(container.id, name)
+        assert isinstance(data, bytes)
+        return data

@@ -319,7 +319,11 @@ def test_names_are_the_same_on_every_mount(
 # ---- attributes ---------------------------------------------------------------------------
 
 
-def test_mode_bits_and_owner(mounted: Mount, demo_tree: SiteTree) -> None:
+def test_mode_bits_and_owner_on_a_read_only_mount(
+    demo_site: Any, mount_site: Callable[..., Mount], demo_tree: SiteTree
+) -> None:
+    # The writable mount's modes: tests/mount/test_writes.py.
+    mounted = mount_site(demo_site, read_only=True)
     assert stat.S_IMODE(os.stat(mounted.path).st_mode) == 0o555
     for rel in [*demo_tree.dirs, *demo_tree.files]:
         st = os.stat(mounted / rel)
@@ -402,7 +406,9 @@ def test_a_missing_extended_attribute_is_enodata(mounted: Mount) -> None:
     assert "user.flywheel.zip_member_count" not in os.listxattr(nii)
 
 
-def test_filesystem_errnos(mounted: Mount) -> None:
+def test_filesystem_errnos(demo_site: Any, mount_site: Callable[..., Mount]) -> None:
+    # On a --read-only mount; the errnos of writes: tests/mount/test_writes*.py.
+    mounted = mount_site(demo_site, read_only=True)
     folder = mounted / PROJECT
     csv = folder / "participants.csv"
     assert errno_of(lambda: os.stat(folder / "no-such-file")) == errno.ENOENT
@@ -425,8 +431,10 @@ def test_filesystem_errnos(mounted: Mount) -> None:
         lambda: os.rename(csv, folder / "renamed.csv"),
         lambda: os.chmod(csv, 0o644),
         lambda: os.symlink("participants.csv", folder / "link"),
+        lambda: os.link(csv, folder / "hard"),
         lambda: os.setxattr(csv, "user.flywheel.label", b"x"),
         lambda: os.utime(csv, (0, 0)),
+        lambda: os.chown(csv, os.getuid(), os.getgid()),
     ]
     for attempt in erofs:
         assert errno_of(attempt) == errno.EROFS

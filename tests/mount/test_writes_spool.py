@@ -1,0 +1,325 @@
+"""docs/SEMANTICS.md, *Writes*, *Nothing is lost* and *Memory*: failed uploads fail close()
+and keep their bytes in recovery/; a daemon killed mid-upload or mid-write; `fwfs unmount`
+waits for uploads; one daemon per spool; a 1 GiB upload in flat memory.
+
+The sandbox's fault switch (`POST /sandbox/faults {"fail_uploads": N}`) makes the next N
+uploads answer 503; fwfs tries an upload three times in all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from mountkit import (
+    Mount,
+    Scratch,
+    is_mounted,
+    quiet_mark,
+    recovery_entries,
+    requests_since,
+    spool_journal,
+    uploads,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+ACQ = "g/P/sub-01/ses-01/anat"
+
+
+def set_faults(site: Any, fail_uploads: int) -> None:
+    resp = requests.post(
+        site.url + "/sandbox/faults",
+        json={"fail_uploads": fail_uploads},
+        headers=site.headers(),
+        timeout=10,
+    )
+    assert resp.json() == {"fail_uploads": fail_uploads}
+
+
+def fwfs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FW_", "FWFS_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "fwfs", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
+
+
+def uploading(spool: Path) -> bool:
+    return any(entry.get("state") == "uploading" for entry in spool_journal(spool))
+
+
+# ---- a failed upload ----------------------------------------------------------------------
+
+
+def test_a_failed_upload_fails_close_and_keeps_the_bytes(
+    scratch: Scratch, mount_site: Callable[..., Mount]
+) -> None:
+    mount = mount_site(scratch.site)
+    body = os.urandom(200_000)
+    mark = quiet_mark(scratch.site)
+    set_faults(scratch.site, 3)
+    fd = os.open(mount / ACQ / "lost.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, body)
+    with pytest.raises(OSError) as info:
+        os.close(fd)
+    assert info.value.errno == errno.EIO
+    assert len(uploads(requests_since(scratch.site, mark))) == 3  # three attempts in all
+    assert "lost.bin" not in scratch.files(scratch.acquisition)
+    # The bytes are kept, with the target beside them, and the log says where. (They move
+    # to recovery/ at the release, which the kernel sends after close() has returned.)
+    wait_for(lambda: bool(recovery_entries(mount.spool)), what="lost.bin in recovery/")
+    [(record, data)] = recovery_entries(mount.spool)
+    assert data == body
+    assert record["target"]["name"] == "lost.bin"
+    assert record["target"]["cid"] == scratch.acquisition.id
+    [kept] = list((mount.spool / "recovery").glob("*.data"))
+    assert str(kept) in mount.log()
+
+
+def test_kept_bytes_are_not_uploaded_again_by_the_next_mount(
+    scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    first = mount_site(scratch.site, args=["--spool-dir", str(spool)])
+    set_faults(scratch.site, 3)
+    with pytest.raises(OSError):
+        (first / ACQ / "kept.txt").write_bytes(b"the program was told this failed\n")
+    wait_for(lambda: bool(recovery_entries(spool)), what="kept.txt in recovery/")
+    assert fwfs("unmount", str(first.path)).returncode == 0
+    mark = quiet_mark(scratch.site)
+    second = mount_site(scratch.site, args=["--spool-dir", str(spool)])
+    assert os.listdir(second / ACQ) == ["scan.zip"]
+    [kept] = list((spool / "recovery").glob("*.data"))
+    wait_for(lambda: str(kept) in second.log(), what="the kept entry in the log")
+    assert uploads(requests_since(scratch.site, mark)) == []
+    assert kept.read_bytes() == b"the program was told this failed\n"
+
+
+def test_retry_failed_uploads_uploads_what_recovery_holds(
+    scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    first = mount_site(scratch.site, args=["--spool-dir", str(spool)])
+    set_faults(scratch.site, 3)
+    with pytest.raises(OSError):
+        (first / ACQ / "again.txt").write_bytes(b"upload me when the site is back\n")
+    wait_for(lambda: bool(recovery_entries(spool)), what="again.txt in recovery/")
+    assert fwfs("unmount", str(first.path)).returncode == 0
+    second = mount_site(scratch.site, args=["--spool-dir", str(spool), "--retry-failed-uploads"])
+    wait_for(lambda: "again.txt" in scratch.files(scratch.acquisition), what="the retried upload")
+    assert scratch.read(scratch.acquisition, "again.txt") == (b"upload me when the site is back\n")
+    # Uploaded, the entry leaves recovery/, and the file is listed through the mount.
+    wait_for(lambda: not recovery_entries(spool), what="recovery/ emptied")
+    wait_for(lambda: "again.txt" in os.listdir(second / ACQ), what="again.txt listed")
+
+
+def test_a_failed_cp_exits_non_zero(
+    scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
+) -> None:
+    mount = mount_site(scratch.site)
+    local = tmp_path / "scan.bin"
+    local.write_bytes(os.urandom(100_000))
+    set_faults(scratch.site, 3)
+    done = subprocess.run(
+        ["cp", str(local), str(mount / ACQ)], capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode != 0
+    assert b"Input/output error" in done.stderr
+    wait_for(lambda: bool(recovery_entries(mount.spool)), what="scan.bin in recovery/")
+    [(record, data)] = recovery_entries(mount.spool)
+    assert data == local.read_bytes() and record["target"]["name"] == "scan.bin"
+
+
+def test_an_upload_that_fails_twice_succeeds_the_third_time(
+    scratch: Scratch, mount_site: Callable[..., Mount]
+) -> None:
+    mount = mount_site(scratch.site)
+    mark = quiet_mark(scratch.site)
+    set_faults(scratch.site, 2)
+    (mount / ACQ / "third.txt").write_bytes(b"third time lucky\n")  # close() succeeds
+    assert scratch.read(scratch.acquisition, "third.txt") == b"third time lucky\n"
+    statuses = [e["status"] for e in uploads(requests_since(scratch.site, mark))]
+    assert statuses == [503, 503, 200]
+    assert recovery_entries(mount.spool) == []
+
+
+# ---- a daemon that dies -------------------------------------------------------------------
+
+
+def test_an_upload_cut_short_by_a_kill_is_finished_by_the_next_mount(
+    scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    first = mount_site(scratch.site, args=["--spool-dir", str(spool)])
+    local = tmp_path / "crash.bin"
+    local.write_bytes(os.urandom(300_000))
+    set_faults(scratch.site, 1000)  # every attempt fails: the upload is still running
+    writer = subprocess.Popen(["cp", str(local), str(first / ACQ)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: uploading(spool), what="an upload in progress")
+        first.kill()
+    finally:
+        writer.wait(timeout=30)
+    set_faults(scratch.site, 0)
+    assert "crash.bin" not in scratch.files(scratch.acquisition)
+    second = mount_site(scratch.site, args=["--spool-dir", str(spool)])
+    wait_for(
+        lambda: "crash.bin" in scratch.files(scratch.acquisition),
+        what="the next mount uploading crash.bin",
+    )
+    assert scratch.read(scratch.acquisition, "crash.bin") == local.read_bytes()
+    wait_for(lambda: "crash.bin" in second.log(), what="a log line about crash.bin")
+    assert recovery_entries(spool) == []
+
+
+def test_a_file_being_written_when_the_daemon_died_goes_to_recovery(
+    scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    first = mount_site(scratch.site, args=["--spool-dir", str(spool)])
+    fd = os.open(first / ACQ / "half.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"the first half\n")
+        first.kill()
+        first.proc.wait(timeout=10)
+    finally:
+        with contextlib.suppress(OSError):  # the daemon is gone: ENOTCONN
+            os.close(fd)
+    second = mount_site(scratch.site, args=["--spool-dir", str(spool)])
+    wait_for(lambda: bool(recovery_entries(spool)), what="half.bin in recovery/")
+    [(record, data)] = recovery_entries(spool)
+    assert data == b"the first half\n"
+    assert record["target"]["name"] == "half.bin"
+    [kept] = list((spool / "recovery").glob("*.data"))
+    wait_for(lambda: str(kept) in second.log(), what="the recovery path in the log")
+    assert "half.bin" not in scratch.files(scratch.acquisition)
+
+
+def test_one_daemon_per_spool_directory(
+    scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    mount_site(scratch.site, args=["--spool-dir", str(spool)])
+    mp = tmp_path / "second"
+    mp.mkdir()
+    env = {"FWFS_API_KEY": scratch.site.api_key}
+    done = subprocess.run(
+        [sys.executable, "-m", "fwfs", "mount", str(mp), "--spool-dir", str(spool)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith(("FW_", "FWFS_"))}, **env},
+    )
+    if is_mounted(mp):
+        subprocess.run(["fusermount3", "-u", str(mp)], timeout=30, check=False)
+    assert done.returncode != 0
+    assert str(spool) in done.stderr
+
+
+# ---- unmount ------------------------------------------------------------------------------
+
+
+def test_unmount_waits_for_a_running_upload(
+    scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
+) -> None:
+    mount = mount_site(scratch.site)
+    local = tmp_path / "late.bin"
+    local.write_bytes(os.urandom(500_000))
+    set_faults(scratch.site, 2)  # two failures and backoffs: the upload takes seconds
+    writer = subprocess.Popen(["cp", str(local), str(mount / ACQ)])
+    try:
+        wait_for(lambda: uploading(mount.spool), what="an upload in progress")
+        done = fwfs("unmount", str(mount.path))
+    finally:
+        assert writer.wait(timeout=60) == 0
+    assert done.returncode == 0, done.stderr
+    assert not is_mounted(mount.path)
+    # unmount returned: the upload had finished.
+    assert scratch.read(scratch.acquisition, "late.bin") == local.read_bytes()
+
+
+def test_unmount_right_after_touch_keeps_the_empty_file(
+    scratch: Scratch, mount_site: Callable[..., Mount]
+) -> None:
+    mount = mount_site(scratch.site)
+    set_faults(scratch.site, 1)  # one backoff: the release-time upload takes a second
+    done = subprocess.run(
+        [
+            *("sh", "-c", 'touch "$1" && "$2" -m fwfs unmount "$3"', "sh"),
+            *(str(mount / ACQ / "touched"), sys.executable, str(mount.path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not is_mounted(mount.path)
+    files = scratch.files(scratch.acquisition)
+    assert "touched" in files and files["touched"].size == 0
+
+
+# ---- memory -------------------------------------------------------------------------------
+
+
+def peak_rss(pid: int) -> int:
+    """VmHWM, the process's peak resident set, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.fixture
+def gib_file(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A 1 GiB local file (a repeating pseudo-random MiB, sparse-free) and its sha384."""
+    path = tmp_path / "one-gib.bin"
+    block = hashlib.sha512(b"fwfs").digest() * (1 << 14)  # 1 MiB
+    digest = hashlib.sha384()
+    with open(path, "wb") as f:
+        for i in range(1024):
+            chunk = i.to_bytes(8, "little") + block[8:]
+            f.write(chunk)
+            digest.update(chunk)
+    yield path, digest.hexdigest()
+    path.unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_1_gib_upload_keeps_memory_flat(
+    scratch: Scratch, mount_site: Callable[..., Mount], gib_file: tuple[Path, str]
+) -> None:
+    local, digest = gib_file
+    mount = mount_site(scratch.site, cache_size="64M")
+    os.listdir(mount / ACQ)
+    before = peak_rss(mount.proc.pid)
+    done = subprocess.run(
+        ["cp", str(local), str(mount / ACQ / "big.bin")],
+        capture_output=True,
+        timeout=540,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    grown = peak_rss(mount.proc.pid) - before
+    assert grown < 150 << 20, f"the daemon's peak RSS grew by {grown >> 20} MiB"
+    entry = scratch.files(scratch.acquisition)["big.bin"]
+    assert entry.size == 1 << 30
+    assert entry.hash == f"v0-sha384-{digest}"
+    assert list((mount.spool / "staging").glob("*.data")) == []  # nothing left behind
