@@ -81,7 +81,7 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
             "st_mtime": int(attr.mtime * 1e9),
             "st_atime": int(attr.mtime * 1e9),
             "st_ctime": int(attr.ctime * 1e9),
-            "st_blksize": self.config.block_size,
+            "st_blksize": attr.blksize or self.config.block_size,
             "st_blocks": (attr.size + 511) // 512,
         }
 

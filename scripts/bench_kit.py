@@ -310,7 +310,11 @@ class Mounter:
         mp = self.workdir / "mnt"
         log_file = self.workdir / "mount-logs" / f"mount-{self.count:03d}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        with Mount(self.site, mp, log_file, list(args)) as m:
+        argv = list(args)
+        if "--spool-dir" not in argv:
+            # Mounts are writable: their staged uploads stay in the bench's own directory.
+            argv += ["--spool-dir", str(self.workdir / "spool")]
+        with Mount(self.site, mp, log_file, argv) as m:
             yield m
 
     def problems(self) -> list[str]:

@@ -74,6 +74,8 @@ class Attr:
     mtime: float
     ctime: float
     nlink: int = 1
+    # The I/O size programs are told to use; 0 for the mount's block size.
+    blksize: int = 0
 
     @property
     def is_dir(self) -> bool:

@@ -582,7 +582,7 @@ def test_journal_records_the_state_of_each_step(spool: Spool) -> None:
 
 CRASH = textwrap.dedent(
     """
-    import json, os, random, signal, sys
+    import json, os, random, signal, sys, time
     from pathlib import Path
     from fwfs.uploads import Spool, Uploader, UploadTarget
 
@@ -595,9 +595,16 @@ CRASH = textwrap.dedent(
         staged.write(offset, data[offset : offset + (1 << 20)])
     if mode == "fsync":
         staged.fsync()
-    elif mode == "uploading":
+    elif mode in ("uploading", "sending"):
         def upload(target, fileobj, n):
             fileobj.read(n // 2)
+            journal = spool.journal_path(staged.entry)
+            deadline = time.monotonic() + 10
+            # "uploading": die once the bytes are durable; "sending": at once.
+            while mode == "uploading" and time.monotonic() < deadline:
+                if json.loads(journal.read_text())["state"] == "uploading":
+                    break
+                time.sleep(0.01)
             os.kill(os.getpid(), signal.SIGKILL)
         Uploader(spool, upload).release(staged)
     os.kill(os.getpid(), signal.SIGKILL)
@@ -632,6 +639,25 @@ def test_killed_daemon_upload_is_finished_by_the_next_mount(tmp_path: Path, mode
     assert reports[0].result == {"name": "fresh.nii", "size": len(data), "hash": sha(data)}
     assert files_under(root / "staging") == set() and files_under(root / "journal") == set()
     assert files_under(root / "recovery") == set()
+
+
+def test_killed_daemon_upload_follows_its_journal_state(tmp_path: Path) -> None:
+    """Killed as the upload starts, the fsync of the bytes may or may not have finished:
+    "uploading" (durable) is uploaded by the next mount, "sending" goes to recovery/."""
+    root = tmp_path / "spool"
+    data = crash(root, "early.nii", 2 * MiB, "sending")
+    site = FakeSite()
+    with Spool(root) as spool:
+        [pending] = Uploader(spool, site).pending()
+        assert pending.state in ("sending", "uploading")
+        reports = Uploader(spool, site).recover()
+    [report] = reports
+    if pending.state == "uploading":
+        assert report.outcome == "uploaded"
+        assert site.received[-1].sha256 == sha(data)
+    else:
+        assert report.outcome == "incomplete" and site.received == []
+        assert report.data_path is not None and report.data_path.read_bytes() == data
 
 
 def test_killed_daemon_upload_that_fails_lands_in_recovery(
