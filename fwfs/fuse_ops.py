@@ -8,6 +8,7 @@ would answer EINVAL, and fusepy would end the mount).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import logging
@@ -140,7 +141,7 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
         return 0
 
     @_errors
-    def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
+    def write(self, path: str | None, data: bytes | memoryview, offset: int, fi: Any) -> int:
         return self.fs.write(fi.fh, offset, data)
 
     @_errors
@@ -297,6 +298,19 @@ def mount(
 
 class _Fuse(mfusepy.FUSE):  # type: ignore[misc]
     """mfusepy drops rename's flags; RENAME_NOREPLACE (`mv -n`) must not replace a file."""
+
+    def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        # mfusepy copies every write into a bytes object first (ctypes.string_at), the
+        # largest cost of a write; the kernel's buffer is valid for the whole callback, so
+        # hand the staged file a view of it instead.
+        view = memoryview(ctypes.cast(buf, ctypes.POINTER(ctypes.c_char * size)).contents)
+        result: int = self.operations.write(
+            None if path is None else path.decode(self.encoding, self.errors),
+            view.cast("B"),
+            offset,
+            fip.contents,
+        )
+        return result
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         result: int = self.operations.rename(

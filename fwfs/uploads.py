@@ -449,7 +449,7 @@ class StagedFile:
             self._writers -= 1
             return self._writers
 
-    def write(self, offset: int, data: bytes) -> int:
+    def write(self, offset: int, data: bytes | memoryview) -> int:
         if offset < 0:
             raise InvalidArgument("negative write offset")
         with self._busy, self._lock:

@@ -430,7 +430,7 @@ class FlywheelFS:
     def read(self, fh: int, offset: int, size: int) -> bytes:
         return self._handle(fh).reader.read(offset, size)
 
-    def write(self, fh: int, offset: int, data: bytes) -> int:
+    def write(self, fh: int, offset: int, data: bytes | memoryview) -> int:
         return self._writes().write(self._write_handle(fh), offset, data)
 
     def flush(self, fh: int) -> None:

@@ -189,7 +189,7 @@ class Writes:
             return WriteHandle(path, self._stage(path, parent, target, None))
         return WriteHandle(path, None, source=node)
 
-    def write(self, handle: WriteHandle, offset: int, data: bytes) -> int:
+    def write(self, handle: WriteHandle, offset: int, data: bytes | memoryview) -> int:
         return self._change(handle, lambda s: s.write(offset, data))
 
     def truncate_handle(self, handle: WriteHandle, size: int) -> None:
