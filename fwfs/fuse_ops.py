@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import itertools
 import logging
 import os
 import threading
@@ -26,7 +27,10 @@ from fwfs.fs import Attr, FlywheelFS
 log = logging.getLogger("fwfs.fuse")
 
 F = TypeVar("F", bound=Callable[..., Any])
-_LOOKUPS = frozenset({"getattr", "getxattr", "listxattr", "access", "readdir"})
+_LOOKUPS = frozenset({"getattr", "getxattr", "listxattr", "access", "readdir", "readdir_plus"})
+_READDIR_PLUS = 1  # libfuse's FUSE_READDIR_PLUS flag of readdir
+_FILL_DIR_PLUS = 2  # and FUSE_FILL_DIR_PLUS of its filler
+_PlusEntry = tuple[str, dict[str, int] | None]
 # Where a failure means bytes did not reach the site: worth more than an INFO line.
 _UPLOADS = frozenset({"flush", "fsync", "release", "truncate", "rename"})
 
@@ -71,6 +75,10 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
         self.config = config
         self._on_ready = on_ready
         self.ready = threading.Event()
+        # Open directories' entries with attributes, for READDIRPLUS resumed at an offset.
+        self._dirs_lock = threading.Lock()
+        self._dirs: dict[int, list[_PlusEntry] | None] = {}
+        self._dir_handles = itertools.count(1)
 
     def _stat(self, attr: Attr) -> dict[str, int]:
         return {
@@ -113,6 +121,34 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
     def readdir(self, path: str, fh: int) -> list[Any]:
         entries: list[Any] = [".", ".."]
         entries += [(name, {"st_mode": attr.mode}, 0) for name, attr in self.fs.readdir(path)]
+        return entries
+
+    def opendir(self, path: str) -> int:
+        with self._dirs_lock:
+            fh = next(self._dir_handles)
+            self._dirs[fh] = None
+        return fh
+
+    def releasedir(self, path: str | None, fh: int) -> int:
+        with self._dirs_lock:
+            self._dirs.pop(fh, None)
+        return 0
+
+    @_errors
+    def readdir_plus(self, path: str, fh: int, offset: int) -> list[_PlusEntry]:
+        """readdir with every entry's attributes, for the kernel's READDIRPLUS: `ls -l` and
+        `find` then stat what they listed without a LOOKUP round trip per entry. The kernel
+        reads a directory a buffer at a time, resuming at an offset: the entries are made
+        once per opened directory (from the start, offset 0) and reused for the rest."""
+        with self._dirs_lock:
+            cached = self._dirs.get(fh)
+        if cached is not None and offset > 0:
+            return cached
+        entries: list[_PlusEntry] = [(".", None), ("..", None)]
+        entries += [(name, self._stat(attr)) for name, attr in self.fs.readdir(path)]
+        with self._dirs_lock:
+            if fh in self._dirs:
+                self._dirs[fh] = entries
         return entries
 
     @_errors
@@ -311,6 +347,30 @@ class _Fuse(mfusepy.FUSE):  # type: ignore[misc]
             fip.contents,
         )
         return result
+
+    def readdir_fuse_3(
+        self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
+    ) -> int:
+        # mfusepy ignores FUSE_READDIR_PLUS (a TODO in its readdir_fuse_3) and passes only
+        # each entry's mode, so the kernel sent a LOOKUP for every entry listed.
+        if not flags & _READDIR_PLUS:
+            result: int = super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
+            return result
+        # Entries go out with their offsets (index + 1): libfuse 3.14 only passes a
+        # PLUS entry's attributes on to the kernel in that mode, not when it buffers a whole
+        # directory given at offset 0.
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        entries = self.operations.readdir_plus(decoded, fip.contents.fh, offset)
+        for index in range(offset, len(entries)):
+            name, attrs = entries[index]
+            st = mfusepy.c_stat()
+            fill = 0
+            if attrs is not None:
+                mfusepy.set_st_attrs(st, attrs, use_ns=True)
+                fill = _FILL_DIR_PLUS
+            if filler(buf, name.encode(self.encoding, self.errors), st, index + 1, fill) != 0:
+                break
+        return 0
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         result: int = self.operations.rename(

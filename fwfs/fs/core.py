@@ -19,12 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from fwfs import paths
 from fwfs.blockcache import BlockCache
 from fwfs.client import FlywheelClient
 from fwfs.config import MountConfig
 from fwfs.errors import (
     InvalidArgument,
     IsADirectory,
+    NameTooLong,
     NotADirectory,
     NotFound,
     ReadOnly,
@@ -222,6 +224,11 @@ class FlywheelFS:
         node: Node = ROOT
         for part in path.split("/"):
             if part:
+                if len(part.encode("utf-8", "surrogateescape")) > paths.NAME_MAX:
+                    # FUSE lets names of up to 1024 bytes through; POSIX and the errno
+                    # table say ENAMETOOLONG, before a name the site would list cut short
+                    # is created.
+                    raise NameTooLong(f"a name longer than {paths.NAME_MAX} bytes")
                 node = self._child(node, part)
         return node
 
@@ -298,7 +305,18 @@ class FlywheelFS:
         if self.writes is not None and isinstance(node, Dir):
             for p in self.writes.pending_in(path.rstrip("/") or "/"):
                 entries[posixpath.basename(p.path)] = p
-        return [(name, self.attr(child)) for name, child in entries.items()]
+        out = [(name, self.attr(child)) for name, child in entries.items()]
+        with self._lock:
+            open_paths = {h.path for h in self._handles.values()}
+        if open_paths:
+            # The attributes go to the kernel with the names (readdirplus): an open
+            # version's size must stand here too, as in getattr.
+            base = path.rstrip("/")
+            out = [
+                (name, self.getattr(f"{base}/{name}") if f"{base}/{name}" in open_paths else a)
+                for name, a in out
+            ]
+        return out
 
     def listxattr(self, path: str) -> list[str]:
         return sorted(self._xattrs(self.lookup(path)))
