@@ -529,4 +529,7 @@ def check_spool(root: Path) -> None:
 
 
 def is_write(flags: int) -> bool:
-    return bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND))
+    """An open that can change the file: write access, or O_TRUNC (which empties the file
+    even with O_RDONLY, as the kernel does). O_APPEND only says where writes go: with
+    O_RDONLY there are none, and the open is a read (so it works on --read-only too)."""
+    return (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)

@@ -299,7 +299,7 @@ class FileApi:
 
 def content_disposition(name: str) -> str:
     """RFC 6266: an ASCII fallback plus the exact UTF-8 name (HTTP headers are latin-1)."""
-    fallback = name.encode("ascii", "replace").decode().replace('"', "_").replace("\\", "_")
+    fallback = "".join(c if " " <= c < "\x7f" and c not in '"\\' else "_" for c in name)
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
