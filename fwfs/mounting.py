@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import hashlib
 import json
 import logging
@@ -35,6 +36,7 @@ from fwfs.fuse_ops import FuseOperations, mount
 log = logging.getLogger("fwfs")
 
 READY_TIMEOUT = 60.0
+_CONNECT_BUDGET = 10.0
 _M_ARENA_MAX = -8  # mallopt parameters, from glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 
@@ -103,9 +105,15 @@ def _check_mountpoint(mountpoint: Path) -> str | None:
 
 
 def _connect(client_config: ClientConfig) -> tuple[str | None, str | None]:
-    """Checks the key and the site before going to the background: (user id, error)."""
+    """Checks the key and the site before going to the background: (user id, error).
+
+    A person is waiting at the prompt: a site that does not answer fails the mount within
+    `_CONNECT_BUDGET` seconds (retries included), not the minute a read may take."""
+    quick = dataclasses.replace(
+        client_config, total_timeout=min(client_config.total_timeout, _CONNECT_BUDGET)
+    )
     try:
-        with FlywheelClient(client_config) as client:
+        with FlywheelClient(quick) as client:
             status = client.auth_status()
     except FwfsError as err:
         return None, f"cannot use the site at {client_config.base_url}: {err}"
