@@ -1,7 +1,8 @@
 """Fixtures of the write tests (test_fs_writes*.py): FlywheelFS models with a spool, and
 scratch containers of their own, so the demo tree stays as seeded for every other test.
 
-test_model.py defines its own `model`/`make_model`; the names here differ on purpose.
+`new_model` makes and closes FlywheelFS models for both: test_model.py's `model`/`make_model`
+(read-only, no user) and the write tests' `make_fs`; the names differ on purpose.
 """
 
 from __future__ import annotations
@@ -27,24 +28,17 @@ def spool_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_fs(demo_site: Any, spool_dir: Path) -> Iterator[Callable[..., FlywheelFS]]:
-    """`make_fs(site=None, key=None, **MountConfig fields)`: a fresh writable FlywheelFS on
-    the demo site (or `site`), as its key's user, spooling to `spool_dir` unless told
-    otherwise. Every model made is closed after the test."""
+def new_model() -> Iterator[Callable[..., FlywheelFS]]:
+    """`new_model(key, with_user=False, **MountConfig fields)`: a fresh FlywheelFS as `key`'s
+    user (its user id asked of the site if `with_user`), as this process's uid and gid
+    unless told otherwise. Every model made is closed after the test."""
     made: list[tuple[FlywheelFS, FlywheelClient]] = []
 
-    def make(site: Any = None, key: str | None = None, **config: Any) -> FlywheelFS:
-        site = site or demo_site
+    def make(key: str, with_user: bool = False, **config: Any) -> FlywheelFS:
         client = FlywheelClient(
-            ClientConfig.from_api_key(
-                key or site.api_key, retries=1, total_timeout=10, read_timeout=20
-            )
+            ClientConfig.from_api_key(key, retries=1, total_timeout=10, read_timeout=20)
         )
-        user_id = client.auth_status()["user_id"]
-        config.setdefault("read_only", False)
-        if not config["read_only"]:
-            config.setdefault("spool_dir", spool_dir)
-        config.setdefault("metadata_ttl", 300)
+        user_id = client.auth_status()["user_id"] if with_user else None
         config.setdefault("uid", os.getuid())
         config.setdefault("gid", os.getgid())
         fs = FlywheelFS(client, MountConfig(**config), user_id)
@@ -55,6 +49,25 @@ def make_fs(demo_site: Any, spool_dir: Path) -> Iterator[Callable[..., FlywheelF
     for fs, client in made:
         fs.close()
         client.close()
+
+
+@pytest.fixture
+def make_fs(
+    demo_site: Any, spool_dir: Path, new_model: Callable[..., FlywheelFS]
+) -> Callable[..., FlywheelFS]:
+    """`make_fs(site=None, key=None, **MountConfig fields)`: a fresh writable FlywheelFS on
+    the demo site (or `site`), as its key's user, spooling to `spool_dir` unless told
+    otherwise. Every model made is closed after the test."""
+
+    def make(site: Any = None, key: str | None = None, **config: Any) -> FlywheelFS:
+        site = site or demo_site
+        config.setdefault("read_only", False)
+        if not config["read_only"]:
+            config.setdefault("spool_dir", spool_dir)
+        config.setdefault("metadata_ttl", 300)
+        return new_model(key or site.api_key, with_user=True, **config)
+
+    return make
 
 
 def make_scratch(site: Any, fw: Any) -> Scratch:

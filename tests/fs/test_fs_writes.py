@@ -15,13 +15,16 @@ from __future__ import annotations
 import errno
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from writekit import (
+    MakeFs,
     Scratch,
+    assert_on_site,
     changes,
+    close,
     downloads,
     errno_of,
     names,
@@ -34,8 +37,6 @@ from fwfs.errors import FwfsError
 from fwfs.fs import FlywheelFS
 
 pytestmark = pytest.mark.timeout(120)
-
-MakeFs = Callable[..., FlywheelFS]
 
 
 # ---- create, write, close -----------------------------------------------------------------
@@ -101,8 +102,7 @@ def test_a_reader_open_across_the_upload_sees_the_uploaded_size(
     fs.write(writer, 0, b"12345")
     reader = fs.open(path, os.O_RDONLY).fh
     assert fs.read(reader, 0, 100) == b"12345"
-    fs.flush(writer)
-    fs.release(writer)
+    close(fs, writer)
     assert fs.getattr(path).size == 5
     assert fs.read(reader, 0, 100) == b"12345"
     fs.release(reader)
@@ -116,8 +116,7 @@ def test_only_the_last_writer_uploads(scratch: Scratch, make_fs: MakeFs) -> None
     first = fs.create(path).fh
     second = fs.open(path, os.O_WRONLY).fh
     fs.write(first, 0, b"from the first")
-    fs.flush(first)
-    fs.release(first)
+    close(fs, first)
     assert uploads(site.requests_since(mark)) == []  # the second writer is still open
     fs.write(second, 0, b"FROM")
     fs.flush(second)
@@ -139,13 +138,11 @@ def test_o_trunc_writes_the_next_version(scratch: Scratch, make_fs: MakeFs) -> N
     fh = fs.open(path, os.O_WRONLY | os.O_TRUNC).fh
     assert fs.getattr(path).size == 0
     fs.write(fh, 0, b"new")
-    fs.flush(fh)
-    fs.release(fh)
+    close(fs, fh)
     entries = scratch.site.requests_since(mark)
     assert len(uploads(entries)) == 1
     assert downloads(entries) == []  # the old bytes were not needed
-    assert scratch.files()["data.txt"].version == old.version + 1
-    assert scratch.data("data.txt") == b"new"
+    assert_on_site(scratch, "data.txt", b"new", old.version + 1)
 
 
 def test_open_for_writing_without_change_costs_nothing(scratch: Scratch, make_fs: MakeFs) -> None:
@@ -157,44 +154,45 @@ def test_open_for_writing_without_change_costs_nothing(scratch: Scratch, make_fs
     for flags in (os.O_WRONLY, os.O_RDWR, os.O_WRONLY | os.O_APPEND):
         fh = fs.open(path, flags).fh
         assert fs.getattr(path).size == 9  # the site's version, while open
-        fs.flush(fh)
-        fs.release(fh)
+        close(fs, fh)
     # Copy-on-write is lazy: no download, no upload, no request at all.
     assert scratch.site.requests_since(mark) == []
     assert scratch.files()["same.txt"].version == old.version
 
 
+def put_and_open(
+    scratch: Scratch, fs: FlywheelFS, name: str, data: bytes, flags: int
+) -> tuple[Any, str, int]:
+    """`name` uploaded through the SDK, then opened by `fs` with `flags`: the site's file
+    record, the model's path, the handle."""
+    old = scratch.put(name, data)
+    path = f"{scratch.acq_path}/{name}"
+    return old, path, fs.open(path, flags).fh
+
+
 def test_o_rdwr_write_in_the_middle_is_copy_on_write(scratch: Scratch, make_fs: MakeFs) -> None:
-    old = scratch.put("cow.bin", b"0123456789")
     fs = make_fs()
-    path = f"{scratch.acq_path}/cow.bin"
-    fh = fs.open(path, os.O_RDWR).fh
+    old, path, fh = put_and_open(scratch, fs, "cow.bin", b"0123456789", os.O_RDWR)
     assert fs.read(fh, 0, 100) == b"0123456789"  # the site's bytes, before any change
     mark = scratch.site.quiet_mark()
     fs.write(fh, 4, b"XY")
     assert len(downloads(scratch.site.requests_since(mark))) == 1  # the copy, at the write
     assert read_all(fs, fh) == b"0123XY6789"
     assert fs.getattr(path).size == 10
-    fs.flush(fh)
-    fs.release(fh)
-    assert scratch.data("cow.bin") == b"0123XY6789"
-    assert scratch.files()["cow.bin"].version == old.version + 1
+    close(fs, fh)
+    assert_on_site(scratch, "cow.bin", b"0123XY6789", old.version + 1)
 
 
 def test_o_append_writes_at_the_end(scratch: Scratch, make_fs: MakeFs) -> None:
-    old = scratch.put("log.txt", b"line 1\n")
     fs = make_fs()
-    path = f"{scratch.acq_path}/log.txt"
-    fh = fs.open(path, os.O_WRONLY | os.O_APPEND).fh
+    old, path, fh = put_and_open(scratch, fs, "log.txt", b"line 1\n", os.O_WRONLY | os.O_APPEND)
     # With O_APPEND the kernel writes at the size it was told.
     end = fs.getattr(path).size
     assert end == 7
     fs.write(fh, end, b"line 2\n")
     assert fs.getattr(path).size == 14
-    fs.flush(fh)
-    fs.release(fh)
-    assert scratch.data("log.txt") == b"line 1\nline 2\n"
-    assert scratch.files()["log.txt"].version == old.version + 1
+    close(fs, fh)
+    assert_on_site(scratch, "log.txt", b"line 1\nline 2\n", old.version + 1)
 
 
 def test_truncate_by_path_uploads_a_new_version_at_once(scratch: Scratch, make_fs: MakeFs) -> None:
@@ -204,8 +202,7 @@ def test_truncate_by_path_uploads_a_new_version_at_once(scratch: Scratch, make_f
     mark = scratch.site.quiet_mark()
     fs.truncate(path, 4)
     assert len(uploads(scratch.site.requests_since(mark))) == 1
-    assert scratch.data("cut.txt") == b"0123"
-    assert scratch.files()["cut.txt"].version == old.version + 1
+    assert_on_site(scratch, "cut.txt", b"0123", old.version + 1)
     assert fs.getattr(path).size == 4  # listed again: the site's new version
 
     mark = scratch.site.quiet_mark()
@@ -213,8 +210,7 @@ def test_truncate_by_path_uploads_a_new_version_at_once(scratch: Scratch, make_f
     entries = scratch.site.requests_since(mark)
     assert len(uploads(entries)) == 1
     assert downloads(entries) == []  # nothing of the old bytes is kept
-    assert scratch.data("cut.txt") == b""
-    assert scratch.files()["cut.txt"].version == old.version + 2
+    assert_on_site(scratch, "cut.txt", b"", old.version + 2)
     assert fs.getattr(path).size == 0
 
 
@@ -233,14 +229,12 @@ def test_fsync_uploads_and_a_later_write_uploads_again(scratch: Scratch, make_fs
     fs.write(fh, 0, b"first")
     fs.fsync(fh)
     assert len(uploads(site.requests_since(mark))) == 1
-    assert scratch.data("synced.txt") == b"first"
-    assert scratch.files()["synced.txt"].version == 1
+    assert_on_site(scratch, "synced.txt", b"first", 1)
 
     fs.write(fh, 5, b" and second")
     fs.flush(fh)
     assert len(uploads(site.requests_since(mark))) == 2
-    assert scratch.data("synced.txt") == b"first and second"
-    assert scratch.files()["synced.txt"].version == 2
+    assert_on_site(scratch, "synced.txt", b"first and second", 2)
     fs.release(fh)
     assert len(uploads(site.requests_since(mark))) == 2  # nothing new to upload
 
@@ -252,14 +246,27 @@ def spool_entries(spool: Path, sub: str) -> list[str]:
     return sorted(p.name for p in (spool / sub).iterdir())
 
 
+def start_writing(fs: FlywheelFS, path: str, data: bytes) -> int:
+    """Create `path` and write `data` into it, not closed: the handle."""
+    fh = fs.create(path).fh
+    fs.write(fh, 0, data)
+    return fh
+
+
+def next_daemon(make_fs: MakeFs, *args: Any) -> tuple[FlywheelFS, list[Any]]:
+    """A new model on the same spool, as the next daemon: it, and what its recovery did."""
+    again = make_fs(*args)
+    assert again.writes is not None
+    return again, again.writes.recover()
+
+
 def test_failed_upload_fails_close_and_keeps_the_bytes(
     private_scratch: Scratch, make_fs: MakeFs, spool_dir: Path
 ) -> None:
     scratch = private_scratch
     site, path = scratch.site, f"{scratch.acq_path}/lost.txt"
     fs = make_fs(site)
-    fh = fs.create(path).fh
-    fs.write(fh, 0, b"precious bytes")
+    fh = start_writing(fs, path, b"precious bytes")
     mark = site.quiet_mark()
     set_faults(site, 3)  # every one of the uploader's three attempts fails (1 s, 2 s backoff)
     assert errno_of(lambda: fs.flush(fh)) == errno.EIO
@@ -286,9 +293,7 @@ def test_failed_upload_fails_close_and_keeps_the_bytes(
 
     # The next mount lists it, and does not upload it on its own.
     mark = site.quiet_mark()
-    again = make_fs(site)
-    assert again.writes is not None
-    reports = again.writes.recover()
+    _again, reports = next_daemon(make_fs, site)
     assert [(r.entry, r.outcome) for r in reports] == [(entry, "kept")]
     assert reports[0].target is not None and reports[0].target.name == "lost.txt"
     assert uploads(site.requests_since(mark)) == []
@@ -302,8 +307,7 @@ def test_a_crashed_daemons_synced_file_is_uploaded_by_the_next(
     site, path = scratch.site, f"{scratch.acq_path}/survivor.txt"
     fs = make_fs()
     assert fs.writes is not None
-    fh = fs.create(path).fh
-    fs.write(fh, 0, b"made it")
+    start_writing(fs, path, b"made it")
     pending = fs.writes.pending(path)
     assert pending is not None
     # A completion point the site has not seen: as if killed after fsync, before the upload.
@@ -314,9 +318,7 @@ def test_a_crashed_daemons_synced_file_is_uploaded_by_the_next(
     assert "survivor.txt" not in scratch.files()
 
     mark = site.quiet_mark()
-    again = make_fs()
-    assert again.writes is not None
-    reports = again.writes.recover()
+    again, reports = next_daemon(make_fs)
     assert [(r.target.name if r.target else None, r.outcome) for r in reports] == [
         ("survivor.txt", "uploaded")
     ]
@@ -334,14 +336,11 @@ def test_a_crashed_daemons_half_written_file_is_kept_not_uploaded(
     site, path = scratch.site, f"{scratch.acq_path}/half.txt"
     fs = make_fs()
     assert fs.writes is not None
-    fh = fs.create(path).fh
-    fs.write(fh, 0, b"half of it")  # still being written when the daemon died
+    start_writing(fs, path, b"half of it")  # still being written when the daemon died
     fs.writes.spool.close()
 
     mark = site.quiet_mark()
-    again = make_fs()
-    assert again.writes is not None
-    reports = again.writes.recover()
+    _again, reports = next_daemon(make_fs)
     assert [r.outcome for r in reports] == ["incomplete"]
     assert reports[0].data_path is not None
     assert reports[0].data_path.read_bytes() == b"half of it"

@@ -18,8 +18,13 @@ from typing import Any
 
 import pytest
 from writekit import (
+    DEMO_SES,
+    MakeFs,
     Scratch,
+    assert_on_site,
+    assert_refused,
     changes,
+    close,
     errno_of,
     moves,
     names,
@@ -31,10 +36,8 @@ from fwfs.fs import FlywheelFS
 
 pytestmark = pytest.mark.timeout(120)
 
-MakeFs = Callable[..., FlywheelFS]
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-DEMO_SES = "flywheel/Anxiety Study/sub-01/ses-baseline"
 DEMO_ANALYSIS = f"{DEMO_SES}/analyses/dcm2niix 2018-09-12"
 
 
@@ -84,11 +87,14 @@ def test_mkdir_where_no_container_can_be_made_is_eperm(
 ) -> None:
     fs = make_fs()
     mark = demo_site.quiet_mark()
-    assert errno_of(lambda: fs.mkdir("new-group")) == errno.EPERM
-    assert errno_of(lambda: fs.mkdir(f"{scratch.acq_path}/deeper")) == errno.EPERM
-    assert errno_of(lambda: fs.mkdir(f"{DEMO_SES}/analyses/new")) == errno.EPERM
-    assert errno_of(lambda: fs.mkdir(f"{DEMO_ANALYSIS}/new")) == errno.EPERM
-    assert errno_of(lambda: fs.mkdir(f"{scratch.session_path}/analyses")) == errno.EPERM
+    assert_refused(
+        errno.EPERM,
+        lambda: fs.mkdir("new-group"),
+        lambda: fs.mkdir(f"{scratch.acq_path}/deeper"),
+        lambda: fs.mkdir(f"{DEMO_SES}/analyses/new"),
+        lambda: fs.mkdir(f"{DEMO_ANALYSIS}/new"),
+        lambda: fs.mkdir(f"{scratch.session_path}/analyses"),
+    )
     assert changes(demo_site.requests_since(mark)) == []
     assert not {"deeper", "analyses"} & acquisition_labels(scratch.fw, scratch.session.id)
 
@@ -101,18 +107,20 @@ def test_read_only_user_gets_eacces_and_nothing_is_staged(
     fs.readdir(scratch.acq_path)  # the permissions come with the listings
     theirs = f"{scratch.acq_path}/theirs.txt"
     mark = demo_site.quiet_mark()
-    assert errno_of(lambda: fs.mkdir(f"{scratch.session_path}/new-acq")) == errno.EACCES
-    assert errno_of(lambda: fs.create(f"{scratch.acq_path}/new.txt")) == errno.EACCES
-    assert errno_of(lambda: fs.open(theirs, os.O_WRONLY)) == errno.EACCES
-    assert errno_of(lambda: fs.open(theirs, os.O_WRONLY | os.O_TRUNC)) == errno.EACCES
-    assert errno_of(lambda: fs.truncate(theirs, 0)) == errno.EACCES
+    assert_refused(
+        errno.EACCES,
+        lambda: fs.mkdir(f"{scratch.session_path}/new-acq"),
+        lambda: fs.create(f"{scratch.acq_path}/new.txt"),
+        lambda: fs.open(theirs, os.O_WRONLY),
+        lambda: fs.open(theirs, os.O_WRONLY | os.O_TRUNC),
+        lambda: fs.truncate(theirs, 0),
+    )
     assert changes(demo_site.requests_since(mark)) == []
     assert list((spool_dir / "staging").iterdir()) == []
     assert list((spool_dir / "journal").iterdir()) == []
     assert "new.txt" not in names(fs, scratch.acq_path)
     assert "new-acq" not in acquisition_labels(scratch.fw, scratch.session.id)
-    assert scratch.data("theirs.txt") == b"theirs"
-    assert scratch.files()["theirs.txt"].version == 1
+    assert_on_site(scratch, "theirs.txt", b"theirs", 1)
 
 
 def test_files_are_made_only_in_containers_that_hold_files(
@@ -171,8 +179,7 @@ def test_unlink_of_a_file_not_yet_uploaded_drops_it_without_a_request(
     fs.unlink(path)
     assert site.requests_since(mark) == []
     assert errno_of(lambda: fs.getattr(path)) == errno.ENOENT
-    fs.flush(fh)
-    fs.release(fh)
+    close(fs, fh)
     assert uploads(site.requests_since(mark)) == []
     assert "scratch.tmp" not in scratch.files()
 
@@ -212,8 +219,7 @@ def test_rename_of_a_file_being_written_uploads_under_the_new_name_only(
     assert "final.txt" in names(fs, scratch.acq_path)
     assert "draft.tmp" not in names(fs, scratch.acq_path)
     fs.write(fh, 0, b"FINAL")  # the open handle writes the renamed file
-    fs.flush(fh)
-    fs.release(fh)
+    close(fs, fh)
     assert len(uploads(site.requests_since(mark))) == 1
     files = scratch.files()
     assert "draft.tmp" not in files
@@ -228,8 +234,7 @@ def test_rename_of_a_file_being_written_into_another_container(
     fh = fs.create(old).fh
     fs.write(fh, 0, b"moving")
     fs.rename(old, new)
-    fs.flush(fh)
-    fs.release(fh)
+    close(fs, fh)
     assert scratch.files() == {}
     assert scratch.data(f"moved-{scratch.acq.label}", scratch.session.id) == b"moving"
 
@@ -364,14 +369,17 @@ def test_read_only_mount_refuses_every_change_with_erofs(scratch: Scratch, make_
     path = f"{scratch.acq_path}/ro.txt"
     fs.getattr(path)
     mark = scratch.site.quiet_mark()
-    assert errno_of(lambda: fs.create(f"{scratch.acq_path}/new.txt")) == errno.EROFS
-    assert errno_of(lambda: fs.open(path, os.O_WRONLY)) == errno.EROFS
-    assert errno_of(lambda: fs.truncate(path, 0)) == errno.EROFS
-    assert errno_of(lambda: fs.mkdir(f"{scratch.session_path}/new")) == errno.EROFS
-    assert errno_of(lambda: fs.unlink(path)) == errno.EROFS
-    assert errno_of(lambda: fs.rmdir(scratch.acq_path)) == errno.EROFS
-    assert errno_of(lambda: fs.rename(path, f"{scratch.acq_path}/moved.txt")) == errno.EROFS
-    assert errno_of(lambda: fs.set_metadata(path)) == errno.EROFS
+    assert_refused(
+        errno.EROFS,
+        lambda: fs.create(f"{scratch.acq_path}/new.txt"),
+        lambda: fs.open(path, os.O_WRONLY),
+        lambda: fs.truncate(path, 0),
+        lambda: fs.mkdir(f"{scratch.session_path}/new"),
+        lambda: fs.unlink(path),
+        lambda: fs.rmdir(scratch.acq_path),
+        lambda: fs.rename(path, f"{scratch.acq_path}/moved.txt"),
+        lambda: fs.set_metadata(path),
+    )
     assert scratch.site.requests_since(mark) == []
     assert scratch.data("ro.txt") == b"ro"
 
@@ -399,16 +407,22 @@ def test_nothing_is_made_in_an_archive_and_its_members_are_read_only(
     fs.getattr(elsewhere)
     mark = demo_site.quiet_mark()
     # docs/SEMANTICS.md "Where": nothing is made in `.d/` and below (EPERM)...
-    assert errno_of(lambda: fs.create(f"{zdir}/new.dcm")) == errno.EPERM
-    assert errno_of(lambda: fs.create(f"{posixpath.dirname(member)}/new.dcm")) == errno.EPERM
-    assert errno_of(lambda: fs.mkdir(f"{zdir}/new")) == errno.EPERM
-    assert errno_of(lambda: fs.rename(elsewhere, f"{zdir}/moved.txt")) == errno.EPERM
+    assert_refused(
+        errno.EPERM,
+        lambda: fs.create(f"{zdir}/new.dcm"),
+        lambda: fs.create(f"{posixpath.dirname(member)}/new.dcm"),
+        lambda: fs.mkdir(f"{zdir}/new"),
+        lambda: fs.rename(elsewhere, f"{zdir}/moved.txt"),
+    )
     # ...and its members are read-only (EROFS).
-    assert errno_of(lambda: fs.open(member, os.O_WRONLY)) == errno.EROFS
-    assert errno_of(lambda: fs.open(member, os.O_WRONLY | os.O_TRUNC)) == errno.EROFS
-    assert errno_of(lambda: fs.truncate(member, 0)) == errno.EROFS
-    assert errno_of(lambda: fs.unlink(member)) == errno.EROFS
-    assert errno_of(lambda: fs.rename(member, f"{scratch.acq_path}/out.dcm")) == errno.EROFS
+    assert_refused(
+        errno.EROFS,
+        lambda: fs.open(member, os.O_WRONLY),
+        lambda: fs.open(member, os.O_WRONLY | os.O_TRUNC),
+        lambda: fs.truncate(member, 0),
+        lambda: fs.unlink(member),
+        lambda: fs.rename(member, f"{scratch.acq_path}/out.dcm"),
+    )
     assert changes(demo_site.requests_since(mark)) == []
     assert set(scratch.files()) == {"elsewhere.txt"}
 
@@ -421,15 +435,21 @@ def test_nothing_is_made_in_analyses_and_their_files_are_read_only(
     mark = demo_site.quiet_mark()
     # docs/SEMANTICS.md "Where": no file is made in `analyses/`, an analysis, its input/
     # or output/ (EPERM)...
-    assert errno_of(lambda: fs.create(f"{DEMO_SES}/analyses/new.txt")) == errno.EPERM
-    assert errno_of(lambda: fs.create(f"{DEMO_ANALYSIS}/new.txt")) == errno.EPERM
-    assert errno_of(lambda: fs.create(f"{output}/new.txt")) == errno.EPERM
-    assert errno_of(lambda: fs.create(f"{DEMO_ANALYSIS}/input/new.txt")) == errno.EPERM
-    assert errno_of(lambda: fs.rmdir(DEMO_ANALYSIS)) == errno.EPERM
+    assert_refused(
+        errno.EPERM,
+        lambda: fs.create(f"{DEMO_SES}/analyses/new.txt"),
+        lambda: fs.create(f"{DEMO_ANALYSIS}/new.txt"),
+        lambda: fs.create(f"{output}/new.txt"),
+        lambda: fs.create(f"{DEMO_ANALYSIS}/input/new.txt"),
+        lambda: fs.rmdir(DEMO_ANALYSIS),
+    )
     # ...and the files a job wrote are read-only (EROFS).
-    assert errno_of(lambda: fs.open(log, os.O_WRONLY)) == errno.EROFS
-    assert errno_of(lambda: fs.open(log, os.O_RDWR | os.O_TRUNC)) == errno.EROFS
-    assert errno_of(lambda: fs.truncate(log, 0)) == errno.EROFS
-    assert errno_of(lambda: fs.unlink(log)) == errno.EROFS
-    assert errno_of(lambda: fs.rename(log, f"{output}/renamed.log")) == errno.EROFS
+    assert_refused(
+        errno.EROFS,
+        lambda: fs.open(log, os.O_WRONLY),
+        lambda: fs.open(log, os.O_RDWR | os.O_TRUNC),
+        lambda: fs.truncate(log, 0),
+        lambda: fs.unlink(log),
+        lambda: fs.rename(log, f"{output}/renamed.log"),
+    )
     assert changes(demo_site.requests_since(mark)) == []

@@ -15,22 +15,21 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import flywheel
 import pytest
+from writekit import DEMO_PROJECT, DEMO_SES, errno_of, names, read_all
 
-from fwfs.client import FlywheelClient
-from fwfs.config import ClientConfig, MountConfig
 from fwfs.errors import FwfsError
 from fwfs.fs import FlywheelFS
 
 pytestmark = pytest.mark.timeout(60)
 
-PROJECT = "flywheel/Anxiety Study"
-SES = f"{PROJECT}/sub-01/ses-baseline"
+PROJECT = DEMO_PROJECT
+SES = DEMO_SES
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -49,21 +48,11 @@ def ts(value: Any) -> float:
     return float(value.timestamp())
 
 
-def errno_of(call: Callable[[], Any]) -> int:
-    with pytest.raises(FwfsError) as info:
-        call()
-    return info.value.errno
-
-
-def read_all(model: FlywheelFS, path: str, chunk: int = 10_000) -> bytes:
+def read_path(model: FlywheelFS, path: str, chunk: int = 10_000) -> bytes:
+    """The whole file at `path`: open, read `chunk` bytes at a time, release."""
     fh = model.open(path, os.O_RDONLY).fh
     try:
-        out = bytearray()
-        while True:
-            data = model.read(fh, len(out), chunk)
-            if not data:
-                return bytes(out)
-            out += data
+        return read_all(model, fh, chunk)
     finally:
         model.release(fh)
 
@@ -73,25 +62,13 @@ def file_suffix(name: str) -> str:
 
 
 @pytest.fixture
-def make_model(demo_site: Any) -> Iterator[Callable[..., FlywheelFS]]:
+def make_model(demo_site: Any, new_model: Callable[..., FlywheelFS]) -> Callable[..., FlywheelFS]:
     """`make_model(metadata_ttl=..., key=...)`: a fresh FlywheelFS (empty caches)."""
-    made: list[tuple[FlywheelFS, FlywheelClient]] = []
 
     def make(key: str | None = None, **config: Any) -> FlywheelFS:
-        client_config = ClientConfig.from_api_key(
-            key or demo_site.api_key, retries=1, total_timeout=10, read_timeout=20
-        )
-        client = FlywheelClient(client_config)
-        config.setdefault("uid", os.getuid())
-        config.setdefault("gid", os.getgid())
-        model = FlywheelFS(client, MountConfig(**config))
-        made.append((model, client))
-        return model
+        return new_model(key or demo_site.api_key, **config)
 
-    yield make
-    for model, client in made:
-        model.close()
-        client.close()
+    return make
 
 
 @pytest.fixture
@@ -120,10 +97,6 @@ def scratch_project(fw: Any) -> Any:
     gid = f"fwfs-model-{uuid.uuid4().hex[:8]}"
     fw.add_group(flywheel.Group(gid, "fwfs model tests"))
     return fw.get_group(gid).add_project(label="Model Scratch")
-
-
-def names(model: FlywheelFS, path: str) -> set[str]:
-    return {name for name, _attr in model.readdir(path)}
 
 
 # ---- layout and names ---------------------------------------------------------------------
@@ -181,9 +154,9 @@ def test_analyses_directory_holds_inputs_and_outputs(model: FlywheelFS) -> None:
 def test_analyses_is_listed_only_where_there_are_analyses(model: FlywheelFS) -> None:
     assert "analyses" not in names(model, f"{PROJECT}/sub-01/ses-followup")
     assert "analyses" not in names(model, f"{PROJECT}/sub-01")
-    with pytest.raises(FwfsError) as info:
-        model.getattr(f"{PROJECT}/sub-01/ses-followup/analyses")
-    assert info.value.errno == errno.ENOENT
+    assert errno_of(lambda: model.getattr(f"{PROJECT}/sub-01/ses-followup/analyses")) == (
+        errno.ENOENT
+    )
 
 
 def test_two_sessions_with_one_label_are_both_suffixed(model: FlywheelFS, fw: Any) -> None:
@@ -202,7 +175,7 @@ def test_slash_in_a_label_becomes_a_fullwidth_solidus(model: FlywheelFS, fw: Any
     assert model.getxattr(f"{ses}/T2／FLAIR", "user.flywheel.label") == b"T2/FLAIR"
     acq = fw.lookup(f"{ses}").acquisitions.find_first("label=T2/FLAIR")
     expected = fw.download_file_from_acquisition_as_data(acq.id, "T2_FLAIR.nii.gz")
-    assert read_all(model, f"{ses}/T2／FLAIR/T2_FLAIR.nii.gz") == expected
+    assert read_path(model, f"{ses}/T2／FLAIR/T2_FLAIR.nii.gz") == expected
 
 
 def test_unicode_and_space_in_a_label(model: FlywheelFS) -> None:
@@ -419,14 +392,14 @@ def test_reads_equal_the_sdk_download(
         (f"{acq}/T1w.nii.gz", t1w.id, "T1w.nii.gz"),
     ]
     for path, cid, name in cases:
-        assert read_all(model, path) == fw.download_file_from_container_as_data(cid, name), path
+        assert read_path(model, path) == fw.download_file_from_container_as_data(cid, name), path
     analysis_dir = f"{SES}/analyses/dcm2niix 2018-09-12"
     for name in ("T1w.nii.gz", "dcm2niix.log"):
         expected = fw.download_file_from_analysis_as_data(analysis.id, name)
-        assert read_all(model, f"{analysis_dir}/output/{name}") == expected
+        assert read_path(model, f"{analysis_dir}/output/{name}") == expected
     # The input is the acquisition's file, linked.
     expected = fw.download_file_from_container_as_data(t1w.id, "T1w.dicom.zip")
-    assert read_all(model, f"{analysis_dir}/input/T1w.dicom.zip") == expected
+    assert read_path(model, f"{analysis_dir}/input/T1w.dicom.zip") == expected
 
 
 def test_reads_at_any_offset_and_past_the_end(model: FlywheelFS, fw: Any, t1w: Any) -> None:

@@ -1,4 +1,5 @@
-"""Helpers of the write tests: the scratch tree, request filters, the fault switch."""
+"""Helpers of the FlywheelFS tests (tests/fs): the write tests' scratch tree, request filters,
+the fault switch, errno_of and readers, the demo's paths."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ import requests
 
 from fwfs.errors import FwfsError
 from fwfs.fs import FlywheelFS
+
+# Paths in the demo site (tests/conftest.py's `demo_site`).
+DEMO_PROJECT = "flywheel/Anxiety Study"
+DEMO_SES = f"{DEMO_PROJECT}/sub-01/ses-baseline"
+
+MakeFs = Callable[..., FlywheelFS]  # the `make_fs` fixture (conftest.py)
 
 _UPLOAD = re.compile(r"/api/(projects|subjects|sessions|acquisitions|analyses)/[^/]+/files")
 _MOVE = re.compile(r"/api/files/[^/]+/move")
@@ -77,6 +84,13 @@ def errno_of(call: Callable[[], Any]) -> int:
     return info.value.errno
 
 
+def assert_refused(expected: int, *calls: Callable[[], Any]) -> None:
+    """Each of `calls` fails with FwfsError `expected` (a failure names the call by its
+    place in the list, from 0)."""
+    for i, call in enumerate(calls):
+        assert errno_of(call) == expected, f"call {i}"
+
+
 def names(fs: FlywheelFS, path: str) -> set[str]:
     return {name for name, _attr in fs.readdir(path)}
 
@@ -88,6 +102,12 @@ def read_all(fs: FlywheelFS, fh: int, chunk: int = 1 << 16) -> bytes:
     return bytes(out)
 
 
+def close(fs: FlywheelFS, fh: int) -> None:
+    """close(2) of the last handle, as the FUSE adapter sends it: flush, then release."""
+    fs.flush(fh)
+    fs.release(fh)
+
+
 def write_file(fs: FlywheelFS, path: str, data: bytes) -> None:
     """create, write, close (flush then release), as `cp` does."""
     fh = fs.create(path).fh
@@ -97,6 +117,12 @@ def write_file(fs: FlywheelFS, path: str, data: bytes) -> None:
         fs.flush(fh)
     finally:
         fs.release(fh)
+
+
+def assert_on_site(scratch: Scratch, name: str, data: bytes, version: int) -> None:
+    """The acquisition holds `name` with these bytes, at this version (the SDK's view)."""
+    assert scratch.data(name) == data
+    assert scratch.files()[name].version == version
 
 
 def uploads(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

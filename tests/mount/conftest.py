@@ -6,6 +6,7 @@
 * `mounted` is one mount of the shared demo site for the whole session (writable: write only
   into containers of your own, with `unique` names).
 * `scratch` is a private, small site for write tests (`Scratch`): they may change it freely.
+  `mount` is `scratch` mounted privately with the default options.
 * `big_site` is a session-wide private demo site with `big.bin` (64 MiB) in
   `flywheel/Anxiety Study/sub-01/ses-baseline/T1w`; `start_site` (tests/conftest.py) starts
   others, e.g. with `range_quirk=True`.
@@ -119,3 +120,9 @@ def demo_tree(fw: Any) -> SiteTree:
 def scratch(start_site: Callable[..., Any]) -> Scratch:
     """A private `Scratch` site of this test's own."""
     return Scratch(start_site(demo=False))
+
+
+@pytest.fixture
+def mount(scratch: Scratch, mount_site: Callable[..., Mount]) -> Mount:
+    """`scratch` mounted with the default options (a daemon of this test's own)."""
+    return mount_site(scratch.site)

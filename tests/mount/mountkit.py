@@ -6,6 +6,7 @@ directory without __init__.py).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -16,16 +17,29 @@ import sys
 import time
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+import requests
 
 MOUNT_TIMEOUT = 30.0
 EXIT_TIMEOUT = 15.0
 FUSERMOUNT = "fusermount3"
 ROOT_CONFTEST = Path(__file__).resolve().parent.parent / "conftest.py"
+ROOT = os.getuid() == 0
+
+# Paths on a mount of the demo site (tests/conftest.py's `demo_site`).
+DEMO_PROJECT = "flywheel/Anxiety Study"
+DEMO_SES = f"{DEMO_PROJECT}/sub-01/ses-baseline"
+
+# Paths on a mount of a `Scratch` site (below).
+PROJECT = "g/P"
+SUB = "g/P/sub-01"
+SES = "g/P/sub-01/ses-01"
+ACQ = "g/P/sub-01/ses-01/anat"
 
 
 def root_conftest(config: pytest.Config) -> ModuleType:
@@ -61,6 +75,31 @@ def is_mounted(path: Path | str) -> bool:
 def fusermount(path: Path, lazy: bool = False) -> subprocess.CompletedProcess[str]:
     argv = [FUSERMOUNT, "-u", *(["-z"] if lazy else []), str(path)]
     return subprocess.run(argv, capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=False)
+
+
+def fwfs_env(key: str | None = None, **env: str) -> dict[str, str]:
+    """This process's environment without any FW_ or FWFS_ variable (no key of the user's
+    leaks in), with FWFS_API_KEY=`key` if given and `env` on top."""
+    out = {k: v for k, v in os.environ.items() if not k.startswith(("FW_", "FWFS_"))}
+    if key is not None:
+        out["FWFS_API_KEY"] = key
+    out.update(env)
+    return out
+
+
+def fwfs(
+    *args: str, key: str | None = None, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m fwfs ARGS` to its end (`unmount`, or `mount` without -f), in
+    `fwfs_env(key, **env)`; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "fwfs", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=fwfs_env(key, **env),
+    )
 
 
 class Mount:
@@ -178,8 +217,7 @@ def start_mount(
     if cache_size is not None:
         argv += ["--cache-size", str(cache_size)]
     argv += list(args)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FW_", "FWFS_"))}
-    env["FWFS_API_KEY"] = key if key is not None else site.api_key
+    env = fwfs_env(key if key is not None else site.api_key)
     with open(workdir / "stdout.txt", "wb") as out, open(workdir / "stderr.txt", "wb") as err:
         proc = subprocess.Popen(
             argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=workdir
@@ -316,6 +354,34 @@ def quiet_mark(site: Any) -> int:
     return site.quiet_mark()
 
 
+# ---- errnos and faults ----------------------------------------------------------------------
+
+
+def errno_of(call: Callable[[], Any]) -> int:
+    """The errno of the OSError `call()` raises (the test fails if it raises none)."""
+    with pytest.raises(OSError) as info:
+        call()
+    return int(info.value.errno)
+
+
+def denied_by_mode(expected: int) -> int:
+    """The errno for writing into a `dr-x` directory or a `-r--` file: the daemon's
+    `expected` when root (the kernel lets root past mode bits), the kernel's EACCES for
+    anyone else (`default_permissions`)."""
+    return expected if ROOT else errno.EACCES
+
+
+def set_faults(site: Any, fail_uploads: int) -> None:
+    """The sandbox's fault switch: the next `fail_uploads` uploads answer 503."""
+    resp = requests.post(
+        site.url + "/sandbox/faults",
+        json={"fail_uploads": fail_uploads},
+        headers=site.headers(),
+        timeout=10,
+    )
+    assert resp.json() == {"fail_uploads": fail_uploads}
+
+
 # ---- writes: what reached the site ----------------------------------------------------------
 
 _UPLOAD = re.compile(r"/api/(projects|subjects|sessions|acquisitions|analyses)/[^/]+/files")
@@ -343,6 +409,13 @@ def changes(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def big_path(mount: Mount) -> Path:
+    """`big.bin` of a `big_site` mount (tests/mount/conftest.py)."""
+    matches = list((mount / DEMO_SES).glob("T1w (*)/big.bin"))
+    assert len(matches) == 1, matches
+    return matches[0]
+
+
 def site_files(fw: Any, cid: str) -> dict[str, Any]:
     """The current files of a container as the SDK sees them, by name."""
     return {f.name: f for f in fw.get(cid).files}
@@ -358,13 +431,17 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def wait_for(predicate: Any, timeout: float = 30.0, what: str = "the condition") -> None:
-    """Poll `predicate()` until true; fail after `timeout` (a bound, not a measurement)."""
-    deadline = time.monotonic() + timeout
+def wait_for(
+    predicate: Any, timeout: float = 30.0, what: str = "the condition", step: float = 0.05
+) -> float:
+    """Poll `predicate()` every `step` seconds until true; fail after `timeout`. Returns the
+    seconds it took."""
+    start = time.monotonic()
     while not predicate():
-        if time.monotonic() > deadline:
+        if time.monotonic() - start > timeout:
             pytest.fail(f"{what}: still not true after {timeout:.0f} s")
-        time.sleep(0.05)
+        time.sleep(step)
+    return time.monotonic() - start
 
 
 def spool_journal(spool: Path) -> list[dict[str, Any]]:
@@ -385,6 +462,16 @@ def recovery_entries(spool: Path) -> list[tuple[dict[str, Any], bytes]]:
         record = json.loads(data.with_suffix(".json").read_text(encoding="utf-8"))
         out.append((record, data.read_bytes()))
     return out
+
+
+def empty_project(site: Any, group_label: str) -> tuple[Any, Any, Any]:
+    """Group `g` (labelled `group_label`) with an empty project `P` on `site`:
+    (site, sdk, project)."""
+    import flywheel  # after tests/conftest.py has set the SDK's retry environment
+
+    fw = site.client()
+    fw.add_group(flywheel.Group("g", group_label))
+    return site, fw, fw.get_group("g").add_project(label="P")
 
 
 class Scratch:

@@ -16,12 +16,12 @@ from typing import Any
 
 import flywheel
 import pytest
-from mountkit import Mount, quiet_mark, requests_since
+from mountkit import DEMO_PROJECT, DEMO_SES, Mount, big_path, quiet_mark, requests_since
 
 pytestmark = pytest.mark.timeout(90)
 
-PROJECT = "flywheel/Anxiety Study"
-SES = f"{PROJECT}/sub-01/ses-baseline"
+PROJECT = DEMO_PROJECT
+SES = DEMO_SES
 ANALYSIS = f"{SES}/analyses/dcm2niix 2018-09-12"
 BIG = 64 << 20
 
@@ -51,11 +51,6 @@ def file_gets(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def fresh(big_site: Any, mount_site: Callable[..., Mount]) -> Callable[..., Mount]:
     """A new private mount of `big_site` (empty caches)."""
     return lambda **options: mount_site(big_site, **options)
-
-
-def big_file(mount: Mount) -> Path:
-    (path,) = (mount / SES).glob("T1w (*)/big.bin")
-    return path
 
 
 def test_listing_the_root_and_a_directory_is_one_request_each(
@@ -153,7 +148,7 @@ def test_reading_a_header_of_a_large_file_is_one_small_ranged_request(
     fresh: Callable[..., Mount], big_site: Any
 ) -> None:
     mount = fresh()
-    path = big_file(mount)
+    path = big_path(mount)
     assert path.stat().st_size == BIG
     mark = quiet_mark(big_site)
     header = subprocess.run(["head", "-c", "352", str(path)], capture_output=True, check=True)
@@ -171,7 +166,7 @@ def test_a_second_read_even_through_a_new_open_makes_no_request(
     fresh: Callable[..., Mount], big_site: Any
 ) -> None:
     mount = fresh()
-    big = big_file(mount)
+    big = big_path(mount)
     nii = big.parent / "T1w.nii.gz"
     header = sh("head", "-c", "352", big)
     whole = nii.read_bytes()
@@ -214,7 +209,7 @@ def test_getfattr_statfs_open_and_close_make_no_request(
     fresh: Callable[..., Mount], big_site: Any
 ) -> None:
     mount = fresh()
-    path = big_file(mount)
+    path = big_path(mount)
     mark = quiet_mark(big_site)
     sh("getfattr", "-d", path)
     sh("getfattr", "-d", path.parent)
@@ -228,7 +223,7 @@ def test_a_sequential_read_uses_few_large_ranged_requests(
     fresh: Callable[..., Mount], big_site: Any
 ) -> None:
     mount = fresh()
-    path = big_file(mount)
+    path = big_path(mount)
     mark = quiet_mark(big_site)
     sh("md5sum", path)
     gets = file_gets(requests_since(big_site, mark))

@@ -34,30 +34,33 @@ import pydicom
 import pytest
 import requests
 from mountkit import (
+    DEMO_PROJECT,
+    DEMO_SES,
     Mount,
     SiteTree,
+    big_path,
+    errno_of,
+    fusermount,
+    fwfs,
     is_mounted,
     mounted_paths,
     requests_since,
     root_conftest,
+    sha256,
     start_mount,
     stop_mount,
 )
 
 pytestmark = pytest.mark.timeout(120)
 
-PROJECT = "flywheel/Anxiety Study"
-SES = f"{PROJECT}/sub-01/ses-baseline"
+PROJECT = DEMO_PROJECT
+SES = DEMO_SES
 
 
 def run(argv: list[str], timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
     )
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def children(tree: SiteTree, parent: str) -> set[str]:
@@ -68,12 +71,6 @@ def children(tree: SiteTree, parent: str) -> set[str]:
         if head == parent:
             out.add(name)
     return out
-
-
-def big_path(mount: Mount) -> Path:
-    matches = list((mount / SES).glob("T1w (*)/big.bin"))
-    assert len(matches) == 1, matches
-    return matches[0]
 
 
 @pytest.fixture(scope="session")
@@ -439,22 +436,12 @@ def test_read_only_user_sees_the_same_and_cannot_write(
         ("rename", lambda: os.rename(target, ro / PROJECT / "renamed.csv")),
     ]
     for what, attempt in attempts:
-        with pytest.raises(OSError) as info:
-            attempt()
-        assert info.value.errno == errno.EACCES, what
+        assert errno_of(attempt) == errno.EACCES, what
     assert sorted(os.listdir(ro / PROJECT)) == sorted(os.listdir(mounted / PROJECT))
     assert target.read_bytes() == (mounted / PROJECT / "participants.csv").read_bytes()
 
 
 # ---- mount and unmount ----------------------------------------------------------------------
-
-
-def fwfs(args: list[str], key: str | None, timeout: float = 60, **env: str) -> Any:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("FW_", "FWFS_"))}
-    if key is not None:
-        environ["FWFS_API_KEY"] = key
-    environ.update(env)
-    return run([sys.executable, "-m", "fwfs", *args], timeout=timeout, env=environ)
 
 
 def daemons_of(mountpoint: Path) -> list[int]:
@@ -475,13 +462,13 @@ def test_mount_in_the_background_then_fwfs_unmount(demo_site: Any, tmp_path: Pat
     mp = tmp_path / "mnt"
     mp.mkdir()
     try:
-        result = fwfs(["mount", str(mp), "--log-file", str(tmp_path / "log")], demo_site.api_key)
+        result = fwfs("mount", str(mp), "--log-file", str(tmp_path / "log"), key=demo_site.api_key)
         assert result.returncode == 0, result.stderr
         # Returned only once the mount is ready: usable at once.
         assert is_mounted(mp)
         assert "participants.csv" in os.listdir(mp / PROJECT)
         assert daemons_of(mp)
-        result = fwfs(["unmount", str(mp)], None)
+        result = fwfs("unmount", str(mp))
         assert result.returncode == 0, result.stderr
         assert not is_mounted(mp)
         deadline = time.monotonic() + 15
@@ -490,7 +477,7 @@ def test_mount_in_the_background_then_fwfs_unmount(demo_site: Any, tmp_path: Pat
         assert daemons_of(mp) == [], "the daemon outlived its mount"
     finally:
         if is_mounted(mp):
-            subprocess.run(["fusermount3", "-uz", str(mp)], check=False, timeout=15)
+            fusermount(mp, lazy=True)
         for pid in daemons_of(mp):
             os.kill(pid, signal.SIGKILL)
 
@@ -499,7 +486,7 @@ def test_mount_on_a_busy_mountpoint_fails_and_leaves_it_alone(
     mounted: Mount, demo_site: Any
 ) -> None:
     for args in (["mount", str(mounted.path)], ["mount", str(mounted.path), "-f"]):
-        result = fwfs(args, demo_site.api_key)
+        result = fwfs(*args, key=demo_site.api_key)
         assert result.returncode != 0
         assert "busy" in result.stderr
         assert mounted_paths().count(str(mounted.path)) == 1
@@ -540,7 +527,7 @@ def test_mount_with_a_bad_key_fails_clearly(demo_site: Any, tmp_path: Path, case
     mp = tmp_path / "mnt"
     mp.mkdir()
     # HOME without ~/.config/flywheel/user.json, so that no key is found there either.
-    result = fwfs(["mount", str(mp)], key, HOME=str(tmp_path), FLYWHEEL_USER_HOME=str(tmp_path))
+    result = fwfs("mount", str(mp), key=key, HOME=str(tmp_path), FLYWHEEL_USER_HOME=str(tmp_path))
     assert result.returncode != 0
     assert any(line.startswith("fwfs: ") for line in result.stderr.splitlines())
     assert secret not in result.stderr + result.stdout
@@ -629,12 +616,12 @@ def test_unmount_with_a_file_still_open(
     proc = reader(mount / rel, 1000, 1000)
     assert talk(proc, None, 30) == {"ready": sha256(source[:1000])}
     # A plain unmount refuses while the file is open, and leaves the mount working.
-    busy = fwfs(["unmount", str(mount.path)], None)
+    busy = fwfs("unmount", str(mount.path))
     assert busy.returncode != 0
     assert is_mounted(mount.path)
     assert os.listdir(mount / PROJECT)
     # A lazy one detaches it at once.
-    lazy = fwfs(["unmount", "-z", str(mount.path)], None)
+    lazy = fwfs("unmount", "-z", str(mount.path))
     assert lazy.returncode == 0, lazy.stderr
     assert not is_mounted(mount.path)
     # The holder reads on: the right bytes, end of file or an error, but no hang.

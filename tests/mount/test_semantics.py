@@ -6,6 +6,7 @@ extended-attribute and filesystem errnos, and what the log holds.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -19,38 +20,73 @@ from typing import Any
 
 import flywheel
 import pytest
-from mountkit import Mount, SiteTree, quiet_mark, requests_since, start_mount, stop_mount
+from mountkit import (
+    DEMO_PROJECT,
+    DEMO_SES,
+    Mount,
+    SiteTree,
+    empty_project,
+    errno_of,
+    quiet_mark,
+    requests_since,
+    start_mount,
+    stop_mount,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
-PROJECT = "flywheel/Anxiety Study"
-SES = f"{PROJECT}/sub-01/ses-baseline"
+PROJECT = DEMO_PROJECT
+SES = DEMO_SES
 TTL = 4.0
-
-
-def errno_of(call: Callable[[], Any]) -> int:
-    with pytest.raises(OSError) as info:
-        call()
-    return int(info.value.errno)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.1) -> float:
-    """Poll `predicate`; return the seconds it took, or fail after `timeout`."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"still not true after {timeout:.0f} s")
-        time.sleep(step)
-    return time.monotonic() - start
 
 
 @pytest.fixture
 def scratch(start_site: Callable[..., Any]) -> Any:
     """A private empty site with group `g` and project `P`; returns (site, sdk, project)."""
-    site = start_site(demo=False)
-    fw = site.client()
-    fw.add_group(flywheel.Group("g", "Scratch"))
-    return site, fw, fw.get_group("g").add_project(label="P")
+    return empty_project(start_site(demo=False), "Scratch")
+
+
+def mounted_file(
+    scratch: Any, mount_site: Callable[..., Mount], name: str, data: bytes, **options: Any
+) -> tuple[Mount, Path]:
+    """Upload `name` into g/P, then mount with `options`: the mount, and the file's path."""
+    site, _fw, project = scratch
+    project.upload_file(flywheel.FileSpec(name, data))
+    mount = mount_site(site, **options)
+    return mount, mount / "g/P" / name
+
+
+@contextlib.contextmanager
+def replaced_while_open(
+    scratch: Any, mount_site: Callable[..., Mount]
+) -> Iterator[tuple[Path, Any, bytes, bytes]]:
+    """g/P/scan.bin (v1), mounted with the TTL and open, its first 1000 bytes read; v2
+    uploaded while it is open. Yields (path, the open file, v1, v2). Once it is closed:
+    the path shows v2, and reads it from the start."""
+    _site, _fw, project = scratch
+    v1, v2 = os.urandom(300_000), os.urandom(200_000)
+    _mount, path = mounted_file(scratch, mount_site, "scan.bin", v1, ttl=TTL)
+    with open(path, "rb", buffering=0) as old:
+        assert old.read(1000) == v1[:1000]
+        project.upload_file(flywheel.FileSpec("scan.bin", v2))
+        yield path, old, v1, v2
+    wait_for(lambda: path.stat().st_size == len(v2), timeout=TTL + 10)
+    assert path.read_bytes() == v2
+
+
+def read_after_delete(scratch: Any, mount_site: Callable[..., Mount]) -> tuple[Mount, int]:
+    """Open g/P/gone.txt, delete it on the site, read the open handle: the mount, and the
+    errno of the read (it must fail)."""
+    _site, _fw, project = scratch
+    mount, path = mounted_file(scratch, mount_site, "gone.txt", b"soon deleted\n", ttl=60)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        project.delete_file("gone.txt")
+        # Never made-up or empty data presented as the file: an error.
+        return mount, errno_of(lambda: os.pread(fd, 100, 0))
+    finally:
+        os.close(fd)
 
 
 # ---- consistency and staleness ------------------------------------------------------------
@@ -76,10 +112,10 @@ def test_listings_are_trusted_for_the_ttl_then_listed_again(
     assert errno_of(lambda: os.stat(folder / "never.txt")) == errno.ENOENT
     assert requests_since(site, mark) == []
     # After it, the next access lists again.
-    wait_until(lambda: os.listdir(folder) == ["new.txt"], timeout=TTL + 10)
+    wait_for(lambda: os.listdir(folder) == ["new.txt"], timeout=TTL + 10)
     assert (folder / "new.txt").read_bytes() == b"uploaded after the listing\n"
     # The kernel may keep the entry an earlier `ls` gave it for its one second, no longer.
-    took = wait_until(lambda: not os.path.exists(folder / "old.txt"), timeout=3)
+    took = wait_for(lambda: not os.path.exists(folder / "old.txt"), timeout=3)
     assert took <= 1.5
     assert errno_of(lambda: os.stat(folder / "old.txt")) == errno.ENOENT
 
@@ -113,7 +149,7 @@ def test_a_name_missing_before_is_usable_as_soon_as_it_is_listed(
     assert os.listdir(folder) == []
     assert not (folder / "late.txt").exists()  # looked for too early
     project.upload_file(flywheel.FileSpec("late.txt", b"here now\n"))
-    wait_until(lambda: os.listdir(folder) == ["late.txt"], timeout=10)
+    wait_for(lambda: os.listdir(folder) == ["late.txt"], timeout=10)
     # ls shows it: opening it by that name must work too.
     assert (folder / "late.txt").read_bytes() == b"here now\n"
 
@@ -121,35 +157,19 @@ def test_a_name_missing_before_is_usable_as_soon_as_it_is_listed(
 def test_an_open_file_keeps_reading_the_version_it_opened(
     scratch: Any, mount_site: Callable[..., Mount]
 ) -> None:
-    site, _fw, project = scratch
-    v1, v2 = os.urandom(300_000), os.urandom(200_000)
-    project.upload_file(flywheel.FileSpec("scan.bin", v1))
-    mount = mount_site(site, ttl=TTL)
-    path = mount / "g/P/scan.bin"
-    with open(path, "rb", buffering=0) as old:
-        assert old.read(1000) == v1[:1000]
-        project.upload_file(flywheel.FileSpec("scan.bin", v2))
+    with replaced_while_open(scratch, mount_site) as (path, old, v1, _v2):
         # The handle reads on in version one, to its end.
         assert old.read() == v1[1000:]
         # Within the TTL the new version is not seen: a new open gets version one, whole.
         assert path.read_bytes() == v1
-    # After it, a new open reads the new version.
-    wait_until(lambda: path.stat().st_size == len(v2), timeout=TTL + 10)
-    assert path.read_bytes() == v2
+    # After it, a new open reads the new version (replaced_while_open).
 
 
 def test_an_open_file_keeps_its_version_after_the_new_one_is_listed(
     scratch: Any, mount_site: Callable[..., Mount]
 ) -> None:
-    site, _fw, project = scratch
-    v1, v2 = os.urandom(300_000), os.urandom(200_000)
-    project.upload_file(flywheel.FileSpec("scan.bin", v1))
-    mount = mount_site(site, ttl=TTL)
-    path = mount / "g/P/scan.bin"
-    with open(path, "rb", buffering=0) as old:
-        assert old.read(1000) == v1[:1000]
-        project.upload_file(flywheel.FileSpec("scan.bin", v2))
-        wait_until(lambda: os.getxattr(path, "user.flywheel.version") == b"2", timeout=TTL + 10)
+    with replaced_while_open(scratch, mount_site) as (path, old, v1, v2):
+        wait_for(lambda: os.getxattr(path, "user.flywheel.version") == b"2", timeout=TTL + 10)
         # Listed now; while version one is open its size stands, and it reads whole.
         assert path.stat().st_size == len(v1)
         whole = os.pread(old.fileno(), len(v1) + 10, 0)
@@ -157,54 +177,31 @@ def test_an_open_file_keeps_its_version_after_the_new_one_is_listed(
         assert path.read_bytes() == v2  # a new open reads version two...
         whole = os.pread(old.fileno(), len(v1) + 10, 0)
         assert (len(whole), whole == v1) == (len(v1), True)  # ...the old handle still one
-    # Closed: the path shows version two, and reads it from the start.
-    wait_until(lambda: path.stat().st_size == len(v2), timeout=TTL + 10)
-    assert path.read_bytes() == v2
+    # Closed: the path shows version two, and reads it from the start (replaced_while_open).
 
 
 def test_a_new_version_of_the_same_size_is_not_served_from_old_pages(
     scratch: Any, mount_site: Callable[..., Mount]
 ) -> None:
-    site, _fw, project = scratch
+    _site, _fw, project = scratch
     v1, v2 = b"A" * 100_000, b"B" * 100_000
-    project.upload_file(flywheel.FileSpec("same-size.bin", v1))
-    mount = mount_site(site, ttl=TTL)
-    path = mount / "g/P/same-size.bin"
+    _mount, path = mounted_file(scratch, mount_site, "same-size.bin", v1, ttl=TTL)
     assert path.read_bytes() == v1  # now in the kernel's page cache
     project.upload_file(flywheel.FileSpec("same-size.bin", v2))
-    wait_until(
-        lambda: os.getxattr(path, "user.flywheel.version") == b"2", timeout=TTL + 10, step=0.2
-    )
+    wait_for(lambda: os.getxattr(path, "user.flywheel.version") == b"2", timeout=TTL + 10, step=0.2)
     assert path.read_bytes() == v2
 
 
 def test_a_file_deleted_under_an_open_handle_fails_clearly(
     scratch: Any, mount_site: Callable[..., Mount]
 ) -> None:
-    site, _fw, project = scratch
-    project.upload_file(flywheel.FileSpec("gone.txt", b"soon deleted\n"))
-    mount = mount_site(site, ttl=60)
-    fd = os.open(mount / "g/P/gone.txt", os.O_RDONLY)
-    try:
-        project.delete_file("gone.txt")
-        # Never made-up or empty data presented as the file: an error.
-        code = errno_of(lambda: os.pread(fd, 100, 0))
-    finally:
-        os.close(fd)
+    mount, code = read_after_delete(scratch, mount_site)
     assert code in (errno.ENOENT, errno.ESTALE)
     assert mount.alive
 
 
 def test_a_failed_read_leaves_a_log_line(scratch: Any, mount_site: Callable[..., Mount]) -> None:
-    site, _fw, project = scratch
-    project.upload_file(flywheel.FileSpec("gone.txt", b"soon deleted\n"))
-    mount = mount_site(site, ttl=60)
-    fd = os.open(mount / "g/P/gone.txt", os.O_RDONLY)
-    try:
-        project.delete_file("gone.txt")
-        errno_of(lambda: os.pread(fd, 100, 0))
-    finally:
-        os.close(fd)
+    mount, _code = read_after_delete(scratch, mount_site)
     assert "gone.txt" in mount.log()
 
 

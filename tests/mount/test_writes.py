@@ -19,10 +19,17 @@ from typing import Any
 
 import pytest
 from mountkit import (
+    ACQ,
+    PROJECT,
+    ROOT,
+    SES,
+    SUB,
     Mount,
     Scratch,
     SiteTree,
     changes,
+    denied_by_mode,
+    errno_of,
     quiet_mark,
     requests_since,
     uploads,
@@ -30,17 +37,6 @@ from mountkit import (
 )
 
 pytestmark = pytest.mark.timeout(120)
-
-PROJECT = "g/P"
-SES = "g/P/sub-01/ses-01"
-ACQ = "g/P/sub-01/ses-01/anat"
-ROOT = os.getuid() == 0
-
-
-def errno_of(call: Callable[[], Any]) -> int:
-    with pytest.raises(OSError) as info:
-        call()
-    return int(info.value.errno)
 
 
 def open_as(path: Path, how: str) -> None:
@@ -58,13 +54,6 @@ def sh(script: str, *args: str, stdin: bytes | None = None) -> subprocess.Comple
     )
 
 
-def denied_by_mode(expected: int) -> int:
-    """The errno for writing into a `dr-x` directory or a `-r--` file: the daemon's
-    `expected` when root (the kernel lets root past mode bits), the kernel's EACCES for
-    anyone else (`default_permissions`)."""
-    return expected if ROOT else errno.EACCES
-
-
 # ---- modes --------------------------------------------------------------------------------
 
 
@@ -72,10 +61,9 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def test_modes_say_what_can_be_written(scratch: Scratch, mount_site: Callable[..., Mount]) -> None:
-    mount = mount_site(scratch.site)
+def test_modes_say_what_can_be_written(scratch: Scratch, mount: Mount) -> None:
     assert mode(mount.path) == 0o555
-    for d in ("g", PROJECT, "g/P/sub-01", SES, ACQ):
+    for d in ("g", PROJECT, SUB, SES, ACQ):
         assert mode(mount / d) == 0o755, d
     for d in (
         f"{SES}/analyses",
@@ -122,7 +110,7 @@ def test_a_read_only_mount_refuses_every_write_without_a_request(
         "create": lambda: open(folder / "new.txt", "xb"),  # noqa: SIM115
         "truncate": lambda: os.truncate(notes, 0),
         "mkdir": lambda: os.mkdir(folder / "sub-99"),
-        "rmdir": lambda: os.rmdir(mount / "g/P/sub-01"),
+        "rmdir": lambda: os.rmdir(mount / SUB),
         "unlink": lambda: os.unlink(notes),
         "rename": lambda: os.rename(notes, folder / "renamed.txt"),
         "chmod": lambda: os.chmod(notes, 0o600),
@@ -143,9 +131,8 @@ def test_a_read_only_mount_refuses_every_write_without_a_request(
 
 
 def test_a_new_file_is_listed_while_written_and_uploaded_at_close(
-    scratch: Scratch, mount_site: Callable[..., Mount]
+    scratch: Scratch, mount: Mount
 ) -> None:
-    mount = mount_site(scratch.site)
     path = mount / ACQ / "new.bin"
     chunks = [os.urandom(100_000), os.urandom(70_000), os.urandom(5)]
     mark = quiet_mark(scratch.site)
@@ -172,11 +159,8 @@ def test_a_new_file_is_listed_while_written_and_uploaded_at_close(
     assert os.stat(path).st_size == written
 
 
-def test_files_can_be_created_in_every_container_directory(
-    scratch: Scratch, mount_site: Callable[..., Mount]
-) -> None:
-    mount = mount_site(scratch.site)
-    where = {PROJECT: scratch.project, "g/P/sub-01": scratch.subject, SES: scratch.session}
+def test_files_can_be_created_in_every_container_directory(scratch: Scratch, mount: Mount) -> None:
+    where = {PROJECT: scratch.project, SUB: scratch.subject, SES: scratch.session}
     where[ACQ] = scratch.acquisition
     for folder, container in where.items():
         body = f"written into {folder}\n".encode()
@@ -184,8 +168,7 @@ def test_files_can_be_created_in_every_container_directory(
         assert scratch.read(container, "made-here.txt") == body, folder
 
 
-def test_fsync_uploads_at_once(scratch: Scratch, mount_site: Callable[..., Mount]) -> None:
-    mount = mount_site(scratch.site)
+def test_fsync_uploads_at_once(scratch: Scratch, mount: Mount) -> None:
     path = mount / PROJECT / "synced.txt"
     with open(path, "wb", buffering=0) as f:
         f.write(b"first part\n")
@@ -200,9 +183,8 @@ def test_fsync_uploads_at_once(scratch: Scratch, mount_site: Callable[..., Mount
 
 
 def test_a_second_writer_keeps_the_upload_until_the_last_close(
-    scratch: Scratch, mount_site: Callable[..., Mount]
+    scratch: Scratch, mount: Mount
 ) -> None:
-    mount = mount_site(scratch.site)
     path = mount / PROJECT / "two-writers.txt"
     mark = quiet_mark(scratch.site)
     first = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
@@ -226,9 +208,8 @@ def test_a_second_writer_keeps_the_upload_until_the_last_close(
 
 
 def test_o_trunc_and_cp_onto_a_file_upload_a_new_version(
-    scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
+    scratch: Scratch, mount: Mount, tmp_path: Path
 ) -> None:
-    mount = mount_site(scratch.site)
     notes = mount / PROJECT / "notes.txt"
     before = scratch.files(scratch.project)["notes.txt"]
     notes.write_bytes(b"version two\n")  # O_WRONLY | O_CREAT | O_TRUNC
@@ -244,8 +225,7 @@ def test_o_trunc_and_cp_onto_a_file_upload_a_new_version(
     assert scratch.read(scratch.project, "notes.txt") == b"version three, from cp\n"
 
 
-def test_appending_is_copy_on_write(scratch: Scratch, mount_site: Callable[..., Mount]) -> None:
-    mount = mount_site(scratch.site)
+def test_appending_is_copy_on_write(scratch: Scratch, mount: Mount) -> None:
     notes = mount / PROJECT / "notes.txt"
     done = sh('printf "appended\\n" >> "$1"', str(notes))
     assert done.returncode == 0, done.stderr
@@ -254,8 +234,7 @@ def test_appending_is_copy_on_write(scratch: Scratch, mount_site: Callable[..., 
     assert scratch.read(scratch.project, "notes.txt") == Scratch.NOTES + b"appended\n"
 
 
-def test_dd_notrunc_edits_in_place(scratch: Scratch, mount_site: Callable[..., Mount]) -> None:
-    mount = mount_site(scratch.site)
+def test_dd_notrunc_edits_in_place(scratch: Scratch, mount: Mount) -> None:
     notes = mount / PROJECT / "notes.txt"
     done = sh('printf "V" | dd of="$1" bs=1 seek=0 conv=notrunc status=none', str(notes))
     assert done.returncode == 0, done.stderr
@@ -264,10 +243,7 @@ def test_dd_notrunc_edits_in_place(scratch: Scratch, mount_site: Callable[..., M
     assert notes.read_bytes() == b"V" + Scratch.NOTES[1:]
 
 
-def test_an_unchanged_read_write_open_uploads_nothing(
-    scratch: Scratch, mount_site: Callable[..., Mount]
-) -> None:
-    mount = mount_site(scratch.site)
+def test_an_unchanged_read_write_open_uploads_nothing(scratch: Scratch, mount: Mount) -> None:
     notes = mount / PROJECT / "notes.txt"
     mark = quiet_mark(scratch.site)
     with open(notes, "r+b") as f:
@@ -278,10 +254,7 @@ def test_an_unchanged_read_write_open_uploads_nothing(
     assert scratch.files(scratch.project)["notes.txt"].version == 1
 
 
-def test_a_read_write_open_reads_and_writes_one_copy(
-    scratch: Scratch, mount_site: Callable[..., Mount]
-) -> None:
-    mount = mount_site(scratch.site)
+def test_a_read_write_open_reads_and_writes_one_copy(scratch: Scratch, mount: Mount) -> None:
     notes = mount / PROJECT / "notes.txt"
     with open(notes, "r+b", buffering=0) as f:
         assert f.read(8) == Scratch.NOTES[:8]
@@ -293,10 +266,7 @@ def test_a_read_write_open_reads_and_writes_one_copy(
     assert scratch.files(scratch.project)["notes.txt"].version == 2
 
 
-def test_truncate_of_a_closed_file_uploads_at_once(
-    scratch: Scratch, mount_site: Callable[..., Mount]
-) -> None:
-    mount = mount_site(scratch.site)
+def test_truncate_of_a_closed_file_uploads_at_once(scratch: Scratch, mount: Mount) -> None:
     notes = mount / PROJECT / "notes.txt"
     assert sh('truncate -s 7 "$1"', str(notes)).returncode == 0
     assert scratch.files(scratch.project)["notes.txt"].version == 2
@@ -310,8 +280,7 @@ def test_truncate_of_a_closed_file_uploads_at_once(
 # ---- empty files --------------------------------------------------------------------------
 
 
-def test_touch_uploads_an_empty_file(scratch: Scratch, mount_site: Callable[..., Mount]) -> None:
-    mount = mount_site(scratch.site)
+def test_touch_uploads_an_empty_file(scratch: Scratch, mount: Mount) -> None:
     mark = quiet_mark(scratch.site)
     assert (
         sh('touch "$1" && : > "$2"', str(mount / ACQ / "empty"), str(mount / ACQ / "e2")).returncode
@@ -330,10 +299,7 @@ def test_touch_uploads_an_empty_file(scratch: Scratch, mount_site: Callable[...,
     assert len(uploads(requests_since(scratch.site, mark))) == 2
 
 
-def test_cat_into_a_new_file_uploads_one_version(
-    scratch: Scratch, mount_site: Callable[..., Mount]
-) -> None:
-    mount = mount_site(scratch.site)
+def test_cat_into_a_new_file_uploads_one_version(scratch: Scratch, mount: Mount) -> None:
     body = os.urandom(300_000)
     mark = quiet_mark(scratch.site)
     assert sh('cat > "$1"', str(mount / ACQ / "from-cat.bin"), stdin=body).returncode == 0
@@ -346,9 +312,8 @@ def test_cat_into_a_new_file_uploads_one_version(
 
 
 def test_chmod_chown_and_times_are_accepted_and_ignored(
-    scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
+    scratch: Scratch, mount: Mount, tmp_path: Path
 ) -> None:
-    mount = mount_site(scratch.site)
     notes = mount / PROJECT / "notes.txt"
     before = os.stat(notes)
     mark = quiet_mark(scratch.site)
@@ -372,10 +337,7 @@ def test_chmod_chown_and_times_are_accepted_and_ignored(
     assert mode(mount / PROJECT / "kept.txt") == 0o644
 
 
-def test_touching_an_existing_file_changes_nothing(
-    scratch: Scratch, mount_site: Callable[..., Mount]
-) -> None:
-    mount = mount_site(scratch.site)
+def test_touching_an_existing_file_changes_nothing(scratch: Scratch, mount: Mount) -> None:
     notes = mount / PROJECT / "notes.txt"
     size = notes.stat().st_size
     mark = quiet_mark(scratch.site)
@@ -390,10 +352,7 @@ def test_touching_an_existing_file_changes_nothing(
     assert scratch.files(scratch.project)["notes.txt"].version == 1
 
 
-def test_links_and_setting_xattrs_are_not_supported(
-    scratch: Scratch, mount_site: Callable[..., Mount]
-) -> None:
-    mount = mount_site(scratch.site)
+def test_links_and_setting_xattrs_are_not_supported(scratch: Scratch, mount: Mount) -> None:
     notes = mount / PROJECT / "notes.txt"
     mark = quiet_mark(scratch.site)
     assert errno_of(lambda: os.symlink("notes.txt", mount / PROJECT / "link")) == errno.ENOTSUP
@@ -407,10 +366,7 @@ def test_links_and_setting_xattrs_are_not_supported(
 # ---- refused ------------------------------------------------------------------------------
 
 
-def test_no_files_where_flywheel_keeps_none(
-    scratch: Scratch, mount_site: Callable[..., Mount]
-) -> None:
-    mount = mount_site(scratch.site)
+def test_no_files_where_flywheel_keeps_none(scratch: Scratch, mount: Mount) -> None:
     os.listdir(mount / ACQ / "scan.zip.d")
     mark = quiet_mark(scratch.site)
     places = {
@@ -432,10 +388,7 @@ def test_no_files_where_flywheel_keeps_none(
         assert "nope.txt" in mount.log()  # each refusal has its line
 
 
-def test_analysis_files_and_archive_members_are_read_only(
-    scratch: Scratch, mount_site: Callable[..., Mount]
-) -> None:
-    mount = mount_site(scratch.site)
+def test_analysis_files_and_archive_members_are_read_only(scratch: Scratch, mount: Mount) -> None:
     report = mount / f"{SES}/analyses/qc/output/report.txt"
     member = mount / f"{ACQ}/scan.zip.d/dir/a.txt"
     mark = quiet_mark(scratch.site)

@@ -16,17 +16,19 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import requests
 from mountkit import (
+    ACQ,
     Mount,
     Scratch,
+    fusermount,
+    fwfs,
     is_mounted,
     quiet_mark,
     recovery_entries,
     requests_since,
+    set_faults,
     spool_journal,
     uploads,
     wait_for,
@@ -34,29 +36,25 @@ from mountkit import (
 
 pytestmark = pytest.mark.timeout(120)
 
-ACQ = "g/P/sub-01/ses-01/anat"
+
+def with_spool(
+    mount_site: Callable[..., Mount], scratch: Scratch, spool: Path, *args: str
+) -> Mount:
+    """A mount of `scratch` spooling to `spool` (`args`: further options)."""
+    return mount_site(scratch.site, args=["--spool-dir", str(spool), *args])
 
 
-def set_faults(site: Any, fail_uploads: int) -> None:
-    resp = requests.post(
-        site.url + "/sandbox/faults",
-        json={"fail_uploads": fail_uploads},
-        headers=site.headers(),
-        timeout=10,
-    )
-    assert resp.json() == {"fail_uploads": fail_uploads}
-
-
-def fwfs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FW_", "FWFS_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "fwfs", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=env,
-    )
+def fail_into_recovery(
+    scratch: Scratch, mount_site: Callable[..., Mount], spool: Path, name: str, body: bytes
+) -> None:
+    """On a mount spooling to `spool`: write `name` into ACQ with every upload attempt
+    failing (close() fails), wait for its bytes in recovery/, then `fwfs unmount`."""
+    mount = with_spool(mount_site, scratch, spool)
+    set_faults(scratch.site, 3)
+    with pytest.raises(OSError):
+        (mount / ACQ / name).write_bytes(body)
+    wait_for(lambda: bool(recovery_entries(mount.spool)), what=f"{name} in recovery/")
+    assert fwfs("unmount", str(mount.path), timeout=120).returncode == 0
 
 
 def uploading(spool: Path) -> bool:
@@ -66,10 +64,7 @@ def uploading(spool: Path) -> bool:
 # ---- a failed upload ----------------------------------------------------------------------
 
 
-def test_a_failed_upload_fails_close_and_keeps_the_bytes(
-    scratch: Scratch, mount_site: Callable[..., Mount]
-) -> None:
-    mount = mount_site(scratch.site)
+def test_a_failed_upload_fails_close_and_keeps_the_bytes(scratch: Scratch, mount: Mount) -> None:
     body = os.urandom(200_000)
     mark = quiet_mark(scratch.site)
     set_faults(scratch.site, 3)
@@ -95,14 +90,11 @@ def test_kept_bytes_are_not_uploaded_again_by_the_next_mount(
     scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    first = mount_site(scratch.site, args=["--spool-dir", str(spool)])
-    set_faults(scratch.site, 3)
-    with pytest.raises(OSError):
-        (first / ACQ / "kept.txt").write_bytes(b"the program was told this failed\n")
-    wait_for(lambda: bool(recovery_entries(spool)), what="kept.txt in recovery/")
-    assert fwfs("unmount", str(first.path)).returncode == 0
+    fail_into_recovery(
+        scratch, mount_site, spool, "kept.txt", b"the program was told this failed\n"
+    )
     mark = quiet_mark(scratch.site)
-    second = mount_site(scratch.site, args=["--spool-dir", str(spool)])
+    second = with_spool(mount_site, scratch, spool)
     assert os.listdir(second / ACQ) == ["scan.zip"]
     [kept] = list((spool / "recovery").glob("*.data"))
     wait_for(lambda: str(kept) in second.log(), what="the kept entry in the log")
@@ -114,13 +106,10 @@ def test_retry_failed_uploads_uploads_what_recovery_holds(
     scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    first = mount_site(scratch.site, args=["--spool-dir", str(spool)])
-    set_faults(scratch.site, 3)
-    with pytest.raises(OSError):
-        (first / ACQ / "again.txt").write_bytes(b"upload me when the site is back\n")
-    wait_for(lambda: bool(recovery_entries(spool)), what="again.txt in recovery/")
-    assert fwfs("unmount", str(first.path)).returncode == 0
-    second = mount_site(scratch.site, args=["--spool-dir", str(spool), "--retry-failed-uploads"])
+    fail_into_recovery(
+        scratch, mount_site, spool, "again.txt", b"upload me when the site is back\n"
+    )
+    second = with_spool(mount_site, scratch, spool, "--retry-failed-uploads")
     wait_for(lambda: "again.txt" in scratch.files(scratch.acquisition), what="the retried upload")
     assert scratch.read(scratch.acquisition, "again.txt") == (b"upload me when the site is back\n")
     # Uploaded, the entry leaves recovery/, and the file is listed through the mount.
@@ -128,10 +117,7 @@ def test_retry_failed_uploads_uploads_what_recovery_holds(
     wait_for(lambda: "again.txt" in os.listdir(second / ACQ), what="again.txt listed")
 
 
-def test_a_failed_cp_exits_non_zero(
-    scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
-) -> None:
-    mount = mount_site(scratch.site)
+def test_a_failed_cp_exits_non_zero(scratch: Scratch, mount: Mount, tmp_path: Path) -> None:
     local = tmp_path / "scan.bin"
     local.write_bytes(os.urandom(100_000))
     set_faults(scratch.site, 3)
@@ -145,10 +131,7 @@ def test_a_failed_cp_exits_non_zero(
     assert data == local.read_bytes() and record["target"]["name"] == "scan.bin"
 
 
-def test_an_upload_that_fails_twice_succeeds_the_third_time(
-    scratch: Scratch, mount_site: Callable[..., Mount]
-) -> None:
-    mount = mount_site(scratch.site)
+def test_an_upload_that_fails_twice_succeeds_the_third_time(scratch: Scratch, mount: Mount) -> None:
     mark = quiet_mark(scratch.site)
     set_faults(scratch.site, 2)
     (mount / ACQ / "third.txt").write_bytes(b"third time lucky\n")  # close() succeeds
@@ -165,7 +148,7 @@ def test_an_upload_cut_short_by_a_kill_is_finished_by_the_next_mount(
     scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    first = mount_site(scratch.site, args=["--spool-dir", str(spool)])
+    first = with_spool(mount_site, scratch, spool)
     local = tmp_path / "crash.bin"
     local.write_bytes(os.urandom(300_000))
     set_faults(scratch.site, 1000)  # every attempt fails: the upload is still running
@@ -177,7 +160,7 @@ def test_an_upload_cut_short_by_a_kill_is_finished_by_the_next_mount(
         writer.wait(timeout=30)
     set_faults(scratch.site, 0)
     assert "crash.bin" not in scratch.files(scratch.acquisition)
-    second = mount_site(scratch.site, args=["--spool-dir", str(spool)])
+    second = with_spool(mount_site, scratch, spool)
     wait_for(
         lambda: "crash.bin" in scratch.files(scratch.acquisition),
         what="the next mount uploading crash.bin",
@@ -191,7 +174,7 @@ def test_a_file_being_written_when_the_daemon_died_goes_to_recovery(
     scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    first = mount_site(scratch.site, args=["--spool-dir", str(spool)])
+    first = with_spool(mount_site, scratch, spool)
     fd = os.open(first / ACQ / "half.bin", os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         os.write(fd, b"the first half\n")
@@ -200,7 +183,7 @@ def test_a_file_being_written_when_the_daemon_died_goes_to_recovery(
     finally:
         with contextlib.suppress(OSError):  # the daemon is gone: ENOTCONN
             os.close(fd)
-    second = mount_site(scratch.site, args=["--spool-dir", str(spool)])
+    second = with_spool(mount_site, scratch, spool)
     wait_for(lambda: bool(recovery_entries(spool)), what="half.bin in recovery/")
     [(record, data)] = recovery_entries(spool)
     assert data == b"the first half\n"
@@ -214,20 +197,12 @@ def test_one_daemon_per_spool_directory(
     scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    mount_site(scratch.site, args=["--spool-dir", str(spool)])
+    with_spool(mount_site, scratch, spool)
     mp = tmp_path / "second"
     mp.mkdir()
-    env = {"FWFS_API_KEY": scratch.site.api_key}
-    done = subprocess.run(
-        [sys.executable, "-m", "fwfs", "mount", str(mp), "--spool-dir", str(spool)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith(("FW_", "FWFS_"))}, **env},
-    )
+    done = fwfs("mount", str(mp), "--spool-dir", str(spool), key=scratch.site.api_key)
     if is_mounted(mp):
-        subprocess.run(["fusermount3", "-u", str(mp)], timeout=30, check=False)
+        fusermount(mp)
     assert done.returncode != 0
     assert str(spool) in done.stderr
 
@@ -235,17 +210,14 @@ def test_one_daemon_per_spool_directory(
 # ---- unmount ------------------------------------------------------------------------------
 
 
-def test_unmount_waits_for_a_running_upload(
-    scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
-) -> None:
-    mount = mount_site(scratch.site)
+def test_unmount_waits_for_a_running_upload(scratch: Scratch, mount: Mount, tmp_path: Path) -> None:
     local = tmp_path / "late.bin"
     local.write_bytes(os.urandom(500_000))
     set_faults(scratch.site, 2)  # two failures and backoffs: the upload takes seconds
     writer = subprocess.Popen(["cp", str(local), str(mount / ACQ)])
     try:
         wait_for(lambda: uploading(mount.spool), what="an upload in progress")
-        done = fwfs("unmount", str(mount.path))
+        done = fwfs("unmount", str(mount.path), timeout=120)
     finally:
         assert writer.wait(timeout=60) == 0
     assert done.returncode == 0, done.stderr
@@ -254,10 +226,7 @@ def test_unmount_waits_for_a_running_upload(
     assert scratch.read(scratch.acquisition, "late.bin") == local.read_bytes()
 
 
-def test_unmount_right_after_touch_keeps_the_empty_file(
-    scratch: Scratch, mount_site: Callable[..., Mount]
-) -> None:
-    mount = mount_site(scratch.site)
+def test_unmount_right_after_touch_keeps_the_empty_file(scratch: Scratch, mount: Mount) -> None:
     set_faults(scratch.site, 1)  # one backoff: the release-time upload takes a second
     done = subprocess.run(
         [

@@ -11,11 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mountkit import Mount, Scratch, sha256
+from mountkit import ACQ, PROJECT, Mount, Scratch, sha256, wait_for
 
 pytestmark = pytest.mark.timeout(180)
-
-PROJECT = "g/P"
 
 
 def run(argv: list[str], stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -67,9 +65,18 @@ def test_cp_r_uploads_a_tree(
     files = local_tree(tmp_path / "bids")
     mount = mount_site(scratch.site)
     run(["cp", "-r", f"{tmp_path / 'bids'}/.", str(mount / PROJECT)])
-    got = site_tree(scratch.fw, "g/P")
-    new = {rel: digest for rel, digest in got.items() if not rel.startswith("sub-01/")}
-    assert new == {rel: sha256(data) for rel, data in files.items()}
+    want = {rel: sha256(data) for rel, data in files.items()}
+
+    def new() -> dict[str, str]:
+        got = site_tree(scratch.fw, PROJECT)
+        return {rel: digest for rel, digest in got.items() if not rel.startswith("sub-01/")}
+
+    # An empty file is uploaded at its release, which the kernel sends just after cp's
+    # close() (SEMANTICS, "Empty files"); every other file is there when cp returns.
+    assert {rel: d for rel, d in new().items() if files[rel]} == {
+        rel: d for rel, d in want.items() if files[rel]
+    }
+    wait_for(lambda: new() == want, what="every file of the tree, the empty one too")
     kinds = {
         "sub-10": "subject",
         "sub-10/ses-1": "session",
@@ -85,7 +92,7 @@ def test_rsync_uploads_a_tree_and_new_versions(
     files = local_tree(tmp_path / "bids")
     mount = mount_site(scratch.site)  # no --allow-delete: rsync's temporary files are ours
     run(["rsync", "-r", f"{tmp_path / 'bids'}/", str(mount / PROJECT)])
-    got = site_tree(scratch.fw, "g/P")
+    got = site_tree(scratch.fw, PROJECT)
     for rel, data in files.items():
         assert got[rel] == sha256(data), rel
     assert not [rel for rel in got if "/." in rel or rel.startswith(".")]  # no temp files left
@@ -102,11 +109,8 @@ def test_rsync_uploads_a_tree_and_new_versions(
     assert data == b'{"EchoTime": 0.003}\n'
 
 
-def test_cat_tee_and_dd_write_files(
-    scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
-) -> None:
-    mount = mount_site(scratch.site)
-    folder = mount / "g/P/sub-01/ses-01/anat"
+def test_cat_tee_and_dd_write_files(scratch: Scratch, mount: Mount, tmp_path: Path) -> None:
+    folder = mount / ACQ
     a, b, c = os.urandom(1_000_000), os.urandom(2_500_000), os.urandom(4 << 20)
     run(["sh", "-c", 'cat > "$1"', "sh", str(folder / "cat.bin")], stdin=a)
     run(["tee", str(folder / "tee.bin")], stdin=b)
@@ -120,10 +124,24 @@ def test_cat_tee_and_dd_write_files(
 
 
 def test_a_scratch_subject_on_the_demo(
-    mounted: Mount, fw: Any, unique: Any, tmp_path: Path
+    demo_site: Any,
+    mount_site: Callable[..., Mount],
+    fw: Any,
+    unique: Any,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
-    """The shared demo site, as a user would: mkdir -p a new subject, copy a file in."""
+    """The shared demo site, as a user would: mkdir -p a new subject, copy a file in. (Its
+    own mount, and the subject deleted afterwards: other tests compare the demo's tree.)"""
     subject = unique("sub-scratch")
+    mounted = mount_site(demo_site)
+
+    def remove() -> None:
+        for s in fw.lookup("flywheel/Pilot Imaging").subjects():
+            if s.label == subject:
+                fw.delete_subject(s.id)
+
+    request.addfinalizer(remove)
     target = mounted / f"flywheel/Pilot Imaging/{subject}/ses-01/T1w"
     local = tmp_path / "T1w.nii.gz"
     local.write_bytes(os.urandom(200_000))

@@ -12,30 +12,26 @@ import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import flywheel
 import pytest
-from mountkit import Mount, Scratch, changes, moves, quiet_mark, requests_since, uploads
+from mountkit import (
+    ACQ,
+    PROJECT,
+    SES,
+    SUB,
+    Mount,
+    Scratch,
+    changes,
+    denied_by_mode,
+    errno_of,
+    moves,
+    quiet_mark,
+    requests_since,
+    uploads,
+)
 
 pytestmark = pytest.mark.timeout(120)
-
-PROJECT = "g/P"
-SUB = "g/P/sub-01"
-SES = "g/P/sub-01/ses-01"
-ACQ = "g/P/sub-01/ses-01/anat"
-ROOT = os.getuid() == 0
-
-
-def errno_of(call: Callable[[], Any]) -> int:
-    with pytest.raises(OSError) as info:
-        call()
-    return int(info.value.errno)
-
-
-def denied_by_mode(expected: int) -> int:
-    """In a `dr-x` directory: the daemon's errno for root, the kernel's EACCES for others."""
-    return expected if ROOT else errno.EACCES
 
 
 # ---- mkdir --------------------------------------------------------------------------------
@@ -69,20 +65,14 @@ def test_mkdir_creates_the_next_container_level(
     assert acq.parents.session == fw.lookup("g/New Project/sub-02/ses-a").id
 
 
-def test_mkdir_labels_are_the_names_as_typed(
-    scratch: Scratch, mount_site: Callable[..., Mount]
-) -> None:
-    mount = mount_site(scratch.site)
+def test_mkdir_labels_are_the_names_as_typed(scratch: Scratch, mount: Mount) -> None:
     os.mkdir(mount / PROJECT / "T2／FLAIR")
     os.mkdir(mount / PROJECT / "Zoë 1")
     labels = sorted(s.label for s in scratch.fw.get(scratch.project.id).subjects())
     assert labels == ["T2/FLAIR", "Zoë 1", "sub-01"]
 
 
-def test_mkdir_p_then_cp(
-    scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
-) -> None:
-    mount = mount_site(scratch.site)
+def test_mkdir_p_then_cp(scratch: Scratch, mount: Mount, tmp_path: Path) -> None:
     local = tmp_path / "scan.nii.gz"
     local.write_bytes(os.urandom(50_000))
     target = mount / "g/P/sub-new/ses-01/T1w"
@@ -94,10 +84,7 @@ def test_mkdir_p_then_cp(
     assert data == local.read_bytes()
 
 
-def test_mkdir_where_there_is_no_container_level(
-    scratch: Scratch, mount_site: Callable[..., Mount]
-) -> None:
-    mount = mount_site(scratch.site)
+def test_mkdir_where_there_is_no_container_level(scratch: Scratch, mount: Mount) -> None:
     os.listdir(mount / ACQ / "scan.zip.d")
     mark = quiet_mark(scratch.site)
     places = {
@@ -113,10 +100,7 @@ def test_mkdir_where_there_is_no_container_level(
     assert changes(requests_since(scratch.site, mark)) == []
 
 
-def test_mkdir_of_an_existing_name_is_eexist(
-    scratch: Scratch, mount_site: Callable[..., Mount]
-) -> None:
-    mount = mount_site(scratch.site)
+def test_mkdir_of_an_existing_name_is_eexist(scratch: Scratch, mount: Mount) -> None:
     mark = quiet_mark(scratch.site)
     assert errno_of(lambda: os.mkdir(mount / SUB)) == errno.EEXIST
     assert errno_of(lambda: os.mkdir(mount / PROJECT / "notes.txt")) == errno.EEXIST
@@ -127,8 +111,7 @@ def test_mkdir_of_an_existing_name_is_eexist(
 # ---- deleting -----------------------------------------------------------------------------
 
 
-def test_deleting_needs_allow_delete(scratch: Scratch, mount_site: Callable[..., Mount]) -> None:
-    mount = mount_site(scratch.site)
+def test_deleting_needs_allow_delete(scratch: Scratch, mount: Mount) -> None:
     empty = scratch.session.add_acquisition(label="empty")
     mark = quiet_mark(scratch.site)
     assert errno_of(lambda: os.unlink(mount / PROJECT / "notes.txt")) == errno.EPERM
@@ -187,10 +170,7 @@ def test_unlinking_a_file_not_yet_uploaded_just_drops_it(
 # ---- renaming -----------------------------------------------------------------------------
 
 
-def test_renaming_a_file_being_written_retargets_it(
-    scratch: Scratch, mount_site: Callable[..., Mount]
-) -> None:
-    mount = mount_site(scratch.site)
+def test_renaming_a_file_being_written_retargets_it(scratch: Scratch, mount: Mount) -> None:
     mark = quiet_mark(scratch.site)
     with open(mount / ACQ / "draft.txt", "wb") as f:
         f.write(b"final contents\n")
@@ -204,10 +184,7 @@ def test_renaming_a_file_being_written_retargets_it(
     assert len(uploads(entries)) == 1 and moves(entries) == []
 
 
-def test_renaming_a_site_file_to_a_free_name_is_one_move(
-    scratch: Scratch, mount_site: Callable[..., Mount]
-) -> None:
-    mount = mount_site(scratch.site)
+def test_renaming_a_site_file_to_a_free_name_is_one_move(scratch: Scratch, mount: Mount) -> None:
     file_id = scratch.files(scratch.project)["notes.txt"].file_id
     mark = quiet_mark(scratch.site)
     os.rename(mount / PROJECT / "notes.txt", mount / PROJECT / "renamed.txt")
@@ -263,10 +240,7 @@ def test_renaming_another_site_file_onto_a_name_needs_allow_delete(
     assert scratch.read(scratch.project, "notes.txt") == b"someone else's file\n"
 
 
-def test_renaming_a_container_relabels_it(
-    scratch: Scratch, mount_site: Callable[..., Mount]
-) -> None:
-    mount = mount_site(scratch.site)
+def test_renaming_a_container_relabels_it(scratch: Scratch, mount: Mount) -> None:
     os.rename(mount / SUB, mount / PROJECT / "sub-renamed")
     assert scratch.fw.get(scratch.subject.id).label == "sub-renamed"
     assert "sub-renamed" in os.listdir(mount / PROJECT)
