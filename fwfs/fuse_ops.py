@@ -31,6 +31,10 @@ _LOOKUPS = frozenset({"getattr", "getxattr", "listxattr", "access", "readdir", "
 _READDIR_PLUS = 1  # libfuse's FUSE_READDIR_PLUS flag of readdir
 _FILL_DIR_PLUS = 2  # and FUSE_FILL_DIR_PLUS of its filler
 _PlusEntry = tuple[str, dict[str, int] | None]
+_PYBUF_READ = 0x100
+_memory_view = ctypes.pythonapi.PyMemoryView_FromMemory
+_memory_view.restype = ctypes.py_object
+_memory_view.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int)
 # Where a failure means bytes did not reach the site: worth more than an INFO line.
 _UPLOADS = frozenset({"flush", "fsync", "release", "truncate", "rename"})
 
@@ -339,10 +343,13 @@ class _Fuse(mfusepy.FUSE):  # type: ignore[misc]
         # mfusepy copies every write into a bytes object first (ctypes.string_at), the
         # largest cost of a write; the kernel's buffer is valid for the whole callback, so
         # hand the staged file a view of it instead.
-        view = memoryview(ctypes.cast(buf, ctypes.POINTER(ctypes.c_char * size)).contents)
+        # (Not a ctypes array view: ctypes keeps one new array type per distinct size for
+        # good, 5.7 KB each, a leak for programs that write in varying sizes.)
+        address = ctypes.cast(buf, ctypes.c_void_p).value or 0
+        view = _memory_view(address, size, _PYBUF_READ)
         result: int = self.operations.write(
             None if path is None else path.decode(self.encoding, self.errors),
-            view.cast("B"),
+            view,
             offset,
             fip.contents,
         )

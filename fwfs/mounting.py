@@ -171,6 +171,18 @@ class _Site(NamedTuple):
     user_id: str | None
 
 
+def _trim_memory(stop: threading.Event, every: float = 5.0) -> None:
+    """glibc keeps freed response bodies (up to 8 MiB each) in its per-thread pools: after a
+    load the daemon's RSS stayed ~50 MiB over its live memory (malloc_trim: 145 -> 97 MiB).
+    Handing free pages back every few seconds keeps the resting RSS at what is in use."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return
+    while not stop.wait(every):
+        trim(0)
+
+
 def _serve(
     site: _Site,
     config: MountConfig,
@@ -201,6 +213,8 @@ def _serve(
             on_ready()
 
     ops = FuseOperations(fs, config, on_ready=ready)
+    stop_trim = threading.Event()
+    threading.Thread(target=_trim_memory, args=(stop_trim,), name="fwfs-trim", daemon=True).start()
     try:
         mount(ops, str(mountpoint), foreground=True, options=options)
     except RuntimeError as err:
@@ -211,6 +225,7 @@ def _serve(
         log.error("mount of %s failed: %s", mountpoint, err)
         return 1
     finally:
+        stop_trim.set()
         fs.close()
         client.close()
         with contextlib.suppress(OSError):
