@@ -185,6 +185,10 @@ class FlywheelFS:
         self._lock = threading.Lock()
         self._handles: dict[int, Handle] = {}
         self._opened: dict[str, tuple[str, ...]] = {}
+        # Per path, the file whose attributes the kernel was given last, and when. The
+        # kernel keeps them for `kernel_ttl` and stops reads at that size, so an open in
+        # that time reads that version, not a newer one a fresher listing names.
+        self._told: dict[str, tuple[File | ArchiveFile, float]] = {}
         self._next_fh = itertools.count(1)
         self.writes: Writes | None = None
         if not config.read_only:
@@ -283,7 +287,38 @@ class FlywheelFS:
                 # its end; after the upload, the listing is).
                 if h.path == path and h.key == cached and h.key[0] != "written":
                     return h.attr
+            if isinstance(node, File | ArchiveFile):
+                self._tell(path, node)
         return attr
+
+    def _tell(self, path: str, node: File | ArchiveFile) -> None:
+        """Caller holds self._lock: the kernel now holds `node`'s attributes for `path`."""
+        now = time.monotonic()
+        if len(self._told) > 4096:
+            ttl = self.config.kernel_ttl
+            self._told = {k: v for k, v in self._told.items() if now - v[1] < ttl}
+        self._told[path] = (node, now)
+
+    def _as_told(self, path: str, node: File | ArchiveFile) -> File | ArchiveFile:
+        """The version of `node` whose size the kernel may still hold for `path`.
+
+        A larger newer version would be cut at the kernel's size; a smaller one would read
+        short of the size fstat shows (mmap: SIGBUS). Within the kernel's share of the TTL
+        the open reads the version it was told of (still within the staleness bound); one
+        of the same size is safe to read as listed."""
+        with self._lock:
+            told = self._told.get(path)
+        if told is None or time.monotonic() - told[1] >= self.config.kernel_ttl:
+            return node
+        old = told[0]
+        if isinstance(old, File) and isinstance(node, File):
+            same = (old.info.parent, old.info.name) == (node.info.parent, node.info.name)
+            return old if same and old.info.size != node.info.size else node
+        if isinstance(old, ArchiveFile) and isinstance(node, ArchiveFile):
+            a, b = old.archive, node.archive
+            same = (a.parent, a.name, old.member.path) == (b.parent, b.name, node.member.path)
+            return old if same and old.member.size != node.member.size else node
+        return node
 
     def readdir(self, path: str) -> list[tuple[str, Attr]]:
         node = self.lookup(path)
@@ -306,12 +341,16 @@ class FlywheelFS:
             for p in self.writes.pending_in(path.rstrip("/") or "/"):
                 entries[posixpath.basename(p.path)] = p
         out = [(name, self.attr(child)) for name, child in entries.items()]
+        base = path.rstrip("/")
         with self._lock:
             open_paths = {h.path for h in self._handles.values()}
+            # readdirplus hands these attributes to the kernel too.
+            for name, child in entries.items():
+                if isinstance(child, File | ArchiveFile):
+                    self._tell(f"{base}/{name}", child)
         if open_paths:
             # The attributes go to the kernel with the names (readdirplus): an open
             # version's size must stand here too, as in getattr.
-            base = path.rstrip("/")
             out = [
                 (name, self.getattr(f"{base}/{name}") if f"{base}/{name}" in open_paths else a)
                 for name, a in out
@@ -410,6 +449,7 @@ class FlywheelFS:
                 f"analysis input {node.info.name!r} has an output of the same name; "
                 "read it from the container it came from"
             )
+        node = self._as_told(path, node)
         if isinstance(node, ArchiveFile):
             reader = _MemberReads(self.archives, node)
             key: tuple[str, ...] = (*map(str, node.archive.cache_key), node.member.path)

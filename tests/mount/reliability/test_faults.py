@@ -297,9 +297,12 @@ def test_uploads_under_faults_arrive_or_are_kept(
     profile: Any,
     unique: Callable[[str], str],
     figures: dict[str, Any],
+    request: pytest.FixtureRequest,
 ) -> None:
     project = fw.lookup(PROJECT)
     subject = project.add_subject(label=unique("faults"))
+    # The demo site is shared: other tests compare its whole tree with what they see.
+    request.addfinalizer(lambda: fw.delete_subject(subject.id))
     session = subject.add_session(label="ses-01")
     acq = session.add_acquisition(label="uploads")
     mount = mount_through(mount_site, proxy, demo_site)
