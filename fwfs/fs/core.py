@@ -474,8 +474,11 @@ class FlywheelFS:
         fh = next(self._next_fh)
         attr = Attr(stat.S_IFREG | 0o644, 0, 0, 0)
         with self._lock:
-            # The kernel's pages of this path are of no version any more.
+            # The kernel's pages of this path are of no version any more, and the size it
+            # holds will come from these writes, not from any version it was told of.
             self._opened[path] = ("written", str(fh))
+            if not reading:
+                self._told.pop(path, None)
             self._handles[fh] = Handle(
                 ("written", str(fh)),
                 _WriteReads(self, whandle),
@@ -515,6 +518,8 @@ class FlywheelFS:
             return
         handle.reader.close()
         if handle.write is not None:
+            with self._lock:
+                self._told.pop(handle.path, None)
             self._writes().release(handle.write)
 
     def _write_handle(self, fh: int) -> WriteHandle:
