@@ -445,7 +445,7 @@ def wait_for(
 
 
 def spool_journal(spool: Path) -> list[dict[str, Any]]:
-    """The journal entries of a spool directory (fwfs/uploads.py's layout)."""
+    """The journal entries of a spool directory (fwfs/uploads/spool.py's layout)."""
     out = []
     for path in sorted((spool / "journal").glob("*.json")):
         try:
