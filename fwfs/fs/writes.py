@@ -35,7 +35,7 @@ from fwfs.errors import (
 )
 from fwfs.fs.nodes import ANALYSES_DIR, ArchiveDir, ArchiveFile, Dir, File, Node
 from fwfs.fs.tree import SHADOWED, Tree
-from fwfs.models import CHILD_KIND, FileInfo, Json, Kind, write_access
+from fwfs.models import CHILD_KIND, Container, FileInfo, Json, Kind, write_access
 from fwfs.uploads import (
     RecoveryReport,
     Spool,
@@ -324,8 +324,8 @@ class Writes:
     def rmdir(self, path: str, node: Node | Pending) -> None:
         if not isinstance(node, Dir):
             raise NotPermitted("not a container directory")
-        c = node.container
-        if node.kind != "container" or c is None or c.kind not in FILE_HOLDERS:
+        c = _holder(node)
+        if c is None:
             raise NotPermitted("only projects, subjects, sessions and acquisitions are removed")
         self._check_delete("removing a container on the site")
         self.tree.forget(node)  # emptiness is decided on a fresh listing
@@ -392,8 +392,8 @@ class Writes:
             raise ReadOnly("zip members are read-only")
 
     def _rename_dir(self, old: str, new: str, node: Dir, existing: Node | Pending | None) -> None:
-        c = node.container
-        if node.kind != "container" or c is None or c.kind not in FILE_HOLDERS:
+        c = _holder(node)
+        if c is None:
             raise NotPermitted("only projects, subjects, sessions and acquisitions are renamed")
         old_parent, _ = self._parent_of(old)
         new_parent, name = self._parent_of(new)
@@ -476,8 +476,7 @@ class Writes:
         return parent, name
 
     def _check_holder(self, parent: Dir, what: str) -> None:
-        c = parent.container
-        if parent.kind != "container" or c is None or c.kind not in FILE_HOLDERS:
+        if _holder(parent) is None:
             if parent.kind in ("analysis", "analysis-io"):
                 raise ReadOnly("analysis files are read-only")
             raise NotPermitted(f"{what} belong in a project, subject, session or acquisition")
@@ -506,6 +505,13 @@ class Writes:
         c = parent.container
         kind: Kind = c.kind
         return UploadTarget(kind, c.id, raw, path)
+
+
+def _holder(d: Dir) -> Container | None:
+    """The container of `d` when it is one that holds files: a project, subject, session
+    or acquisition directory (not the root, a group, `analyses/` or an analysis)."""
+    c = d.container
+    return c if d.kind == "container" and c is not None and c.kind in FILE_HOLDERS else None
 
 
 def _raw_name(name: str, *, label: bool = False) -> str:
