@@ -10,6 +10,7 @@ adapter logs.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import posixpath
@@ -25,6 +26,7 @@ from fwfs.client import FlywheelClient
 from fwfs.config import MountConfig
 from fwfs.errors import (
     AlreadyExists,
+    FwfsError,
     InvalidArgument,
     IsADirectory,
     NotEmpty,
@@ -62,6 +64,9 @@ class Pending:
     parent: Dir
     staged: StagedFile
     mtime: float = field(default_factory=time.time)
+    # A write or truncate that failed (the spool's disk full, say): the program was told,
+    # and these bytes are not what it meant to write, so they are never uploaded.
+    broken: FwfsError | None = None
 
 
 @dataclass
@@ -219,6 +224,8 @@ class Writes:
         A file never written and still empty waits for release: a shell opens `> f` and its
         child writes, and the shell's own close must not upload an empty first version."""
         p = handle.pending
+        if p is not None and p.broken is not None:
+            raise p.broken
         if p is None or p.staged.finished or p.staged.writers > 1:
             return
         if not force and not handle.wrote and p.staged.size == 0:
@@ -227,6 +234,8 @@ class Writes:
 
     def fsync(self, handle: WriteHandle) -> None:
         p = handle.pending
+        if p is not None and p.broken is not None:
+            raise p.broken
         if p is None or p.staged.finished:
             return
         p.staged.fsync()
@@ -250,8 +259,15 @@ class Writes:
         if handle.pending is None:
             handle.pending = self._materialize(handle)
         handle.wrote = True
-        handle.pending.mtime = time.time()
-        return change(handle.pending.staged) or 0
+        p = handle.pending
+        p.mtime = time.time()
+        try:
+            return change(p.staged) or 0
+        except FwfsError as err:
+            if err.errno != errno.ESTALE:
+                p.broken = err
+                p.staged.mark_failed(err)
+            raise
 
     def _materialize(self, handle: WriteHandle) -> Pending:
         """Copy-on-write: the current version into the spool, at the first change."""

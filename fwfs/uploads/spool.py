@@ -521,6 +521,14 @@ class StagedFile:
                 self._target = old
                 raise
 
+    def mark_failed(self, error: FwfsError) -> None:
+        """A write failed (the spool's disk full, say): these bytes are not what the
+        program meant. Until written again they are never uploaded: the last close keeps
+        them in recovery/ with ``error``, as for a failed upload."""
+        with self._lock:
+            self._failed = error
+            self._last_error, self._last_errno = str(error), error.errno
+
     def discard(self) -> None:
         """Unlinked before upload: never upload it. With writers still open the bytes stay
         readable and writable until the last close, which then drops them."""

@@ -308,6 +308,17 @@ def test_cat_into_a_new_file_uploads_one_version(scratch: Scratch, mount: Mount)
     assert len(uploads(requests_since(scratch.site, mark, settle=0.5))) == 1
 
 
+def test_df_shows_the_spool_s_free_space(scratch: Scratch, mount: Mount) -> None:
+    mounted, spool = os.statvfs(mount.path), os.statvfs(mount.spool)
+    free = mounted.f_bavail * mounted.f_frsize
+    expected = spool.f_bavail * spool.f_frsize
+    assert free > 0
+    assert abs(free - expected) <= max(expected // 100, 64 << 20)  # others write meanwhile
+    assert mounted.f_blocks * mounted.f_frsize == pytest.approx(
+        spool.f_blocks * spool.f_frsize, rel=0.01
+    )
+
+
 # ---- accepted and ignored -----------------------------------------------------------------
 
 

@@ -292,3 +292,35 @@ def test_a_1_gib_upload_keeps_memory_flat(
     assert entry.size == 1 << 30
     assert entry.hash == f"v0-sha384-{digest}"
     assert list((mount.spool / "staging").glob("*.data")) == []  # nothing left behind
+
+
+def test_a_full_spool_fails_the_write_and_uploads_nothing(
+    scratch: Scratch,
+    mount_site: Callable[..., Mount],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(small)], check=False))
+    mount = mount_site(scratch.site, args=["--spool-dir", str(small / "spool")])
+    filler = small / "filler"
+    filler.write_bytes(b"\0" * (5 << 19))  # 2.5 MiB of the 4
+    mark = quiet_mark(scratch.site)
+    fd = os.open(mount / ACQ / "too-big.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    with pytest.raises(OSError) as info:
+        for _ in range(8):
+            os.write(fd, os.urandom(1 << 20))
+    assert info.value.errno == errno.ENOSPC
+    # Space again (another program freed some): still, what reached the spool is not the
+    # file the program meant to write, and it was told so; close() repeats the error and
+    # nothing is uploaded.
+    filler.unlink()
+    with pytest.raises(OSError) as info:
+        os.close(fd)
+    assert info.value.errno == errno.ENOSPC
+    assert uploads(requests_since(scratch.site, mark, settle=0.5)) == []
+    assert "too-big.bin" not in scratch.files(scratch.acquisition)
+    assert mount.alive
+    assert os.listdir(mount / ACQ) is not None
