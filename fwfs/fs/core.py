@@ -189,6 +189,7 @@ class FlywheelFS:
         # kernel keeps them for `kernel_ttl` and stops reads at that size, so an open in
         # that time reads that version, not a newer one a fresher listing names.
         self._told: dict[str, tuple[File | ArchiveFile, float]] = {}
+        self._told_pruned = 0.0
         self._next_fh = itertools.count(1)
         self.writes: Writes | None = None
         if not config.read_only:
@@ -294,9 +295,12 @@ class FlywheelFS:
     def _tell(self, path: str, node: File | ArchiveFile) -> None:
         """Caller holds self._lock: the kernel now holds `node`'s attributes for `path`."""
         now = time.monotonic()
-        if len(self._told) > 4096:
-            ttl = self.config.kernel_ttl
+        ttl = self.config.kernel_ttl
+        if len(self._told) > 4096 and now - self._told_pruned >= ttl:
+            # At most once per TTL: a listing of 20,000 entries tells them all at once, and
+            # pruning on every one of them cost 3.9 s of CPU.
             self._told = {k: v for k, v in self._told.items() if now - v[1] < ttl}
+            self._told_pruned = now
         self._told[path] = (node, now)
 
     def _as_told(self, path: str, node: File | ArchiveFile) -> File | ArchiveFile:
