@@ -152,6 +152,11 @@ def run_mount(args: argparse.Namespace) -> int:
     return _daemonize(lambda ready: _serve(site, config, mountpoint, options, ready))
 
 
+def _libc() -> ctypes.CDLL:
+    """glibc, for its malloc tunables (OSError or AttributeError where it is not glibc)."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
 def _limit_malloc_arenas() -> None:
     """glibc gives each thread its own malloc arena; with a pool of readers moving 8 MiB
     bodies, freed memory then sits in many arenas and the daemon's RSS outgrows its cache
@@ -161,7 +166,7 @@ def _limit_malloc_arenas() -> None:
     again per request; served from the heap below 16 MiB they are reused (measured on a
     1 GiB cold read: 205k -> 100k page faults, daemon CPU 1.12 -> 0.98 s)."""
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
         libc.mallopt(_M_ARENA_MAX, 2)
         libc.mallopt(_M_MMAP_THRESHOLD, 16 << 20)
 
@@ -176,7 +181,7 @@ def _trim_memory(stop: threading.Event, every: float = 5.0) -> None:
     load the daemon's RSS stayed ~50 MiB over its live memory (malloc_trim: 145 -> 97 MiB).
     Handing free pages back every few seconds keeps the resting RSS at what is in use."""
     try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        trim = _libc().malloc_trim
     except (OSError, AttributeError):
         return
     while not stop.wait(every):

@@ -250,10 +250,14 @@ class Writes:
             self._uploaded_ok(p, self.uploader.release(p.staged))
         finally:
             if p.staged.finished:
-                with self._lock:
-                    if self._pending.get(p.path) is p:
-                        del self._pending[p.path]
+                self._drop(p)
                 self.tree.forget(p.parent)
+
+    def _drop(self, p: Pending) -> None:
+        """`p` is no longer shown at its path (unless another file took the path since)."""
+        with self._lock:
+            if self._pending.get(p.path) is p:
+                del self._pending[p.path]
 
     def _change(self, handle: WriteHandle, change: Callable[[StagedFile], int | None]) -> int:
         if handle.pending is None:
@@ -280,11 +284,13 @@ class Writes:
         assert source is not None
         parent, name = self._parent_of(handle.path)
         target = self._target(parent, name, handle.path, source)
-        info = source.info
-        chunks = self.client.stream_file(
-            info.parent.kind, info.parent.id, info.name, version=info.version
-        )
+        chunks = self._site_bytes(source.info)
         return self._stage(handle.path, parent, target, cast(BinaryIO, _Chunks(chunks)))
+
+    def _site_bytes(self, info: FileInfo) -> Iterator[bytes]:
+        """The bytes of exactly the version listed, streamed."""
+        p = info.parent
+        return self.client.stream_file(p.kind, p.id, info.name, version=info.version)
 
     def _stage(
         self, path: str, parent: Dir, target: UploadTarget, source: BinaryIO | None
@@ -321,9 +327,7 @@ class Writes:
             if node.staged.last_result is None:
                 # Never reached the site: dropping it loses nothing anyone else saw.
                 node.staged.discard()
-                with self._lock:
-                    if self._pending.get(path) is node:
-                        del self._pending[path]
+                self._drop(node)
                 return
             raise NotPermitted("the file is still open for writing; close it first")
         if isinstance(node, Dir | ArchiveDir):
@@ -462,9 +466,9 @@ class Writes:
             ours = info.file_id in self._uploaded
         if not ours:
             self._check_delete("replacing a file by renaming another onto it")
-        chunks = self.client.stream_file(
-            info.parent.kind, info.parent.id, info.name, version=info.version
-        )
+        chunks = self._site_bytes(info)
+        # Written, not given to create() as a source: a copy would start clean, and these
+        # bytes must upload as a new version even though they are a copy.
         staged = self.spool.create(target, None)
         p = Pending(target.path, new_parent, staged)
         offset = 0
