@@ -53,10 +53,11 @@ _PLURAL: Final[Mapping[str, str]] = {
     "acquisition": "acquisitions",
     "analysis": "analyses",
 }
-_FEATURES: Final = "Safe-Redirect,multipart_signed_url"
+# Never `pagination`: it turns every list answer into {count, total, results}.
+_FEATURES: Final = "Safe-Redirect,multipart_signed_url,subject-container"
 _RETRY_STATUSES: Final = frozenset({429, 502, 503, 504})
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
-_PAGE_SIZE: Final = 1000
+_PAGE_SIZE: Final = 250  # the SDK finders' page size
 _ERROR_BODY_LIMIT: Final = 64 * 1024
 # The SDK aligns multi-URL upload parts to 256 KiB because GCS requires it.
 _PART_ALIGNMENT: Final = 256 * 1024
@@ -104,9 +105,26 @@ class _Session(requests.Session):
     before, looked up once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, api_base: str) -> None:
         super().__init__()
         self._env: dict[tuple[str, str, Any, Any, Any], _Settings] = {}
+        self._api_origin = _origin(api_base)
+        self._api_path = urlsplit(api_base).path.rstrip("/") + "/"
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: Any) -> None:
+        """On a redirect, keep the key only for a URL below the site's own API base.
+
+        requests drops Authorization when the host or port changes, but keeps it on the
+        same host and port whatever the path, and from http to https on default ports.
+        Downloads redirect to signed storage URLs, which may be anywhere: the key is for
+        the API alone.
+        """
+        super().rebuild_auth(prepared_request, response)
+        target = urlsplit(prepared_request.url or "")
+        if _origin(prepared_request.url or "") != self._api_origin or not (
+            target.path.startswith(self._api_path)
+        ):
+            prepared_request.headers.pop("Authorization", None)
 
     def merge_environment_settings(
         self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
@@ -122,6 +140,13 @@ class _Session(requests.Session):
             self._env[key] = known
         # requests may adjust the proxies of a request (redirects): give it its own dict.
         return {**known, "proxies": dict(known["proxies"])}
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
 
 
 class _Adapter(HTTPAdapter):
@@ -204,6 +229,16 @@ class _StreamBody:
             yield chunk
 
 
+class RangeIgnored(RemoteError):
+    """A ranged read from a non-zero offset that the site answered with the whole file.
+
+    ``whole_file_only`` is the mark readers of the block cache look for (they cannot
+    import this module): read such a file as one stream.
+    """
+
+    whole_file_only: Final = True
+
+
 class _Failed(Exception):
     """One attempt failed with ``error``; ``retry`` says whether another could succeed."""
 
@@ -235,6 +270,16 @@ def _segment(value: str) -> str:
 
 def _version_params(version: int | None, **extra: str) -> dict[str, str]:
     return extra if version is None else {**extra, "version": str(version)}
+
+
+def _reason_params(reason: str | None) -> dict[str, str] | None:
+    return None if reason is None else {"delete_reason": reason}
+
+
+def _by_id(name: str, file_id: str | None) -> bool:
+    """Whether to address the file by id: a name-keyed route cannot carry a '/' (FastAPI
+    path parameters stop at the encoded slash), so such names go by file id."""
+    return bool(file_id) and "/" in name
 
 
 def _content_length(resp: requests.Response) -> int | None:
@@ -272,30 +317,20 @@ def _read_body(resp: requests.Response, size: int) -> bytes:
     return data
 
 
-def _read_span(resp: requests.Response, skip: int, limit: int) -> bytes:
-    """Drop ``skip`` bytes of the body, then read at most ``limit``; stops reading there."""
-    if limit <= 0:
-        return b""
-    while skip > 0:
-        dropped = len(_read_body(resp, min(skip, 1 << 20)))
-        if not dropped:
-            return b""
-        skip -= dropped
-    return _read_body(resp, limit)
-
-
-def _range_body(resp: requests.Response, start: int, end: int) -> bytes:
+def _range_body(resp: requests.Response, start: int, end: int, display: str) -> bytes:
     status = resp.status_code
     if status == 416:
         return b""
     if status == 200:
         length = _content_length(resp)
         if start:
-            # The server ignored Range (the real one does without view=true): the bytes
-            # before `start` stream past and are dropped, so the answer is still exact.
-            log.warning("server ignored Range: reading %d bytes to reach the offset", start)
-        want = end - start if length is None else max(min(end, length) - start, 0)
-        data = _read_span(resp, start, want)
+            # The site sent the whole file (a proxy, or storage that drops Range). Reading
+            # past the prefix for every block would move O(size²) bytes: say so instead.
+            raise RangeIgnored.for_request(
+                "GET", display, "the site ignored Range and sent the whole file", status=200
+            )
+        want = end if length is None else min(end, length)
+        data = _read_body(resp, want)
         # Without a length, a short body is the end of the file (a broken transport raises).
         if length is not None and len(data) < want:
             raise _BodyError(f"body ended before byte {start + want}", transient=True)
@@ -346,6 +381,22 @@ def _json_reader(expect: type[_J], allow_empty: bool) -> Callable[[requests.Resp
         return value
 
     return read
+
+
+def _detail_text(detail: Any) -> str:
+    """A FastAPI ``detail``: a string, or a list of {loc, msg} validation errors."""
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict) and isinstance(item.get("msg"), str):
+                loc = item.get("loc")
+                where = ".".join(str(x) for x in loc) if isinstance(loc, list) else ""
+                parts.append(f"{where}: {item['msg']}" if where else item["msg"])
+        if parts:
+            return "; ".join(parts)
+    return json.dumps(detail)[:500]
 
 
 def _retry_after(resp: requests.Response) -> float | None:
@@ -422,7 +473,7 @@ class FlywheelClient:
         self._auth = _ApiKeyAuth(config.authorization)
         self._sleep, self._clock, self._jitter = sleep, clock, jitter
         self._upload_mode: tuple[bool, float] | None = None
-        session = _Session()
+        session = _Session(self._base)
         adapter = _KeyedAdapter(pool_connections=4, pool_maxsize=config.pool_size, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
@@ -481,12 +532,20 @@ class FlywheelClient:
         return self._json_call("GET", f"/{_plural(kind)}/{_segment(cid)}", expect=dict)
 
     def list_groups(self) -> list[Json]:
-        """Every group the key can read (one request: the site has few groups)."""
-        return self._json_call("GET", "/groups", expect=list)
+        """Every group the key can read, paged: a site may cut an unpaged list short."""
+        return self._paged("/groups")
+
+    def list_projects(self) -> list[Json]:
+        """Every project the key can read, paged like ``list_groups``."""
+        return self._paged("/projects")
 
     def list_children(self, kind: Kind, cid: str, child_kind: Kind) -> list[Json]:
         """All children, paged by ``after_id`` until an empty page, as the SDK finders do."""
-        path = f"/{_plural(kind)}/{_segment(cid)}/{_plural(child_kind)}"
+        return self._paged(f"/{_plural(kind)}/{_segment(cid)}/{_plural(child_kind)}")
+
+    def _paged(self, path: str) -> list[Json]:
+        """GET ``path`` page by page (``limit`` always sent, never the site's default page
+        size) until an empty page."""
         items: list[Json] = []
         seen: set[str] = set()
         params = {"limit": str(_PAGE_SIZE)}
@@ -518,9 +577,14 @@ class FlywheelClient:
             "PUT", f"/{_plural(kind)}/{_segment(cid)}", body=dict(body), expect=dict
         )
 
-    def delete_container(self, kind: Kind, cid: str) -> Json:
+    def delete_container(self, kind: Kind, cid: str, *, reason: str | None = None) -> Json:
+        """``reason``: the ``delete_reason`` sites with an audit trail require."""
         return self._json_call(
-            "DELETE", f"/{_plural(kind)}/{_segment(cid)}", expect=dict, allow_empty=True
+            "DELETE",
+            f"/{_plural(kind)}/{_segment(cid)}",
+            params=_reason_params(reason),
+            expect=dict,
+            allow_empty=True,
         )
 
     def _inserted_id(self, path: str, body: Mapping[str, Any]) -> str:
@@ -532,28 +596,60 @@ class FlywheelClient:
 
     # -- files ---------------------------------------------------------------------------
 
-    def file_url_path(self, kind: Kind, cid: str, name: str) -> str:
-        """Path below the base URL; the name is quoted whole, so '/' becomes %2F."""
-        return f"/{_plural(kind)}/{_segment(cid)}/files/{_segment(name)}"
+    def file_url_path(
+        self,
+        kind: Kind,
+        cid: str,
+        name: str,
+        *,
+        group: str = "files",
+        file_id: str | None = None,
+    ) -> str:
+        """Path below the base URL of the file's bytes.
+
+        ``group="inputs"`` on an analysis is one of its inputs, read through
+        ``/analyses/{id}/inputs/{name}`` (sites serve only outputs under ``files/``). A name
+        holding '/' with a ``file_id`` goes to ``/files/{file_id}/download``; otherwise the
+        name is quoted whole, so '/' becomes %2F.
+        """
+        if _by_id(name, file_id):
+            return f"/files/{_segment(file_id or '')}/download"
+        sub = "inputs" if group == "inputs" and kind == "analysis" else "files"
+        return f"/{_plural(kind)}/{_segment(cid)}/{sub}/{_segment(name)}"
 
     def read_range(
-        self, kind: Kind, cid: str, name: str, start: int, end: int, *, version: int | None = None
+        self,
+        kind: Kind,
+        cid: str,
+        name: str,
+        start: int,
+        end: int,
+        *,
+        version: int | None = None,
+        group: str = "files",
+        file_id: str | None = None,
     ) -> bytes:
-        """Bytes ``[start, end)``; fewer only at end of file, b"" at or past it."""
+        """Bytes ``[start, end)``; fewer only at end of file, b"" at or past it.
+
+        Raises ``RangeIgnored`` when the site answers a read from a non-zero offset with
+        the whole file: the caller should stream the file once (``stream_file``) rather
+        than read past the prefix again for every block.
+        """
         if start < 0 or end < start:
             raise InvalidArgument(f"invalid byte range [{start}, {end})")
         if end == start:
             return b""
-        path = self.file_url_path(kind, cid, name)
+        path = self.file_url_path(kind, cid, name, group=group, file_id=file_id)
+        display = self._base_path + path
         # The real server honours Range only with view=true (reference section 7).
         return self._request(
             "GET",
             self._base + path,
-            display=self._base_path + path,
+            display=display,
             params=_version_params(version, view="true"),
             headers={**_FILE_HEADERS, "Range": f"bytes={start}-{end - 1}"},
             passthrough=frozenset({416}),
-            consume=lambda resp: _range_body(resp, start, end),
+            consume=lambda resp: _range_body(resp, start, end, display),
         )
 
     def stream_file(
@@ -564,15 +660,18 @@ class FlywheelClient:
         *,
         version: int | None = None,
         chunk_size: int = 1 << 20,
+        group: str = "files",
+        file_id: str | None = None,
     ) -> Iterator[bytes]:
         """The whole file in chunks. Raises RemoteError if it ends short of Content-Length."""
-        path = self.file_url_path(kind, cid, name)
+        path = self.file_url_path(kind, cid, name, group=group, file_id=file_id)
         display = self._base_path + path
         resp: requests.Response = self._request(
             "GET",
             self._base + path,
             display=display,
-            params=_version_params(version),
+            # view=true: the by-id route (like the name route) serves the bytes inline.
+            params=_version_params(version, view="true"),
             headers=_FILE_HEADERS,
             consume=lambda r: r,
             keep_open=True,
@@ -591,16 +690,51 @@ class FlywheelClient:
             why = f"body ended after {received} of {expected} bytes"
             raise RemoteError.for_request("GET", display, why)
 
-    def zip_info(self, kind: Kind, cid: str, name: str, *, version: int | None = None) -> Json:
-        path = self.file_url_path(kind, cid, name)
+    def file_info(
+        self,
+        kind: Kind,
+        cid: str,
+        name: str,
+        *,
+        group: str = "files",
+        file_id: str | None = None,
+    ) -> Json:
+        """The file's metadata document (``info``, tags, classification, ...)."""
+        if _by_id(name, file_id):
+            return self._json_call("GET", f"/files/{_segment(file_id or '')}", expect=dict)
+        path = self.file_url_path(kind, cid, name, group=group)
+        return self._json_call("GET", f"{path}/info", expect=dict)
+
+    def zip_info(
+        self,
+        kind: Kind,
+        cid: str,
+        name: str,
+        *,
+        version: int | None = None,
+        group: str = "files",
+        file_id: str | None = None,
+    ) -> Json:
+        if _by_id(name, file_id):
+            path = f"/files/{_segment(file_id or '')}/zip_info"
+            return self._json_call("GET", path, params=_version_params(version), expect=dict)
+        path = self.file_url_path(kind, cid, name, group=group)
         return self._json_call(
             "GET", path, params=_version_params(version, info="true"), expect=dict
         )
 
     def read_zip_member(
-        self, kind: Kind, cid: str, name: str, member: str, *, version: int | None = None
+        self,
+        kind: Kind,
+        cid: str,
+        name: str,
+        member: str,
+        *,
+        version: int | None = None,
+        group: str = "files",
+        file_id: str | None = None,
     ) -> bytes:
-        path = self.file_url_path(kind, cid, name)
+        path = self.file_url_path(kind, cid, name, group=group, file_id=file_id)
         return self._request(
             "GET",
             self._base + path,
@@ -614,9 +748,14 @@ class FlywheelClient:
             idempotent=False,
         )
 
-    def delete_file(self, kind: Kind, cid: str, name: str) -> Json:
+    def delete_file(self, kind: Kind, cid: str, name: str, *, reason: str | None = None) -> Json:
+        """``reason``: the ``delete_reason`` sites with an audit trail require."""
         return self._json_call(
-            "DELETE", self.file_url_path(kind, cid, name), expect=dict, allow_empty=True
+            "DELETE",
+            self.file_url_path(kind, cid, name),
+            params=_reason_params(reason),
+            expect=dict,
+            allow_empty=True,
         )
 
     def move_file(self, file_id: str, kind: Kind, cid: str, name: str) -> Json:
@@ -932,6 +1071,8 @@ class FlywheelClient:
             payload = json.loads(raw)
             if isinstance(payload, dict) and isinstance(payload.get("message"), str):
                 message = self._scrub(payload["message"])
+            elif isinstance(payload, dict) and payload.get("detail"):
+                message = self._scrub(_detail_text(payload["detail"]))
         except (ValueError, OSError, urllib3.exceptions.HTTPError):
             pass
         status = resp.status_code

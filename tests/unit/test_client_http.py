@@ -19,7 +19,7 @@ import responses
 import urllib3.exceptions
 
 from fwfs import __version__
-from fwfs.client import FlywheelClient
+from fwfs.client import FlywheelClient, RangeIgnored
 from fwfs.config import ClientConfig
 from fwfs.errors import (
     FwfsError,
@@ -116,7 +116,8 @@ def test_requests_carry_key_features_and_user_agent(
     assert client.current_user() == {"_id": "ada@example.org"}
     sent = server.calls[0].request.headers
     assert sent["Authorization"] == f"scitran-user {SECRET}"
-    assert sent["x-accept-feature"] == "Safe-Redirect,multipart_signed_url"
+    assert sent["x-accept-feature"] == "Safe-Redirect,multipart_signed_url,subject-container"
+    assert "pagination" not in sent["x-accept-feature"].split(",")
     assert sent["User-Agent"] == f"fwfs/{__version__}"
 
 
@@ -340,17 +341,27 @@ def test_ignored_range_at_offset_zero_on_a_short_file_is_eof(
     assert client.read_range("project", "p1", "scan.nii.gz", 0, 4096) == b"tiny"
 
 
-def test_ignored_range_at_an_offset_still_gives_the_exact_bytes(
+def test_ignored_range_at_an_offset_says_so_after_one_request(
     server: responses.RequestsMock, client: FlywheelClient
 ) -> None:
     whole = bytes(range(256)) * (64 * 1024)  # 16 MiB
     source = CountingReader(whole)
     headers = {"Content-Length": str(len(whole))}
     server.get(FILE, status=200, body=io.BufferedReader(source), headers=headers)
-    assert client.read_range("project", "p1", "scan.nii.gz", 4096, 8192) == whole[4096:8192]
+    with pytest.raises(RangeIgnored) as caught:
+        client.read_range("project", "p1", "scan.nii.gz", 4096, 8192)
+    assert caught.value.whole_file_only and caught.value.errno == errno.EIO
     assert len(server.calls) == 1
-    # It reads through the offset, but stops at the end of the range, not of the file.
+    # Not read through to the offset: the caller streams the file once instead.
     assert source.served < 2 * 1024 * 1024
+
+
+def test_ignored_range_at_offset_zero_gives_the_first_bytes(
+    server: responses.RequestsMock, client: FlywheelClient
+) -> None:
+    whole = bytes(range(256)) * 4096
+    server.get(FILE, status=200, body=whole, headers={"Content-Length": str(len(whole))})
+    assert client.read_range("project", "p1", "scan.nii.gz", 0, 1000) == whole[:1000]
 
 
 def test_short_body_is_retried_and_never_returned(
@@ -399,7 +410,7 @@ def test_listing_follows_after_id_until_an_empty_page(
         "s3",
     ]
     urls = [str(call.request.url) for call in server.calls]
-    assert "after_id" not in urls[0] and "limit=1000" in urls[0]
+    assert "after_id" not in urls[0] and "limit=250" in urls[0]
     assert "after_id=s2" in urls[1] and "after_id=s3" in urls[2]
 
 
