@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from fwfs import __version__
+from fwfs.config import DELETE_REASONS
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -48,6 +49,34 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         help="add a file of N MiB of random bytes (benchmarks)",
     )
     p.add_argument("--scale", type=int, default=0, help="add a project of N sessions (benchmarks)")
+    real = p.add_argument_group("real-server behaviours (docs/SANDBOX.md)")
+    real.add_argument(
+        "--strict",
+        action="store_true",
+        help="all of the below but --redirect-ignores-range and --old-core",
+    )
+    for flag, text in (
+        ("--trim-resolve", "resolve children without files/info/tags, as the real resolver"),
+        ("--gate-subjects", "subjects only for clients sending x-accept-feature subject-container"),
+        ("--strict-permissions", "members see and write only their groups/projects"),
+        ("--redirect-downloads", "downloads answer 302 to a signed URL on a storage listener"),
+        ("--redirect-ignores-range", "storage answers 200 with the whole file despite Range"),
+        ("--analysis-io-split", "/analyses/{id}/files serves outputs only, /inputs inputs"),
+        ("--audit-trail", "DELETE needs a valid delete_reason (else 422)"),
+        ("--refuse-encoded-slash", "404 for %%2F in a file-name segment"),
+        ("--old-core", "a 2019 core: no file move, no file_id/version, no user_id"),
+        ("--private-ca", "HTTPS with a CA of its own (its PEM: ca_cert in the ready file)"),
+    ):
+        real.add_argument(flag, action="store_true", help=text)
+    real.add_argument(
+        "--default-page-limit", type=int, help="finders without limit answer N (strict: 100)"
+    )
+    real.add_argument("--max-limit", type=int, help="limit above M answers 422 (strict: 500)")
+    real.add_argument(
+        "--info-delay", type=float, help="seconds before zip info/member answers (strict: 2)"
+    )
+    # Tests shorten the signed URLs' life instead of waiting 60 s.
+    real.add_argument("--signed-url-ttl", type=float, default=60.0, help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -73,6 +102,13 @@ def _mount_args(p: argparse.ArgumentParser) -> None:
         "--allow-delete",
         action="store_true",
         help="let rm and rmdir delete files and containers on the site (default: EPERM)",
+    )
+    p.add_argument(
+        "--delete-reason",
+        choices=DELETE_REASONS,
+        metavar="REASON",
+        help="the reason sent with every delete, which sites with an audit trail require "
+        f"(one of: {', '.join(DELETE_REASONS)})",
     )
     p.add_argument(
         "--retry-failed-uploads",
@@ -207,6 +243,9 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
     print(f"fwfs sandbox listening on {info['url']}", flush=True)
     print(f"API key (read-write): {info['api_key']}", flush=True)
     print(f"API key (read-only):  {info['readonly_api_key']}", flush=True)
+    print(f"API key (project member): {info['project_member_api_key']}", flush=True)
+    if info.get("ca_cert"):
+        print(f"CA certificate: {info['ca_cert']}", flush=True)
     print(f"data: {info['data']}", flush=True)
 
     stop = threading.Event()

@@ -74,6 +74,12 @@ class Site:
         self.api_url = self.url + "/api"
         self.api_key: str = info["api_key"]
         self.readonly_api_key: str = info["readonly_api_key"]
+        # Grace: read-write member of flywheel/Anxiety Study only (not of group flywheel).
+        self.project_member_api_key: str = info["project_member_api_key"]
+        # --private-ca: the PEM of the site's own CA (in no trust store); None for plain HTTP.
+        self.ca_cert: Path | None = Path(info["ca_cert"]) if info.get("ca_cert") else None
+        # --redirect-downloads: where downloads are redirected to.
+        self.storage_url: str | None = info.get("storage_url")
         self.data = Path(info["data"])
         self.pid: int = info["pid"]
         self.access_log_path = access_log_path
@@ -94,16 +100,47 @@ class Site:
     def readonly_secret(self) -> str:
         return self.secret_of(self.readonly_api_key)
 
-    def headers(self, readonly: bool = False) -> dict[str, str]:
-        """The Authorization header the SDK sends, for raw HTTP with `requests`."""
-        secret = self.readonly_secret if readonly else self.secret
-        return {"Authorization": f"scitran-user {secret}"}
+    def key(self, readonly: bool = False, member: bool = False) -> str:
+        """Ada's key; Rosalind's with `readonly`; Grace's (project member) with `member`."""
+        if member:
+            return self.project_member_api_key
+        return self.readonly_api_key if readonly else self.api_key
 
-    def client(self, readonly: bool = False, **kwargs: Any) -> Any:
+    def headers(self, readonly: bool = False, member: bool = False) -> dict[str, str]:
+        """The Authorization header the SDK sends, for raw HTTP with `requests`."""
+        return {"Authorization": f"scitran-user {self.secret_of(self.key(readonly, member))}"}
+
+    @property
+    def verify(self) -> str | bool:
+        """`requests`' `verify=` for this site: the private CA's PEM, or True."""
+        return str(self.ca_cert) if self.ca_cert is not None else True
+
+    def trust_env(self) -> dict[str, str]:
+        """Environment for a subprocess to trust the site through the OS trust store, as a
+        site's company CA is trusted (OpenSSL reads SSL_CERT_FILE; it replaces the system
+        bundle, which no local test needs). Empty for a site without a private CA."""
+        return {} if self.ca_cert is None else {"SSL_CERT_FILE": str(self.ca_cert)}
+
+    def client(self, readonly: bool = False, member: bool = False, **kwargs: Any) -> Any:
+        """An SDK client. flywheel-sdk 23 (httpx2/httpcore2) builds its TLS context when the
+        client is made, from SSL_CERT_FILE or the system store: so a private CA is trusted
+        by setting SSL_CERT_FILE for that moment, as an OS trust store would, not with
+        FW_SSL_CERT_FILE."""
         import flywheel
 
         _fast_sdk_retries()
-        return flywheel.Client(self.readonly_api_key if readonly else self.api_key, **kwargs)
+        key = self.key(readonly, member)
+        if self.ca_cert is None:
+            return flywheel.Client(key, **kwargs)
+        saved = os.environ.get("SSL_CERT_FILE")
+        os.environ["SSL_CERT_FILE"] = str(self.ca_cert)
+        try:
+            return flywheel.Client(key, **kwargs)
+        finally:
+            if saved is None:
+                os.environ.pop("SSL_CERT_FILE", None)
+            else:
+                os.environ["SSL_CERT_FILE"] = saved
 
     # ---- the access log ---------------------------------------------------------------
 
@@ -237,6 +274,17 @@ def start_sandbox(
 def demo_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """One demo site for the whole session. Read freely; write only into your own containers."""
     site = start_sandbox(tmp_path_factory.mktemp("demo-site"))
+    try:
+        yield site
+    finally:
+        site.stop()
+
+
+@pytest.fixture(scope="session")
+def strict_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """One demo site with `--strict` (every real-core behaviour, HTTPS with a private CA)
+    for the whole session. Read freely; write only into your own containers."""
+    site = start_sandbox(tmp_path_factory.mktemp("strict-site"), strict=True)
     try:
         yield site
     finally:

@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fwfs import __version__
 from fwfs.sandbox import filters
+from fwfs.sandbox.access import PROJECTS_KEY, is_site_admin
+from fwfs.sandbox.fidelity import (
+    Fidelity,
+    check_delete_reason,
+    check_page_limit,
+    log,
+    trim_child,
+    wants_subjects,
+)
 from fwfs.sandbox.httpd import ApiError, Request, Response, Router
 from fwfs.sandbox.store import CONTAINER_TYPES, Container, Store, User, now_iso
 from fwfs.sandbox.views import CHILD_TYPE, PARENT_TYPE, SINGULAR, Views
@@ -25,13 +34,16 @@ class SiteOptions:
     range_quirk: bool = False
     signed_url: bool = False
     base_url: str = ""
+    fidelity: Fidelity = field(default_factory=Fidelity)
 
 
 class SiteApi:
     def __init__(self, store: Store, options: SiteOptions) -> None:
         self.store = store
         self.options = options
-        self.views = Views(store)
+        self.fidelity = options.fidelity
+        self.views = Views(store, old_core=self.fidelity.old_core)
+        self.access = self.views.access
 
     # ---- plumbing ---------------------------------------------------------------------
 
@@ -45,17 +57,50 @@ class SiteApi:
             raise ApiError(401, "not authenticated: a valid API key is required")
         return user
 
-    @staticmethod
-    def require_write(req: Request) -> None:
+    def require_write(self, req: Request, target: Container | None = None) -> None:
+        """Write access; under --strict-permissions also membership of `target`."""
         user: User = req.user
         if not user.can_write:
             raise ApiError(403, f"user {user.id} does not have write permission")
+        strict = self.fidelity.strict_permissions
+        if target is not None and strict and not self.access.writable(user, target):
+            where = f"{target.type} {target.id}"
+            log.debug("refused %s %s: %s may not write %s", req.method, req.path, user.id, where)
+            raise ApiError(403, f"user {user.id} does not have write permission on {where}")
 
-    def container(self, cid: str, ctype: str | None = None) -> Container:
+    def require_site_write(self, req: Request) -> None:
+        """A site-wide write (a new group): a project-only member may not."""
+        self.require_write(req)
+        if self.fidelity.strict_permissions and not self.access.writable(req.user, None):
+            who = req.user.id
+            log.debug("refused %s %s: %s is a project-only member", req.method, req.path, who)
+            raise ApiError(403, f"user {req.user.id} may not create groups")
+
+    def container(self, cid: str, ctype: str | None = None, user: User | None = None) -> Container:
+        """The container; with `user` under --strict-permissions, 403 unless they may read it."""
         c = self.store.get_container(cid)
         if c is None or (ctype is not None and c.type != ctype):
             raise ApiError(404, f"{ctype or 'container'} {cid} not found")
+        if user is not None:
+            self.require_read(user, c)
         return c
+
+    def require_read(self, user: User, c: Container) -> None:
+        if self.fidelity.strict_permissions and not self.access.readable(user, c):
+            log.debug("refused: %s may not read %s %s", user.id, c.type, c.id)
+            raise ApiError(403, f"user {user.id} does not have read access to {c.type} {c.id}")
+
+    def visible(self, user: User, cs: list[Container]) -> list[Container]:
+        """Under --strict-permissions, what a finder or resolve may show the user: groups by
+        membership (CORE19 groupauth.py:26-43), everything else by read access."""
+        if not self.fidelity.strict_permissions:
+            return cs
+        access = self.access
+        return [
+            c
+            for c in cs
+            if (access.member(user, c) if c.type == "group" else access.readable(user, c))
+        ]
 
     def kind(self, plural: str, allow_any: bool = False) -> str | None:
         if allow_any and plural == "containers":
@@ -80,7 +125,7 @@ class SiteApi:
             if sort:
                 raise ApiError(400, "after_id cannot be used with sort")
             docs = [d for d in docs if str(d.get(id_key, "")) > after]
-        limit = req.int_arg("limit")
+        limit = check_page_limit(req, self.fidelity)
         skip = req.int_arg("skip") or 0
         page = req.int_arg("page")
         if page is not None and limit:
@@ -98,18 +143,21 @@ class SiteApi:
 
     def auth_status(self, req: Request) -> Response:
         user: User = req.user
-        return Response.json(
-            {
-                "origin": {"type": "user", "id": user.id},
-                "user_id": user.id,
-                "user_is_admin": user.can_write,
-                "is_device": False,
-                "roles": ["user"] + (["site_admin"] if user.can_write else []),
-            }
-        )
+        admin = is_site_admin(user)
+        out = {
+            "origin": {"type": "user", "id": user.id},
+            "user_id": user.id,
+            "user_is_admin": admin,
+            "is_device": False,
+            "roles": ["user"] + (["site_admin"] if admin else []),
+        }
+        if self.fidelity.old_core:
+            del out["user_id"]  # CORE19 base.py:310-319 (audit D11)
+        return Response.json(out)
 
     def user_out(self, user: User) -> dict[str, Any]:
-        return {**user.doc, "_id": user.id, "user_id": user.id, "root": user.can_write}
+        doc = {k: v for k, v in user.doc.items() if k != PROJECTS_KEY}
+        return {**doc, "_id": user.id, "user_id": user.id, "root": is_site_admin(user)}
 
     def users_self(self, req: Request) -> Response:
         return Response.json(self.user_out(req.user))
@@ -119,10 +167,14 @@ class SiteApi:
 
     def config(self, req: Request) -> Response:
         signed = self.options.signed_url
+        features = {"signed_url": signed, "multipart_signed_url": signed}
+        if self.fidelity.audit_trail:
+            # The feature's name is a guess: no real site's /config was seen (docs/SANDBOX.md).
+            features["audit_trail"] = True
         return Response.json(
             {
                 "site": {"id": "fwfs-sandbox", "name": "fwfs sandbox", "api_url": self.api_url},
-                "features": {"signed_url": signed, "multipart_signed_url": signed},
+                "features": features,
                 "signed_url": signed,
                 "created": self.store.meta_get("created"),
                 "modified": self.store.meta_get("created"),
@@ -163,8 +215,11 @@ class SiteApi:
         # Duplicate labels resolve to the oldest container, deterministically.
         return self.store.child_labelled(parent_id, ctype, element)
 
-    def _walk(self, path: list[str]) -> tuple[list[dict[str, Any]], Container | None, bool]:
+    def _walk(
+        self, path: list[str], req: Request
+    ) -> tuple[list[dict[str, Any]], Container | None, bool]:
         """Returns the path nodes, the last container and whether the path ended on a file."""
+        subjects = not self.fidelity.gate_subjects or wants_subjects(req)
         found: list[Container] = []
         current: Container | None = None
         i = 0
@@ -188,6 +243,7 @@ class SiteApi:
                 analysis = self._child(current, "analysis", name)
                 if analysis is None:
                     raise ApiError(404, f"analysis {name} not found")
+                self.require_read(req.user, analysis)
                 current = analysis
                 found.append(analysis)
                 i += 2
@@ -196,13 +252,28 @@ class SiteApi:
             if ctype is None:
                 assert current is not None
                 raise ApiError(404, f"{element} not found: a {current.type} has no children")
-            child = self._child(current, ctype, element)
+            if ctype == "subject" and not subjects:
+                assert current is not None
+                ctype = "session"
+                child = self._session_of_project(current, element)
+            else:
+                child = self._child(current, ctype, element)
             if child is None:
                 raise ApiError(404, f"{ctype} {element} not found")
+            self.require_read(req.user, child)
             current = child
             found.append(child)
             i += 1
         return self.views.containers(found), current, False
+
+    def _session_of_project(self, project: Container, element: str) -> Container | None:
+        """A core that gates subjects resolves a project's next path element as a session."""
+        sessions = self.store.descendants_of_type(project.id, "session")
+        sessions.sort(key=lambda c: c.id)
+        found: Container | None = self._match(
+            sessions, element, lambda c, by_id: c.id if by_id else c.label
+        )
+        return found
 
     @staticmethod
     def _path(req: Request) -> list[str]:
@@ -215,15 +286,25 @@ class SiteApi:
         return path
 
     def resolve(self, req: Request) -> Response:
-        nodes, current, is_file = self._walk(self._path(req))
-        children = [] if is_file else self.views.children_nodes(current)
+        nodes, current, is_file = self._walk(self._path(req), req)
+        fid = self.fidelity
+        children: list[dict[str, Any]] = []
+        if not is_file:
+            subjects = not fid.gate_subjects or wants_subjects(req)
+            keep = None
+            if fid.strict_permissions:
+                user = req.user
+                keep = lambda c: bool(self.visible(user, [c]))  # noqa: E731
+            children = self.views.children_nodes(current, subjects, keep)
+        if fid.trim_resolve:
+            children = [trim_child(n) for n in children]
         return Response.json({"path": nodes, "children": children})
 
     def lookup(self, req: Request) -> Response:
         path = self._path(req)
         if not path:
             raise ApiError(400, "lookup needs a non-empty path")
-        nodes, _, _ = self._walk(path)
+        nodes, _, _ = self._walk(path, req)
         return Response.json(nodes[-1])
 
     # ---- containers -------------------------------------------------------------------
@@ -231,16 +312,17 @@ class SiteApi:
     def list_all(self, req: Request) -> Response:
         ctype = self.kind(req.params["kind"])
         assert ctype is not None
-        docs = self.views.containers(self.store.all_of_type(ctype))
-        return self.find(req, docs)
+        found = self.visible(req.user, self.store.all_of_type(ctype))
+        return self.find(req, self.views.containers(found))
 
     def get_one(self, req: Request) -> Response:
         ctype = self.kind(req.params["kind"], allow_any=True)
-        return Response.json(self.views.container(self.container(req.params["cid"], ctype)))
+        c = self.container(req.params["cid"], ctype, req.user)
+        return Response.json(self.views.container(c))
 
     def list_children(self, req: Request) -> Response:
         ptype = self.kind(req.params["kind"], allow_any=True)
-        parent = self.container(req.params["cid"], ptype)
+        parent = self.container(req.params["cid"], ptype, req.user)
         child = SINGULAR.get(req.params["children"])
         if child is None:
             raise ApiError(404, f"no such endpoint: {req.path}")
@@ -256,7 +338,7 @@ class SiteApi:
             found = self.store.descendants_of_type(parent.id, child)
         else:
             raise ApiError(404, f"a {parent.type} has no {req.params['children']}")
-        return self.find(req, self.views.containers(found))
+        return self.find(req, self.views.containers(self.visible(req.user, found)))
 
     def create(self, req: Request) -> Response:
         ctype = self.kind(req.params["kind"])
@@ -265,6 +347,7 @@ class SiteApi:
         if not isinstance(body, dict):
             raise ApiError(400, "body must be a JSON object")
         if ctype == "group":
+            self.require_site_write(req)
             gid = body.get("_id") or body.get("id")
             if not gid or not isinstance(gid, str):
                 raise ApiError(400, "a group needs an _id")
@@ -277,17 +360,19 @@ class SiteApi:
             raise ApiError(405, f"{req.params['kind']} are not created with this endpoint")
         ptype = PARENT_TYPE[ctype]
         if ctype == "session":
-            parent_id: Any = self._session_subject(body)
+            parent_id: Any = self._session_subject(req, body)
         else:
             parent_id = body.pop(ptype, None)
         if not isinstance(parent_id, str):
             raise ApiError(400, f"a {ctype} needs a {ptype}")
         parent = self.container(parent_id, ptype)
+        self.require_write(req, parent)
         return Response.json({"_id": self.insert_child(parent, ctype, body).id})
 
-    def _session_subject(self, body: dict[str, Any]) -> str:
+    def _session_subject(self, req: Request, body: dict[str, Any]) -> str:
         """Sessions name their project and a subject by _id, or by code/label (created if new)."""
         project = self.container(str(body.pop("project", "")), "project")
+        self.require_write(req, project)
         subject = body.pop("subject", None) or {}
         if not isinstance(subject, dict):
             raise ApiError(400, "subject must be an object")
@@ -318,7 +403,7 @@ class SiteApi:
     def update(self, req: Request) -> Response:
         ctype = self.kind(req.params["kind"], allow_any=True)
         c = self.container(req.params["cid"], ctype)
-        self.require_write(req)
+        self.require_write(req, c)
         body = req.json()
         if not isinstance(body, dict):
             raise ApiError(400, "body must be a JSON object")
@@ -335,14 +420,15 @@ class SiteApi:
     def delete(self, req: Request) -> Response:
         ctype = self.kind(req.params["kind"], allow_any=True)
         c = self.container(req.params["cid"], ctype)
-        self.require_write(req)
+        self.require_write(req, c)
+        check_delete_reason(req, self.fidelity)
         removed = self.store.delete_container_tree(c.id)
         return Response.json({"deleted": removed, "not_found": 0, "delete_scheduled": 0})
 
     def patch_info(self, req: Request) -> Response:
         ctype = self.kind(req.params["kind"], allow_any=True)
         c = self.container(req.params["cid"], ctype)
-        self.require_write(req)
+        self.require_write(req, c)
         c.doc["info"] = apply_info_patch(c.doc.get("info") or {}, req.json())
         c.doc["modified"] = now_iso()
         self.store.update_container(c.id, c.label, c.doc)
@@ -351,7 +437,7 @@ class SiteApi:
     def add_tag(self, req: Request) -> Response:
         ctype = self.kind(req.params["kind"], allow_any=True)
         c = self.container(req.params["cid"], ctype)
-        self.require_write(req)
+        self.require_write(req, c)
         body = req.json()
         tag = req.params.get("tag") or (body.get("value") if isinstance(body, dict) else None)
         if not isinstance(tag, str) or not tag:
@@ -370,7 +456,7 @@ class SiteApi:
     def add_analysis(self, req: Request) -> Response:
         ptype = self.kind(req.params["kind"], allow_any=True)
         parent = self.container(req.params["cid"], ptype)
-        self.require_write(req)
+        self.require_write(req, parent)
         body = req.json()
         if not isinstance(body, dict):
             raise ApiError(400, "body must be a JSON object")

@@ -9,13 +9,14 @@ import functools
 import mimetypes
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from fwfs.sandbox.api import SiteApi, apply_info_patch
+from fwfs.sandbox.fidelity import archive_delay, check_delete_reason, log, refuse_encoded_slash
 from fwfs.sandbox.httpd import ApiError, FileBody, Request, Response, Router
 from fwfs.sandbox.store import Container, FileRec, now_iso
 
@@ -81,26 +82,35 @@ def zip_member_count(path: Path) -> int | None:
 
 
 class FileApi:
-    def __init__(self, site: SiteApi) -> None:
+    def __init__(self, site: SiteApi, redirect: Callable[[FileRec], str] | None = None) -> None:
+        """`redirect` gives a file's signed storage URL: downloads then answer 302 to it."""
         self.site = site
         self.store = site.store
+        self.fidelity = site.fidelity
+        self.redirect = redirect
 
     # ---- lookups ----------------------------------------------------------------------
 
     def _parent(self, req: Request) -> Container:
         ctype = self.site.kind(req.params["kind"], allow_any=True)
-        parent = self.site.container(req.params["cid"], ctype)
+        parent = self.site.container(req.params["cid"], ctype, req.user)
         aid = req.params.get("aid")
         if aid is not None:
-            analysis = self.site.container(aid, "analysis")
+            analysis = self.site.container(aid, "analysis", req.user)
             if analysis.parent_id != parent.id:
                 raise ApiError(404, f"analysis {aid} not found on {parent.type} {parent.id}")
             return analysis
         return parent
 
     def _file(self, req: Request, parent: Container) -> FileRec:
+        refuse_encoded_slash(req, self.fidelity)
         name = req.params["name"]
-        rec = self.store.file_by_name(parent.id, name, req.int_arg("version"))
+        # `/inputs/{name}` reads an analysis's inputs; `/files/{name}` its outputs, and its
+        # inputs too unless --analysis-io-split (audit D5).
+        group = req.params.get("_group")
+        if group is None and parent.type == "analysis" and self.fidelity.analysis_io_split:
+            group = "files"
+        rec = self.store.file_by_name(parent.id, name, req.int_arg("version"), group)
         if rec is None:
             raise ApiError(404, f"file {name} not found on {parent.type} {parent.id}")
         return rec
@@ -115,7 +125,7 @@ class FileApi:
             if not other:
                 raise ApiError(404, f"file {rec.file_id} has no version {version}")
             rec = other[0]
-        return rec, self.site.container(rec.container_id)
+        return rec, self.site.container(rec.container_id, None, req.user)
 
     # ---- download ---------------------------------------------------------------------
 
@@ -136,6 +146,7 @@ class FileApi:
         return self.serve(req, rec)
 
     def _ticketed(self, req: Request, ticket: str) -> Response:
+        refuse_encoded_slash(req, self.fidelity)
         doc = self.store.get_ticket(ticket)
         if doc is None or doc.get("kind") != "download":
             raise ApiError(401, "invalid or expired ticket")
@@ -148,10 +159,16 @@ class FileApi:
     def serve(self, req: Request, rec: FileRec) -> Response:
         path = self.store.blob_path(rec)
         if req.flag("info"):
+            archive_delay(req, self.fidelity)
             return Response.json(_zip_listing(str(path), rec.file_id)[0])
         member = req.arg("member")
         if member is not None:
+            archive_delay(req, self.fidelity)
             return self._member(path, rec, member)
+        if self.redirect is not None:
+            # CORE19 listhandler.py:498-509: signed-URL storage, a 60 s URL (audit D8).
+            log.debug("redirecting %s to storage", req.path)
+            return Response(302, b"", {"Location": self.redirect(rec)})
         headers = {
             "Accept-Ranges": "bytes",
             "ETag": f'"{rec.doc.get("hash", rec.file_id)}"',
@@ -197,7 +214,7 @@ class FileApi:
     def modify(self, req: Request) -> Response:
         parent = self._parent(req)
         rec = self._file(req, parent)
-        self.site.require_write(req)
+        self.site.require_write(req, parent)
         body = req.json()
         if not isinstance(body, dict):
             raise ApiError(400, "body must be a JSON object")
@@ -213,7 +230,7 @@ class FileApi:
     def patch_info(self, req: Request) -> Response:
         parent = self._parent(req)
         rec = self._file(req, parent)
-        self.site.require_write(req)
+        self.site.require_write(req, parent)
         rec.doc["info"] = apply_info_patch(rec.doc.get("info") or {}, req.json())
         self.store.update_file_doc(rec)
         return Response.json({"modified": 1, "jobs_spawned": 0})
@@ -221,7 +238,8 @@ class FileApi:
     def delete(self, req: Request) -> Response:
         parent = self._parent(req)
         rec = self._file(req, parent)
-        self.site.require_write(req)
+        self.site.require_write(req, parent)
+        check_delete_reason(req, self.fidelity)
         self.store.delete_file(rec)
         return Response.json({"deleted": 1, "not_found": 0, "delete_scheduled": 0})
 
@@ -231,8 +249,14 @@ class FileApi:
         rec, parent = self._by_id(req)
         return Response.json(self.site.views.file(rec, parent))
 
+    def download_by_id(self, req: Request) -> Response:
+        """`/files/{file_id}/download`: any file, whatever its name holds (audit D12)."""
+        rec, _ = self._by_id(req)
+        return self.serve(req, rec)
+
     def zip_info_by_id(self, req: Request) -> Response:
         rec, _ = self._by_id(req)
+        archive_delay(req, self.fidelity)
         return Response.json(_zip_listing(str(self.store.blob_path(rec)), rec.file_id)[0])
 
     def versions(self, req: Request) -> Response:
@@ -251,19 +275,24 @@ class FileApi:
         )
 
     def delete_by_id(self, req: Request) -> Response:
-        rec, _ = self._by_id(req)
-        self.site.require_write(req)
+        rec, parent = self._by_id(req)
+        self.site.require_write(req, parent)
+        check_delete_reason(req, self.fidelity)
         self.store.delete_file(rec)
         return Response.json({"deleted": 1, "not_found": 0, "delete_scheduled": 0})
 
     def move(self, req: Request) -> Response:
+        if self.fidelity.old_core:
+            log.debug("refused %s: no file move on an old core", req.path)
+            raise ApiError(404, f"no such endpoint: POST {req.path}")
         rec, parent = self._by_id(req)
-        self.site.require_write(req)
+        self.site.require_write(req, parent)
         body = req.json()
         ref = body.get("container_reference") if isinstance(body, dict) else None
         target = parent
         if isinstance(ref, dict) and ref.get("id"):
             target = self.site.container(str(ref["id"]), ref.get("type"))
+            self.site.require_write(req, target)
         name = body.get("name") or rec.name
         if not isinstance(name, str) or "/" in name:
             raise ApiError(400, "invalid file name")
@@ -276,7 +305,7 @@ class FileApi:
         docs = []
         for rec in self.store.all_current_files():
             parent = self.store.get_container(rec.container_id)
-            if parent is not None:
+            if parent is not None and self.site.visible(req.user, [parent]):
                 docs.append(self.site.views.file(rec, parent))
         resp = self.site.find(req, docs, id_key="file_id")
         return resp
@@ -286,6 +315,8 @@ class FileApi:
         r.add("GET", "/api/files/{fid}", self.get_by_id)
         r.add("DELETE", "/api/files/{fid}", self.delete_by_id)
         r.add("GET", "/api/files/{fid}/zip_info", self.zip_info_by_id)
+        r.add("GET", "/api/files/{fid}/download", self.download_by_id)
+        r.add("HEAD", "/api/files/{fid}/download", self.download_by_id)
         r.add("GET", "/api/files/{fid}/versions", self.versions)
         r.add("POST", "/api/files/{fid}/move", self.move)
         for prefix in ("/api/{kind}/{cid}", "/api/{kind}/{cid}/analyses/{aid}"):
@@ -295,6 +326,19 @@ class FileApi:
             r.add("PUT", prefix + "/files/{name}", self.modify)
             r.add("PATCH", prefix + "/files/{name}/info", self.patch_info)
             r.add("DELETE", prefix + "/files/{name}", self.delete)
+            r.add("GET", prefix + "/inputs/{name}", _inputs(self.download), auth=False)
+            r.add("HEAD", prefix + "/inputs/{name}", _inputs(self.download), auth=False)
+            r.add("GET", prefix + "/inputs/{name}/info", _inputs(self.file_info))
+
+
+def _inputs(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
+    """The handler, reading an analysis's input files (`/analyses/{id}/inputs/{name}`)."""
+
+    def inputs(req: Request) -> Response:
+        req.params["_group"] = "inputs"
+        return handler(req)
+
+    return inputs
 
 
 def content_disposition(name: str) -> str:

@@ -164,8 +164,10 @@ class SandboxHTTPServer(ThreadingHTTPServer):
         authenticate: Callable[[Request], Any],
         access_log: AccessLog,
         tls: ssl.SSLContext | None = None,
+        listener: str = "core",
     ) -> None:
         super().__init__(addr, _Handler)
+        self.listener = listener  # "core" or "storage" (--redirect-downloads), in the log
         self.router = router
         self.authenticate = authenticate
         self.access_log = access_log
@@ -234,6 +236,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.access_log.write(
                 {
+                    "listener": self.server.listener,
                     "method": req.method,
                     "path": req.path,
                     "query": split.query,

@@ -9,15 +9,20 @@ import secrets
 import ssl
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from fwfs.sandbox.access import PROJECTS_KEY
 from fwfs.sandbox.api import SiteApi, SiteOptions
+from fwfs.sandbox.fidelity import Fidelity
 from fwfs.sandbox.files import FileApi
 from fwfs.sandbox.httpd import AccessLog, Router, SandboxHTTPServer
+from fwfs.sandbox.storage import Storage
 from fwfs.sandbox.store import Store, now_iso
 from fwfs.sandbox.uploads import UploadApi
+
+MEMBER_USER = "grace@fwfs.example"
 
 log = logging.getLogger("fwfs.sandbox")
 
@@ -36,6 +41,29 @@ class ServeOptions:
     tls_key: Path | None = None
     big_file_mb: int = 0
     scale: int = 0
+    # Real-server behaviours (fidelity.py); None: the default, or --strict's value.
+    strict: bool = False
+    trim_resolve: bool = False
+    gate_subjects: bool = False
+    strict_permissions: bool = False
+    redirect_downloads: bool = False
+    redirect_ignores_range: bool = False
+    default_page_limit: int | None = None
+    max_limit: int | None = None
+    analysis_io_split: bool = False
+    audit_trail: bool = False
+    info_delay: float | None = None
+    refuse_encoded_slash: bool = False
+    old_core: bool = False
+    private_ca: bool = False
+    signed_url_ttl: float = 60.0
+
+    def fidelity(self) -> Fidelity:
+        given = {f.name: getattr(self, f.name) for f in fields(Fidelity)}
+        explicit = dict(given)
+        given = {k: v for k, v in given.items() if v is not None}
+        fid = Fidelity(**given)
+        return fid.strict(explicit) if self.strict else fid
 
     @classmethod
     def from_args(cls, args: Any, demo: bool) -> ServeOptions:
@@ -58,17 +86,28 @@ class Sandbox:
             data.mkdir(parents=True, exist_ok=True)
         self.store = Store(data)
         self._init_site()
-        self.site = SiteApi(self.store, SiteOptions(opts.range_quirk, opts.signed_url))
+        self.fidelity = fid = opts.fidelity()
+        site_options = SiteOptions(opts.range_quirk, opts.signed_url, fidelity=fid)
+        self.site = SiteApi(self.store, site_options)
         self.uploads = UploadApi(self.site)
+        self.storage: Storage | None = None
+        if fid.redirect_downloads or fid.redirect_ignores_range:
+            self.storage = Storage(self.store, fid.signed_url_ttl, fid.redirect_ignores_range)
         router = Router()
         # File routes first: /api/files/{id} would otherwise match /api/{kind}/{id}.
-        FileApi(self.site).register(router)
+        redirect = self.storage.signed_url if self.storage is not None else None
+        FileApi(self.site, redirect).register(router)
         self.uploads.register(router)
         self.site.register(router)
         tls = None
+        self.ca_cert: Path | None = None
         if opts.tls_cert is not None:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(str(opts.tls_cert), str(opts.tls_key or opts.tls_cert))
+        elif fid.private_ca:
+            from fwfs.sandbox.tlsca import mint
+
+            tls, self.ca_cert = mint(self.store.data_dir / "tls")
         self.access_log = AccessLog(opts.access_log)
         self.httpd = SandboxHTTPServer(
             (opts.host, opts.port), router, self.site.authenticate, self.access_log, tls
@@ -78,7 +117,22 @@ class Sandbox:
         host = opts.host if opts.host not in ("0.0.0.0", "::") else "127.0.0.1"
         self.url = f"{scheme}://{host}:{self.port}"
         self.site.options.base_url = self.url
-        self._thread: threading.Thread | None = None
+        self.storage_httpd: SandboxHTTPServer | None = None
+        self.storage_url: str | None = None
+        if self.storage is not None:
+            storage_router = Router()
+            self.storage.register(storage_router)
+            self.storage_httpd = SandboxHTTPServer(
+                (opts.host, 0),
+                storage_router,
+                self.site.authenticate,
+                self.access_log,
+                tls,
+                listener="storage",
+            )
+            self.storage_url = f"{scheme}://{host}:{self.storage_httpd.server_address[1]}"
+            self.storage.base_url = self.storage_url
+        self._threads: list[threading.Thread] = []
 
     def _init_site(self) -> None:
         store = self.store
@@ -123,11 +177,35 @@ class Sandbox:
 
             add_big_file(store, self.opts.big_file_mb)
             store.meta_set("big_file_mb", str(self.opts.big_file_mb))
+        if store.meta_get("member_key") is None:
+            self._add_project_member()
         if self.opts.scale and store.meta_get(f"scale_{self.opts.scale}") is None:
             from fwfs.sandbox.seed import add_scale_project
 
             add_scale_project(store, self.opts.scale)
             store.meta_set(f"scale_{self.opts.scale}", now_iso())
+
+    def _add_project_member(self) -> None:
+        """Grace: read-write member of the demo's Anxiety Study only, not of its group
+        (the project-only member of audit D3). On a site without the demo, of nothing."""
+        from fwfs.sandbox.seed import GROUP, PROJECT
+
+        store = self.store
+        projects = [p.id for p in store.children(GROUP, "project") if p.label == PROJECT][:1]
+        store.meta_set("member_key", secrets.token_urlsafe(24))
+        store.add_user(
+            MEMBER_USER,
+            store.meta_get("member_key") or "",
+            True,
+            {
+                "firstname": "Grace",
+                "lastname": "Hopper",
+                "email": MEMBER_USER,
+                "roles": ["user"],
+                "created": now_iso(),
+                PROJECTS_KEY: projects,
+            },
+        )
 
     def api_key(self, which: str = "admin_key") -> str:
         secret = self.store.meta_get(which) or ""
@@ -141,8 +219,11 @@ class Sandbox:
             "url": self.url,
             "api_key": self.api_key(),
             "readonly_api_key": self.api_key("reader_key"),
+            "project_member_api_key": self.api_key("member_key"),
             "data": str(self.store.data_dir),
             "pid": os.getpid(),
+            "ca_cert": None if self.ca_cert is None else str(self.ca_cert),
+            "storage_url": self.storage_url,
         }
         if self.opts.ready_file is not None:
             tmp = self.opts.ready_file.with_suffix(".tmp")
@@ -153,20 +234,33 @@ class Sandbox:
             os.replace(tmp, self.opts.ready_file)
         return info
 
+    def _servers(self) -> list[SandboxHTTPServer]:
+        return [self.httpd] + ([self.storage_httpd] if self.storage_httpd else [])
+
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever, name="sandbox-http", daemon=True
-        )
-        self._thread.start()
+        for server in self._servers():
+            thread = threading.Thread(
+                target=server.serve_forever, name=f"sandbox-{server.listener}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def serve_forever(self) -> None:
+        if self.storage_httpd is not None:
+            thread = threading.Thread(
+                target=self.storage_httpd.serve_forever, name="sandbox-storage", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
         self.httpd.serve_forever()
 
     def stop(self) -> None:
         # shutdown() waits for serve_forever() to return: it would hang if it never ran.
-        if self._thread is not None:
-            self.httpd.shutdown()
-        self.httpd.server_close()
+        if self._threads:
+            for server in self._servers():
+                server.shutdown()
+        for server in self._servers():
+            server.server_close()
         self.access_log.close()
         self.store.close()
         if self._tmp is not None:

@@ -6,9 +6,10 @@ Field names follow the SDK's models (flywheel/models/*_output.py); every contain
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from fwfs.sandbox.access import Access
 from fwfs.sandbox.store import Container, FileRec, Store
 
 PLURAL = {
@@ -31,18 +32,11 @@ PARENT_TYPE = {v: k for k, v in CHILD_TYPE.items()}
 
 
 class Views:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, old_core: bool = False) -> None:
         self.store = store
-
-    def permissions(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "_id": u.id,
-                "access": "rw" if u.can_write else "ro",
-                "role_ids": ["admin" if u.can_write else "read-only"],
-            }
-            for u in self.store.users()
-        ]
+        self.access = Access(store)
+        # CORE19 (audit D11): files have neither `file_id` nor `version`.
+        self.old_core = old_core
 
     def file(self, rec: FileRec, parent: Container, node: bool = False) -> dict[str, Any]:
         parents = dict(parent.doc.get("parents", {}))
@@ -68,6 +62,8 @@ class Views:
         out.setdefault("deleted", None)
         if node:
             out["container_type"] = "file"
+        if self.old_core:
+            del out["file_id"], out["version"]
         return out
 
     def files(self, c: Container, file_group: str = "files") -> list[dict[str, Any]]:
@@ -80,7 +76,7 @@ class Views:
         """The wire JSON of many containers, with what each one embeds (files, analyses,
         parents' labels) read for all of them at once: a listing of N children costs a
         handful of queries, not several per child."""
-        perms = self.permissions()
+        perms = self.access.permissions_of()
         analyses: dict[str, list[Container]] = {}
         if with_files:
             analyses = self.store.children_of(
@@ -113,7 +109,7 @@ class Views:
             out["label"] = c.label
             out["container_type"] = c.type
             out["info_exists"] = bool(out.get("info"))
-            out["permissions"] = perms
+            out["permissions"] = perms(c)
             if c.type == "group":
                 return out
             parents = out.get("parents", {})
@@ -148,17 +144,33 @@ class Views:
 
         return [one(c, with_files) for c in cs]
 
-    def children_nodes(self, c: Container | None) -> list[dict[str, Any]]:
-        """What `/resolve` lists below a node: child containers, analyses, then files."""
-        if c is None:
-            return self.containers(self.store.children(None, "group"))
+    def children_nodes(
+        self,
+        c: Container | None,
+        subjects: bool = True,
+        keep: Callable[[Container], bool] | None = None,
+    ) -> list[dict[str, Any]]:
+        """What `/resolve` lists below a node: child containers, analyses, then files.
+
+        Without `subjects` a project's children are its sessions (a core that gates the
+        subject level, CORE19 resolver.py:179-180); `keep` leaves out containers the user
+        may not read."""
         kids: list[Container] = []
-        child = CHILD_TYPE.get(c.type)
-        if child is not None:
-            kids += self.store.children(c.id, child)
-        if c.type not in ("group", "analysis"):
-            kids += self.store.children(c.id, "analysis")
+        if c is None:
+            kids = self.store.children(None, "group")
+        else:
+            child = CHILD_TYPE.get(c.type)
+            if child == "subject" and not subjects:
+                kids += self.store.descendants_of_type(c.id, "session")
+            elif child is not None:
+                kids += self.store.children(c.id, child)
+            if c.type not in ("group", "analysis"):
+                kids += self.store.children(c.id, "analysis")
+        if keep is not None:
+            kids = [k for k in kids if keep(k)]
         nodes = self.containers(kids)
+        if c is None:
+            return nodes
         if c.type != "group":
             nodes += [self.file(r, c, node=True) for r in self.store.current_files(c.id, "files")]
         if c.type == "analysis":
