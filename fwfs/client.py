@@ -119,7 +119,7 @@ class _Session(requests.Session):
         Downloads redirect to signed storage URLs, which may be anywhere: the key is for
         the API alone.
         """
-        super().rebuild_auth(prepared_request, response)
+        super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]
         target = urlsplit(prepared_request.url or "")
         if _origin(prepared_request.url or "") != self._api_origin or not (
             target.path.startswith(self._api_path)

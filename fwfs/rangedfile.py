@@ -18,6 +18,14 @@ already in flight is never discarded, because the reader may well come back to i
 Readahead lands in the shared cache, up to about 1.5 * ``max_window`` ahead of each
 sequential reader. A cache smaller than that times the number of concurrent sequential
 readers evicts readahead before it is read; ``bytes_fetched > bytes_read`` shows it.
+
+Some sites answer a ranged request with the whole file (a proxy, or object storage behind
+a redirect that drops Range). ``fetch`` says so by raising an exception whose
+``whole_file_only`` attribute is true; the reader then switches to *stream mode* for good:
+it reads the file as one whole-file stream (``stream()``), handing out blocks in order and
+putting the blocks it passes on the way into the cache, so every byte crosses the network
+once. Readahead stops, since the open stream is the readahead. Only a block that the stream
+has passed and the cache has since evicted opens the stream again, from the start.
 """
 
 from __future__ import annotations
@@ -25,8 +33,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import logging
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from types import TracebackType
@@ -37,7 +46,10 @@ KiB = 1024
 MiB = 1024 * KiB
 
 Fetch = Callable[[int, int], bytes]
+Stream = Callable[[], Iterable[bytes]]
 BlockKey = tuple[Hashable, int]
+
+log = logging.getLogger("fwfs.rangedfile")
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,11 @@ class RangedReader:
 
     ``read`` must not be called from a task of ``pool``: it may wait for readahead queued
     on that pool behind it.
+
+    Stream mode (see the module): ``_stream_mode`` is guarded by ``_lock`` and never goes
+    back to False. ``_stream_lock`` serialises pulling from the stream and guards
+    ``_stream_iter``, ``_stream_buf`` (bytes received from block ``_stream_block`` on) and
+    ``_stream_block``; it is held while receiving, and ``_lock`` may be taken inside it.
     """
 
     def __init__(
@@ -128,6 +145,8 @@ class RangedReader:
         cache: BlockCache,
         pool: Executor,
         config: ReadConfig,
+        *,
+        stream: Stream | None = None,
     ) -> None:
         if size < 0:
             raise ValueError("size must not be negative")
@@ -156,6 +175,12 @@ class RangedReader:
         self._bytes_fetched = 0
         self._fetch_calls = 0
         self._fetch_errors = 0
+        self._stream = stream
+        self._stream_mode = False
+        self._stream_lock = threading.Lock()
+        self._stream_iter: Iterator[bytes] | None = None
+        self._stream_buf = bytearray()
+        self._stream_block = 0
 
     def read(self, offset: int, length: int) -> bytes:
         """Exactly ``min(length, size - offset)`` bytes from ``offset``; b"" at or past EOF."""
@@ -182,6 +207,12 @@ class RangedReader:
             futures = list(self._futures)
         for future in futures:
             future.cancel()
+        # A read still pulling from the stream closes it when done (see _stream_blocks).
+        if self._stream_lock.acquire(blocking=False):
+            try:
+                self._stop_stream()
+            finally:
+                self._stream_lock.release()
 
     @property
     def closed(self) -> bool:
@@ -217,6 +248,10 @@ class RangedReader:
         bs = self._config.block_size
         end_block = _blocks_needed(end, bs)
         last = self._last_end
+        if self._stream_mode:
+            # The open stream is the readahead; the reader only takes its own blocks.
+            self._last_end = end
+            return end_block, []
         if last is None or not last - self._config.reorder_window <= offset <= self._ahead * bs:
             upto = end_block
             if last is None and self.size <= self._config.initial_window:
@@ -325,13 +360,21 @@ class RangedReader:
         """
         bs = self._config.block_size
         start, stop = first * bs, min(last * bs, self.size)
+        if self._stream_mode:
+            return self._stream_blocks(first, last)
         with self._lock:
             self._fetch_calls += 1
         try:
             data = self._fetch(start, stop)
             if len(data) != stop - start:
                 raise OSError(errno.EIO, f"fetch({start}, {stop}) returned {len(data)} bytes")
-        except Exception:
+        except Exception as exc:
+            if getattr(exc, "whole_file_only", False) is True and self._stream is not None:
+                with self._lock:
+                    switched, self._stream_mode = not self._stream_mode, True
+                if switched:
+                    log.warning("%r: the site ignores Range; reading it as one stream", self.key)
+                return self._stream_blocks(first, last)
             with self._lock:
                 self._fetch_errors += 1
             raise
@@ -339,3 +382,71 @@ class RangedReader:
             self._bytes_fetched += len(data)
         view = memoryview(data)
         return [view[i : i + bs] for i in range(0, len(data), bs)]
+
+    # ---- stream mode ------------------------------------------------------------------
+
+    def _stream_blocks(self, first: int, last: int) -> list[memoryview]:
+        """Blocks ``[first, last)`` from the whole-file stream, opened (again) if needed.
+
+        Blocks the stream passes before ``first`` go into the cache: with parallel or
+        slightly reordered reads, the reader that asks for them next finds them there.
+        """
+        with self._stream_lock:
+            try:
+                return self._pull_blocks(first, last)
+            except BaseException:
+                self._stop_stream()
+                raise
+            finally:
+                if self._closed:
+                    self._stop_stream()
+
+    def _pull_blocks(self, first: int, last: int) -> list[memoryview]:
+        bs = self._config.block_size
+        found = [self._cache.get((self.key, i)) for i in range(first, last)]
+        if all(block is not None for block in found):
+            # Passed by the stream for an earlier request, or a restart's skipped prefix.
+            return [memoryview(block) for block in found if block is not None]
+        if self._stream_iter is None or self._stream_block > first:
+            self._start_stream()
+        assert self._stream_iter is not None
+        out: list[memoryview] = []
+        while self._stream_block < last:
+            index = self._stream_block
+            want = min(bs, self.size - index * bs)
+            while len(self._stream_buf) < want:
+                chunk = next(self._stream_iter, None)
+                if chunk is None:
+                    raise OSError(
+                        errno.EIO, f"stream of {self.key!r} ended before byte {self.size}"
+                    )
+                self._stream_buf += chunk
+                with self._lock:
+                    self._bytes_fetched += len(chunk)
+            block = memoryview(bytes(self._stream_buf[:want]))
+            del self._stream_buf[:want]
+            self._stream_block += 1
+            if index < first:
+                self._cache.put((self.key, index), block)
+            else:
+                out.append(block)
+        return out
+
+    def _start_stream(self) -> None:
+        if self._stream_iter is not None:
+            log.debug("%r: a block behind the stream left the cache; streaming again", self.key)
+        self._stop_stream()
+        assert self._stream is not None
+        with self._lock:
+            self._fetch_calls += 1
+        self._stream_iter = iter(self._stream())
+
+    def _stop_stream(self) -> None:
+        """Drop the stream (closing its connection); called with ``_stream_lock`` held."""
+        it, self._stream_iter = self._stream_iter, None
+        self._stream_buf = bytearray()
+        self._stream_block = 0
+        close = getattr(it, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()

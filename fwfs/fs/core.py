@@ -15,6 +15,7 @@ import posixpath
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -180,7 +181,7 @@ class FlywheelFS:
             max_window=window,
             max_request=min(window, 8 << 20),
         )
-        self.archives = Archives(client, self.cache, self._ranged)
+        self.archives = Archives(client, self.cache, lambda info: self._ranged(info, stream=False))
         self.mount_time = time.time()
         self._lock = threading.Lock()
         self._handles: dict[int, Handle] = {}
@@ -422,14 +423,37 @@ class FlywheelFS:
 
     # ---- reading ----------------------------------------------------------------------
 
-    def _ranged(self, info: FileInfo) -> RangedReader:
-        p = info.parent
+    def _ranged(self, info: FileInfo, *, stream: bool = True) -> RangedReader:
+        """``stream``: on a site that ignores Range, read the file as one stream (a plain
+        file); without it the reader raises the client's ``whole_file_only`` error (an
+        archive, which then asks the site for its index and members instead)."""
+        p, group, file_id = info.parent, info.file_group, info.file_id
 
         def fetch(start: int, end: int) -> bytes:
-            return self.client.read_range(p.kind, p.id, info.name, start, end, version=info.version)
+            return self.client.read_range(
+                p.kind,
+                p.id,
+                info.name,
+                start,
+                end,
+                version=info.version,
+                group=group,
+                file_id=file_id,
+            )
+
+        def whole() -> Iterator[bytes]:
+            return self.client.stream_file(
+                p.kind, p.id, info.name, version=info.version, group=group, file_id=file_id
+            )
 
         return RangedReader(
-            info.cache_key, info.size, fetch, self.cache, self.pool, self.read_config
+            info.cache_key,
+            info.size,
+            fetch,
+            self.cache,
+            self.pool,
+            self.read_config,
+            stream=whole if stream else None,
         )
 
     def open(self, path: str, flags: int) -> Opened:

@@ -290,7 +290,14 @@ class Writes:
     def _site_bytes(self, info: FileInfo) -> Iterator[bytes]:
         """The bytes of exactly the version listed, streamed."""
         p = info.parent
-        return self.client.stream_file(p.kind, p.id, info.name, version=info.version)
+        return self.client.stream_file(
+            p.kind,
+            p.id,
+            info.name,
+            version=info.version,
+            group=info.file_group,
+            file_id=info.file_id,
+        )
 
     def _stage(
         self, path: str, parent: Dir, target: UploadTarget, source: BinaryIO | None

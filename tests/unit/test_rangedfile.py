@@ -529,3 +529,151 @@ def test_reads_still_work_when_the_pool_is_shut_down() -> None:
     reader = reader_for(source, config=SMALL, pool=pool)
     assert scan(reader, 1000, 10) == RANDOM_DATA
     assert source.bytes_fetched == 1000
+
+
+# --------------------------------------------------------------------------- stream mode
+
+
+class WholeFileOnly(Exception):
+    whole_file_only = True
+
+
+class IgnoresRange(Source):
+    """A site that answers any ranged read past offset 0 with the whole file.
+
+    ``fetch`` at offset 0 works (a 200 starts with the right bytes); elsewhere it raises
+    the mark; ``stream()`` yields the whole file in ``chunk``-sized pieces and counts
+    every byte it hands out, as the network would.
+    """
+
+    def __init__(self, size: int, chunk: int = 100_000) -> None:
+        super().__init__(size=size)
+        self.chunk = chunk
+        self.streams = 0
+        self.streamed = 0
+        self.open_streams = 0
+
+    def __call__(self, start: int, end: int) -> bytes:
+        if start > 0:
+            with self._lock:
+                self.calls.append((start, start))  # nothing useful moved
+            raise WholeFileOnly(f"range {start}-{end} ignored")
+        return super().__call__(start, end)
+
+    def stream(self) -> Any:
+        with self._lock:
+            self.streams += 1
+            self.open_streams += 1
+        try:
+            for offset in range(0, self.size, self.chunk):
+                piece = self.slice(offset, offset + self.chunk)
+                with self._lock:
+                    self.streamed += len(piece)
+                yield piece
+        finally:
+            with self._lock:
+                self.open_streams -= 1
+
+
+def stream_reader(
+    source: IgnoresRange, *, cache: BlockCache | None = None, pool: Executor | None = None
+) -> RangedReader:
+    return RangedReader(
+        KEY,
+        source.size,
+        source,
+        cache if cache is not None else BlockCache(256 * MiB),
+        pool if pool is not None else InlineExecutor(),
+        ReadConfig(),
+        stream=source.stream,
+    )
+
+
+def test_a_file_whose_site_ignores_range_is_streamed_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    size = 32 * MiB + 12345
+    source = IgnoresRange(size)
+    reader = stream_reader(source)
+    with caplog.at_level("DEBUG", logger="fwfs.rangedfile"):
+        assert scan(reader, size, 128 * KiB) == source.slice(0, size)
+    reader.close()
+    assert source.streams == 1
+    # The first block came by a (working) ranged read at 0; the stream then re-sends it.
+    assert source.bytes_fetched + source.streamed <= 1.1 * size
+    assert source.open_streams == 0
+    # Said once per file, not once per block.
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "ignores Range" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("chunk", [1 * MiB, 4 * KiB])
+def test_a_streamed_file_reads_right_with_a_real_pool(chunk: int) -> None:
+    size = 8 * MiB + 1
+    source = IgnoresRange(size, chunk=65_536)
+    with ThreadPoolExecutor(8) as pool:
+        reader = stream_reader(source, pool=pool)
+        assert scan(reader, size, chunk) == source.slice(0, size)
+        reader.close()
+    assert source.streams == 1
+    assert source.streamed == size
+
+
+def test_parallel_out_of_order_reads_share_the_one_stream() -> None:
+    size = 4 * MiB
+    source = IgnoresRange(size)
+    reader = stream_reader(source)
+    reader.read(0, 128 * KiB)
+    reader.read(128 * KiB, 128 * KiB)  # now in stream mode
+    order = list(range(256 * KiB, size, 128 * KiB))
+    # The kernel's parallel readahead reaches fwfs a few requests out of order.
+    for i in range(0, len(order) - 3, 4):
+        order[i : i + 4] = reversed(order[i : i + 4])
+    with ThreadPoolExecutor(4) as pool:
+        parts = dict(
+            zip(order, pool.map(lambda off: reader.read(off, 128 * KiB), order), strict=True)
+        )
+    for off in order:
+        assert parts[off] == source.slice(off, off + 128 * KiB)
+    assert source.streams == 1
+
+
+def test_a_block_evicted_behind_the_stream_reopens_it() -> None:
+    size = 2 * MiB
+    source = IgnoresRange(size)
+    reader = stream_reader(source)
+    assert scan(reader, size, 128 * KiB) == source.slice(0, size)
+    assert source.streams == 1
+    reader._cache.clear()  # everything the stream passed is gone
+    assert reader.read(256 * KiB, 10) == source.slice(256 * KiB, 256 * KiB + 10)
+    assert source.streams == 2
+    assert reader.read(512 * KiB, 10) == source.slice(512 * KiB, 512 * KiB + 10)
+    assert source.streams == 2  # still ahead of the reopened stream: no third
+    reader.close()
+    assert source.open_streams == 0
+
+
+def test_a_stream_that_ends_short_is_an_io_error_and_a_retry_reopens_it() -> None:
+    size = 1 * MiB + 7
+    source = IgnoresRange(size)
+    full = source.stream
+
+    def short() -> Any:
+        yield source.slice(0, 300 * KiB)
+
+    source.stream = short  # type: ignore[method-assign]
+    reader = stream_reader(source)
+    reader.read(0, 128 * KiB)
+    with pytest.raises(OSError) as caught:
+        reader.read(512 * KiB, 128 * KiB)
+    assert caught.value.errno == errno.EIO
+    source.stream = full  # type: ignore[method-assign]
+    reader = stream_reader(source)
+    assert reader.read(512 * KiB, 128 * KiB) == source.slice(512 * KiB, 640 * KiB)
+
+
+def test_without_a_stream_the_whole_file_mark_is_an_ordinary_error() -> None:
+    source = IgnoresRange(4 * MiB)
+    reader = reader_for(source)
+    with pytest.raises(WholeFileOnly):
+        reader.read(1 * MiB, 10)
