@@ -1,4 +1,5 @@
-"""The member tree of one zip archive, built from the API's zip listing. Pure: no I/O.
+"""The member tree of one zip archive, built from its central directory (read by
+``central``) or from the API's zip listing. Pure: no I/O.
 
 The listing (``GET …/files/<name>?info=true``) is ``{"comment": str, "members": [{"path",
 "size", "timestamp", "comment"}, …]}`` in central-directory order, with ``path`` as
@@ -22,8 +23,10 @@ program that walks a directory in ``readdir`` order reads the archive front to b
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any
 
@@ -115,6 +118,23 @@ class ZipIndex:
         comment = doc.get("comment")
         return _build(records, comment if isinstance(comment, str) else "")
 
+    @classmethod
+    def from_directory(cls, infos: Sequence[zipfile.ZipInfo], comment: bytes) -> ZipIndex:
+        """The tree of a central directory read from the archive itself.
+
+        The same records the site's listing gives (its server builds them with zipfile
+        too): names as zipfile decodes them, comments as UTF-8, times as UTC.
+        """
+        times: dict[tuple[int, ...], float] = {}
+        records: list[_Record] = []
+        for info in infos:
+            mtime = times.get(info.date_time)
+            if mtime is None:
+                mtime = times[info.date_time] = _dos_time(info.date_time)
+            text = info.comment.decode("utf-8", "replace")
+            records.append((info.filename, info.file_size, mtime, text))
+        return _build(records, comment.decode("utf-8", "replace"))
+
     def lookup(self, relpath: str) -> Member:
         """The entry at ``relpath`` (entry names joined with ``/``; ``""`` is the root)."""
         node: Member = self.root
@@ -168,6 +188,14 @@ def _records(doc: Any) -> list[_Record]:
         comment = item.get("comment")
         records.append((item["path"], size, mtime, comment if isinstance(comment, str) else ""))
     return records
+
+
+def _dos_time(fields: tuple[int, ...]) -> float:
+    try:
+        year, month, day, hour, minute, second = fields
+        return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc).timestamp()
+    except (ValueError, OverflowError):
+        return 0.0  # a DOS date no calendar has (month 0): unknown, as the site would say
 
 
 def _build(records: list[_Record], archive_comment: str) -> ZipIndex:

@@ -51,8 +51,8 @@ import zipfile
 import zlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from fwfs.archives.central import ArchiveIO, NotAZip, read_directory
 from fwfs.archives.index import MemberFile
 from fwfs.blockcache import BlockCache
 from fwfs.errors import (
@@ -63,9 +63,6 @@ from fwfs.errors import (
     RemoteError,
 )
 from fwfs.rangedfile import RangedReader
-
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -156,66 +153,6 @@ class ArchiveStats:
     scanning: bool
 
 
-class _ArchiveIO(io.RawIOBase):
-    """A seekable read-only file over ``[start, start + size)`` of the archive.
-
-    Reads go straight to the RangedReader, which is thread-safe; the position is not, so
-    one object serves one thread at a time (a zipfile parse, or one stream).
-    """
-
-    def __init__(self, reader: RangedReader, start: int = 0, size: int | None = None) -> None:
-        super().__init__()
-        self._reader = reader
-        self._start = start
-        self._size = reader.size - start if size is None else size
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            pos = offset
-        elif whence == io.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == io.SEEK_END:
-            pos = self._size + offset
-        else:
-            raise ValueError(f"invalid whence {whence}")
-        if pos < 0:
-            # zipfile probes for the end record with a seek before the start of tiny files
-            # and expects OSError, as lseek(2) gives.
-            raise OSError(22, "negative seek position")
-        self._pos = pos
-        return pos
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        # Straight through, without RawIOBase's bytearray round trip: zipfile reads the
-        # whole central directory in one call.
-        available = max(0, self._size - self._pos)
-        want = available if size is None or size < 0 else min(size, available)
-        if want == 0:
-            return b""
-        data = self._reader.read(self._start + self._pos, want)
-        self._pos += len(data)
-        return data
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buffer: WriteableBuffer, /) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-
 @dataclass(frozen=True)
 class _Directory:
     """The archive's central directory, parsed once."""
@@ -292,6 +229,8 @@ class ArchiveReader:
         self._directory: _Directory | None = None
         self._seen: set[int] = set()
         self._scanning = False
+        # The site answered a ranged read with the whole file: read members with ?member=.
+        self._whole_only = False
         # Shared readers by role: "meta" (central directory, local headers), "scan" (small
         # members, in the order they are read) and "sweep" (the archive front to back).
         self._roles: dict[str, RangedReader] = {}
@@ -364,6 +303,8 @@ class ArchiveReader:
                 ):
                     self._scanning = True
                     self._seen = set()
+            if self._whole_only and member.fetchable:
+                return False
             return self._scanning or not member.fetchable
 
     # ---- small members: whole, through the member cache --------------------------------
@@ -393,12 +334,29 @@ class ArchiveReader:
     def _load(self, member: MemberFile, local: bool) -> bytes:
         """The whole member, verified: from the archive when ``local``, else the server."""
         if local:
-            info = self._info(member)
-            if info.compress_type in _LOCAL_METHODS:
-                return self._extract(member, info)
-            if not member.fetchable:
-                raise RemoteError(f"zip compression method {info.compress_type} is not supported")
+            try:
+                info = self._info(member)
+                if info.compress_type in _LOCAL_METHODS:
+                    return self._extract(member, info)
+            except FwfsError as err:
+                if not (member.fetchable and self._note_whole_only(err)):
+                    raise
+            else:
+                if not member.fetchable:
+                    raise RemoteError(f"zip compression method {info.compress_type} is unsupported")
         return self._fetch(member)
+
+    def _note_whole_only(self, err: FwfsError) -> bool:
+        """True when ``err`` says the site ignores Range: members come from it from now on.
+
+        Reading the archive there moves all of it for every read; ``?member=`` moves one
+        member.
+        """
+        if not getattr(err, "whole_file_only", False):
+            return False
+        with self._lock:
+            self._whole_only = True
+        return True
 
     def _fetch(self, member: MemberFile) -> bytes:
         try:
@@ -487,7 +445,14 @@ class ArchiveReader:
     # ---- large members: in place or streamed --------------------------------------------
 
     def _read_large(self, member: MemberFile, offset: int, end: int) -> bytes:
-        large = self._large_state(member)
+        if self._whole_only and member.fetchable:
+            return self._read_small(member, offset, end, local=False)
+        try:
+            large = self._large_state(member)
+        except FwfsError as err:
+            if not (member.fetchable and self._note_whole_only(err)):
+                raise
+            return self._read_small(member, offset, end, local=False)
         if large is None:
             # A method zipfile cannot decompress: only the server can, whole.
             return self._read_small(member, offset, end, local=False)
@@ -601,7 +566,7 @@ class ArchiveReader:
                 best = max(usable, key=lambda s: s.pos)
                 large.streams.remove(best)
                 return best
-        raw = _ArchiveIO(large.reader, large.data_offset, large.info.compress_size)
+        raw = ArchiveIO(large.reader, large.data_offset, large.info.compress_size)
         return _Stream(zipfile.ZipExtFile(raw, "r", large.info))
 
     def _put_stream(self, large: _Large, stream: _Stream) -> None:
@@ -617,9 +582,12 @@ class ArchiveReader:
             return directory
         with self._dir_lock:
             if self._directory is None:
-                with zipfile.ZipFile(_ArchiveIO(self._reader("meta"))) as zf:
-                    infos = tuple(zf.infolist())
-                    start_dir = zf.start_dir
+                try:
+                    # The index was read from these cached bytes a moment ago, most often.
+                    central = read_directory(self._reader("meta"), prime=False)
+                except NotAZip as err:
+                    raise RemoteError(f"corrupt or truncated zip archive ({err})") from err
+                infos, start_dir = central.infos, central.start
                 counts: dict[str, int] = {}
                 for info in infos:
                     counts[info.filename] = counts.get(info.filename, 0) + 1

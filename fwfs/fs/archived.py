@@ -1,8 +1,18 @@
 """Zip archives of the mount: member indexes and readers, one per archive version.
 
-An index is one `?info=true` request, cached by (file_id, version) like file bytes: a new
-version is a new key. A file that does not open as a zip has no member directory (ENOENT),
-and that answer is cached too, for the same version.
+Both come from the archive's own bytes, through the ranged reader and the block cache: the
+index is the central directory (one ranged read of the archive's tail, a second one only
+for a directory larger than that tail), a member is cut out of the archive (a stored one is
+a byte range, a compressed one is inflated here). The site's `?info=true` and `?member=`
+cost the same round trip, but the server answers them by reading the archive from object
+storage, which on a large archive can outlast the read timeout (fidelity audit, D7); they
+are used only for what cannot be done here: `?member=` for a compression method zipfile does
+not know, and both on a site that ignores Range (reading the tail would move the whole
+archive; the client says so with an error marked `whole_file_only`).
+
+An index is cached by (file_id, version) like file bytes: a new version is a new key. A file
+that does not open as a zip has no member directory (ENOENT), and that answer is cached too,
+for the same version.
 """
 
 from __future__ import annotations
@@ -15,10 +25,18 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 
-from fwfs.archives import ArchiveConfig, ArchiveReader, MemberDir, MemberFile, ZipIndex
+from fwfs.archives import (
+    ArchiveConfig,
+    ArchiveReader,
+    MemberDir,
+    MemberFile,
+    NotAZip,
+    ZipIndex,
+    read_directory,
+)
 from fwfs.blockcache import BlockCache
 from fwfs.client import FlywheelClient
-from fwfs.errors import InvalidArgument, NotFound
+from fwfs.errors import FwfsError, InvalidArgument, NotFound
 from fwfs.fs.nodes import ArchiveDir, ArchiveFile
 from fwfs.models import FileInfo
 from fwfs.rangedfile import RangedReader
@@ -27,9 +45,10 @@ log = logging.getLogger("fwfs.archives")
 
 # Readers no open file uses any more, kept for the next open of the same archive.
 _IDLE_READERS = 16
-# An archive this small is fetched whole (one request) on its first member read: a member
-# request would cost as much latency, and a scan would then transfer it twice.
-SMALL_ARCHIVE = 1 << 20
+# Members come from the archive's bytes from the first read: a member is one ranged read
+# of its own region (the central directory is already cached from the index), the same
+# round trip as `?member=` without the server's trip to object storage.
+_LOCAL_FIRST = ArchiveConfig(scan_members=0)
 
 
 @dataclass
@@ -64,18 +83,47 @@ class Archives:
                     raise NotFound("not a zip archive")
                 return found
         p = info.parent
+        index: ZipIndex | None = None
         try:
-            doc = self._client.zip_info(p.kind, p.id, info.name, version=info.version)
-            index: ZipIndex | None = ZipIndex.from_listing(doc)
-        except InvalidArgument as err:
-            # The site could not open it as a zip: it is shown as the file it is, no more.
-            log.info("%s %s: not a zip archive (%s)", p.kind, p.id, err.server_message or err)
-            index = None
+            with self._open_ranged(info) as reader:
+                central = read_directory(reader)
+            index = ZipIndex.from_directory(central.infos, central.comment)
+        except NotAZip as err:
+            # It does not open as a zip: it is shown as the file it is, no more.
+            log.info("%s %s: file %s is not a zip archive (%s)", p.kind, p.id, info.file_id, err)
+        except FwfsError as err:
+            if not getattr(err, "whole_file_only", False):
+                raise
+            # The site ignores Range: reading the tail would move the whole archive.
+            index = self._site_index(info)
         with self._lock:
             self._indexes[key] = index
         if index is None:
             raise NotFound("not a zip archive")
         return index
+
+    def _site_index(self, info: FileInfo) -> ZipIndex | None:
+        """The site's own listing (`?info=true`), for a site that ignores Range."""
+        p = info.parent
+        try:
+            doc = self._client.zip_info(
+                p.kind,
+                p.id,
+                info.name,
+                version=info.version,
+                group=info.file_group,
+                file_id=info.file_id,
+            )
+        except InvalidArgument as err:
+            log.info(
+                "%s %s: file %s is not a zip archive (%s)",
+                p.kind,
+                p.id,
+                info.file_id,
+                err.server_message or err,
+            )
+            return None
+        return ZipIndex.from_listing(doc)
 
     def root(self, info: FileInfo) -> ArchiveDir:
         self.index(info)
@@ -105,17 +153,22 @@ class Archives:
 
                 def fetch_member(path: str) -> bytes:
                     return self._client.read_zip_member(
-                        p.kind, p.id, archive.name, path, version=archive.version
+                        p.kind,
+                        p.id,
+                        archive.name,
+                        path,
+                        version=archive.version,
+                        group=archive.file_group,
+                        file_id=archive.file_id,
                     )
 
-                small = archive.size <= SMALL_ARCHIVE
                 reader = ArchiveReader(
                     key,
                     archive.size,
                     fetch_member,
                     lambda: self._open_ranged(archive),
                     self._cache,
-                    ArchiveConfig(scan_members=0) if small else ArchiveConfig(),
+                    _LOCAL_FIRST,
                 )
                 entry = self._readers[key] = _Reader(reader)
             entry.users += 1

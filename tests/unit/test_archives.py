@@ -34,7 +34,7 @@ from fwfs.archives import (
     MemberFile,
     ZipIndex,
 )
-from fwfs.archives.reader import _ArchiveIO
+from fwfs.archives.central import ArchiveIO
 from fwfs.blockcache import BlockCache
 from fwfs.errors import (
     FwfsError,
@@ -1023,7 +1023,7 @@ def test_concurrent_streams_of_one_large_member() -> None:
 
 def test_the_archive_file_object_reads_and_seeks_like_a_file() -> None:
     site = Site(MIXED)
-    raw = _ArchiveIO(site.open_archive(), 10, 1000)
+    raw = ArchiveIO(site.open_archive(), 10, 1000)
     assert raw.seekable() and raw.readable()
     assert raw.read(5) == MIXED[10:15] and raw.tell() == 5
     assert raw.seek(-3, io.SEEK_END) == 997
@@ -1033,7 +1033,7 @@ def test_the_archive_file_object_reads_and_seeks_like_a_file() -> None:
     assert raw.readinto(buf) == 4 and bytes(buf) == MIXED[12:16]
     with pytest.raises(OSError):
         raw.seek(-2000, io.SEEK_END)
-    assert io.BufferedReader(_ArchiveIO(site.open_archive())).read() == MIXED
+    assert io.BufferedReader(ArchiveIO(site.open_archive())).read() == MIXED
 
 
 def test_close_releases_readers_and_reads_go_on() -> None:
