@@ -9,10 +9,14 @@ every listing goes through :func:`assign_names`. The rules (docs/SEMANTICS.md re
    that is exactly ``.`` or ``..`` -> ``．`` or ``．．`` (U+FF0E); an empty label ->
    ``(no label)``. :func:`unescape` reverses the character mapping (for ``mkdir``).
 2. Collisions: after escaping, entries are grouped by exact name (no case folding, no Unicode
-   normalisation). Every member of a group of two or more gets a suffix derived from its
-   identity, never a number that depends on order. A name equal to a reserved name of the
-   layout (``reserved``) or shaped like an id alias (rule 5) collides too; the reserved name
-   and the alias keep their meaning.
+   normalisation). In a group of two or more, the plain name goes to the entry a site path
+   of that name reaches (``fw.lookup``): one whose raw label is the name itself, a container
+   before a file, and among those the first by ``rank`` (the resolver's order: the oldest
+   container, whose ObjectId sorts first). Every other member gets a suffix derived from its
+   identity, never a number that depends on order; an entry without a rank never takes a
+   contested name, so a group with no such entry, or two tied ones, is suffixed whole. A name
+   equal to a reserved name of the layout (``reserved``) or shaped like an id alias (rule 5)
+   is contested too, and nobody keeps it: the reserved name and the alias keep their meaning.
 3. Suffixes: containers and analyses get `` (<last 8 characters of the id>)`` at the end, or
    `` (<full id>)`` where two members of a group share the last 8 characters. Files get
    `` (file-<first 8 hex of sha1(raw name, UTF-8)>)`` before their extension, which runs from
@@ -52,7 +56,9 @@ _UNESCAPE = str.maketrans({SLASH: "/", NUL_SIGN: "\x00"})
 _DOT_NAMES = {".": DOT, "..": DOT + DOT}
 _UNDOT_NAMES = {v: k for k, v in _DOT_NAMES.items()}
 
-_ID_ALIAS = re.compile(r"<id:([A-Za-z0-9_-]{1,64})>")
+# ObjectIds, and group ids (CORE19: lower-case letters, digits, `.`, `@`, `_`, `-`).
+_ID_ALIAS = re.compile(r"<id:([A-Za-z0-9_.@-]{1,64})>")
+_GROUP_ID = re.compile(r"[a-z0-9@_-][a-z0-9.@_-]{1,63}")
 
 # Escalation steps of one entry (rule 3). Every member of a colliding group moves up one step
 # at once, so the outcome depends on the set of entries and never on the order of the listing.
@@ -68,11 +74,17 @@ class RawEntry:
     is the part after the last ``:``. For a file it is any string unique within the
     directory (``"f:" + name``); a file's suffix comes from ``label``, its raw name, because
     file ids change with every version.
+
+    ``rank`` orders the entries a site path of one name could reach, as the site's resolver
+    does (rule 2): a container's id (the resolver picks the oldest, and ObjectIds sort by
+    age), any constant for a directory's files (their names are unique). None: the entry
+    never keeps a contested name (zip members, which no site path reaches).
     """
 
     key: str
     label: str
     is_file: bool
+    rank: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,13 @@ def parse_id_alias(name: str) -> str | None:
     return match.group(1) if match else None
 
 
+def could_be_group_id(name: str) -> bool:
+    """Whether ``name`` is shaped like a group id (CORE19: lower-case letters, digits, ``.``,
+    ``@``, ``_``, ``-``, 2 to 64 of them), taking names that start with a dot (``.Trash``,
+    ``.hidden``: what desktops probe for) as not."""
+    return _GROUP_ID.fullmatch(name) is not None
+
+
 def id_alias(cid: str) -> str:
     """The alias name ``<id:cid>``; ValueError for an id that :func:`parse_id_alias` rejects."""
     alias = f"<id:{cid}>"
@@ -141,14 +160,14 @@ def assign_names(entries: Iterable[RawEntry], reserved: Collection[str] = ()) ->
 
     pending = set(owners)
     while pending:
-        # Decide the whole round from one snapshot, then move: that keeps it order-free.
-        bump = {
-            key
-            for name in pending
-            if len(owners[name]) > 1 or name in taken or parse_id_alias(name) is not None
-            for key in owners[name]
-            if level[key] < _LAST
-        }
+        # Decide the whole round from one snapshot, then move: that keeps it order-free. A
+        # winner stays plain for good: only plain entries can win, and no entry turns plain.
+        bump: set[str] = set()
+        for name in pending:
+            keys = owners[name]
+            if len(keys) > 1 or name in taken or parse_id_alias(name) is not None:
+                keep = _winner(name, keys, by_key, level, taken)
+                bump.update(key for key in keys if level[key] < _LAST and key != keep)
         pending = set()
         for key in bump:
             owners[names[key]].discard(key)
@@ -158,6 +177,27 @@ def assign_names(entries: Iterable[RawEntry], reserved: Collection[str] = ()) ->
             owners[name].add(key)
             pending.add(name)
     return names
+
+
+def _winner(
+    name: str,
+    keys: Collection[str],
+    by_key: Mapping[str, RawEntry],
+    level: Mapping[str, int],
+    taken: Collection[str],
+) -> str | None:
+    """The key that keeps the contested ``name`` plain (rule 2), or None."""
+    if name in taken or parse_id_alias(name) is not None:
+        return None
+    ranked: list[tuple[tuple[bool, str], str]] = []
+    for key in keys:
+        entry = by_key[key]
+        if level[key] == _PLAIN and entry.rank is not None and entry.label == name:
+            ranked.append(((entry.is_file, entry.rank), key))
+    ranked.sort()
+    if not ranked or (len(ranked) > 1 and ranked[0][0] == ranked[1][0]):
+        return None
+    return ranked[0][1]
 
 
 def _name_at(entry: RawEntry, escaped: str, level: int) -> str:
@@ -258,11 +298,11 @@ def _shown(text: str, quote: bool = False) -> str:
 
 
 def _c(cid: str, label: str) -> RawEntry:
-    return RawEntry(key=cid, label=label, is_file=False)
+    return RawEntry(key=cid, label=label, is_file=False, rank=cid)
 
 
 def _f(name: str) -> RawEntry:
-    return RawEntry(key="f:" + name, label=name, is_file=True)
+    return RawEntry(key="f:" + name, label=name, is_file=True, rank="")
 
 
 def _example(
@@ -305,17 +345,17 @@ EXAMPLES: tuple[Example, ...] = (
     ),
     _example(
         2,
-        "Two sessions with one label (demo: sub-03)",
+        "Two sessions with one label: the oldest keeps it (demo: sub-03)",
         [
-            (_c("5bb1a5e0c4a2b1001a8f3e21", "ses-baseline"), "ses-baseline (1a8f3e21)"),
+            (_c("5bb1a5e0c4a2b1001a8f3e21", "ses-baseline"), "ses-baseline"),
             (_c("5bb1e670c4a2b1001a8f3e5c", "ses-baseline"), "ses-baseline (1a8f3e5c)"),
         ],
     ),
     _example(
         2,
-        "An acquisition and a file with one name (demo: sub-01/ses-baseline)",
+        "An acquisition and a file with one name: the container keeps it (demo)",
         [
-            (_c("5b9655a4c4a2b1001a8f3d02", "T1w"), "T1w (1a8f3d02)"),
+            (_c("5b9655a4c4a2b1001a8f3d02", "T1w"), "T1w"),
             (_c("5b9655a4c4a2b1001a8f3d0a", "fMRI rest"), "fMRI rest"),
             (_c("5b9655a4c4a2b1001a8f3d11", "DWI"), "DWI"),
             (_f("T1w"), "T1w (file-5b6cf69b)"),
@@ -324,10 +364,10 @@ EXAMPLES: tuple[Example, ...] = (
     ),
     _example(
         2,
-        "Two labels that escape to one name",
+        "Two labels that escape to one name: the one spelled so keeps it",
         [
             (_c("5c0d2e4fc4a2b1001a8f4107", "T2/FLAIR"), "T2\uff0fFLAIR (1a8f4107)"),
-            (_c("5c0d2e4fc4a2b1001a8f4190", "T2\uff0fFLAIR"), "T2\uff0fFLAIR (1a8f4190)"),
+            (_c("5c0d2e4fc4a2b1001a8f4190", "T2\uff0fFLAIR"), "T2\uff0fFLAIR"),
         ],
     ),
     _example(
@@ -336,7 +376,7 @@ EXAMPLES: tuple[Example, ...] = (
         [
             (_c("5c0d2e4fc4a2b1001a8f4801", ""), "(no label) (1a8f4801)"),
             (_c("5c0d2e4fc4a2b1001a8f4802", ""), "(no label) (1a8f4802)"),
-            (_c("5c0d2e4fc4a2b1001a8f4803", "(no label)"), "(no label) (1a8f4803)"),
+            (_c("5c0d2e4fc4a2b1001a8f4803", "(no label)"), "(no label)"),
         ],
     ),
     _example(
@@ -361,7 +401,7 @@ EXAMPLES: tuple[Example, ...] = (
         3,
         "A container and a file with one name: the file keeps its extension",
         [
-            (_c("5c0d2e4fc4a2b1001a8f4222", "scan.nii.gz"), "scan.nii.gz (1a8f4222)"),
+            (_c("5c0d2e4fc4a2b1001a8f4222", "scan.nii.gz"), "scan.nii.gz"),
             (_f("scan.nii.gz"), "scan (file-e35d6579).nii.gz"),
         ],
     ),
@@ -369,7 +409,7 @@ EXAMPLES: tuple[Example, ...] = (
         3,
         "A leading dot starts no extension",
         [
-            (_c("5c0d2e4fc4a2b1001a8f4701", ".hidden"), ".hidden (1a8f4701)"),
+            (_c("5c0d2e4fc4a2b1001a8f4701", ".hidden"), ".hidden"),
             (_f(".hidden"), ".hidden (file-92f73832)"),
         ],
     ),
@@ -380,15 +420,16 @@ EXAMPLES: tuple[Example, ...] = (
             (_c("64b0c1d2e3f4a5b6c7d8e9f0", "run"), "run (64b0c1d2e3f4a5b6c7d8e9f0)"),
             (_c("64b0c1d2aaaaaaaac7d8e9f0", "run"), "run (64b0c1d2aaaaaaaac7d8e9f0)"),
             (_c("64b0c1d2e3f4a5b6c7d80001", "run"), "run (c7d80001)"),
+            (_c("64b0c1d200000000c7d80002", "run"), "run"),
         ],
     ),
     _example(
         3,
-        "A suffixed name that meets a label moves one step further",
+        "A suffixed name that meets a label moves one step further; the label keeps it",
         [
-            (_c("5c0d2e4fc4a2b1001a8f4901", "rest"), "rest (5c0d2e4fc4a2b1001a8f4901)"),
-            (_c("5c0d2e4fc4a2b1001a8f4902", "rest"), "rest (1a8f4902)"),
-            (_c("5c0d2e4fc4a2b1001a8f4903", "rest (1a8f4901)"), "rest (1a8f4901) (1a8f4903)"),
+            (_c("5c0d2e4fc4a2b1001a8f4901", "rest"), "rest"),
+            (_c("5c0d2e4fc4a2b1001a8f4902", "rest"), "rest (5c0d2e4fc4a2b1001a8f4902)"),
+            (_c("5c0d2e4fc4a2b1001a8f4903", "rest (1a8f4902)"), "rest (1a8f4902)"),
         ],
     ),
     _example(

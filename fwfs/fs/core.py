@@ -31,7 +31,6 @@ from fwfs.errors import (
     NotADirectory,
     NotFound,
     ReadOnly,
-    RemoteError,
     StaleFile,
 )
 from fwfs.fs.archived import Archives
@@ -48,7 +47,7 @@ from fwfs.fs.nodes import (
     file_attr,
     is_archive,
 )
-from fwfs.fs.tree import ROOT, SHADOWED, Tree
+from fwfs.fs.tree import ROOT, Tree
 from fwfs.fs.writes import Pending, WriteHandle, Writes, is_write
 from fwfs.models import FileInfo
 from fwfs.rangedfile import RangedReader, ReadConfig
@@ -73,6 +72,27 @@ _FILE_XATTRS: tuple[str, ...] = (
     "zip_member_count",
 )
 _CONTAINER_XATTRS: tuple[str, ...] = ("label", "tags", "info")
+
+
+# Fields a site's listing may leave out (a real resolver strips them), fetched on getxattr.
+_LAZY_FIELDS: tuple[str, ...] = ("info", "tags")
+
+
+def _lazy_fields(node: Node | Pending) -> list[str]:
+    if isinstance(node, File):
+        raw = node.info.raw
+    elif isinstance(node, Dir) and node.kind == "container" and node.container is not None:
+        raw = node.container.raw
+    else:
+        return []
+    return [f for f in _LAZY_FIELDS if f not in raw]
+
+
+def _xattr_value(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text.encode()
 
 
 class _Reads(Protocol):
@@ -363,7 +383,10 @@ class FlywheelFS:
         return out
 
     def listxattr(self, path: str) -> list[str]:
-        return sorted(self._xattrs(self.lookup(path)))
+        node = self.lookup(path)
+        # Listed without a request: fetched only when asked for (getxattr).
+        lazy = [XATTR_PREFIX + f for f in _lazy_fields(node)]
+        return sorted({*self._xattrs(node), *lazy})
 
     def getxattr(self, path: str, name: str) -> bytes:
         if not name.startswith(XATTR_PREFIX):
@@ -372,6 +395,10 @@ class FlywheelFS:
             raise NotFound(f"no attribute {name}")
         node = self.lookup(path)
         value = self._xattrs(node).get(name)
+        field = name[len(XATTR_PREFIX) :]
+        if value is None and field in _lazy_fields(node):
+            assert isinstance(node, File | Dir)
+            value = _xattr_value(self.tree.details(node, field).get(field))
         if value is None:
             raise NotFound(f"no attribute {name}")
         return value
@@ -399,11 +426,9 @@ class FlywheelFS:
         else:
             return out
         for field in fields:
-            value = raw.get(field)
-            if value is None:
-                continue
-            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-            out[XATTR_PREFIX + field] = text.encode()
+            value = _xattr_value(raw.get(field))
+            if value is not None:
+                out[XATTR_PREFIX + field] = value
         return out
 
     def statfs(self) -> dict[str, int]:
@@ -472,11 +497,6 @@ class FlywheelFS:
         if isinstance(node, Pending):
             return self._add_write_handle(path, WriteHandle(path, node), reading=True)
         reader: _Reads
-        if isinstance(node, File) and node.info.raw.get(SHADOWED):
-            raise RemoteError(
-                f"analysis input {node.info.name!r} has an output of the same name; "
-                "read it from the container it came from"
-            )
         node = self._as_told(path, node)
         if isinstance(node, ArchiveFile):
             reader = _MemberReads(self.archives, node)

@@ -3,7 +3,8 @@
 One directory listing is one API call (`/resolve` returns a container's children with their
 files and sizes), and the attributes of every entry come from it, so `ls -l`, `find` and
 `du` cost O(directories) requests. While a listing is fresh it is authoritative: a name not
-in it is ENOENT without a request.
+in it is ENOENT without a request, except in the root, which a site may list short (a
+member of a project but not of its group): there an unlisted name is looked up once.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from typing import TypeGuard
 
 from fwfs import paths
 from fwfs.client import FlywheelClient
-from fwfs.errors import NotFound
+from fwfs.errors import NotFound, RemoteError
 from fwfs.fs.nodes import ANALYSES_DIR, INPUT_DIR, OUTPUT_DIR, Dir, File, Node
 from fwfs.models import (
     CHILD_KIND,
     Container,
     ContainerRef,
     FileInfo,
+    Json,
     container_type,
     parse_container,
     parse_file,
@@ -40,8 +42,6 @@ PARENT_KIND = {child: parent for parent, child in CHILD_KIND.items()}
 # Directories queued for listing ahead of a walk: beyond this, the oldest wishes are dropped
 # (a walk that goes on asks for them again on the way).
 MAX_PENDING = 1024
-# Marks, in a file's JSON, an analysis input that an output of the same name hides.
-SHADOWED = "fwfs_shadowed"
 
 
 @dataclass
@@ -103,6 +103,8 @@ class Tree:
         # Per listing key, when this mount last changed that directory: a listing fetched
         # (or prefilled) before then is stale even within its TTL.
         self._changed: dict[tuple[str, ...], float] = {}
+        # Full JSON of entries whose listing lacked metadata (`details`), with when fetched.
+        self._details: dict[tuple[str, ...], tuple[Json, float]] = {}
 
     # ---- lookup -----------------------------------------------------------------------
 
@@ -113,10 +115,15 @@ class Tree:
             return found
         alias = paths.parse_id_alias(name)
         if alias is not None and parent.kind in ("root", "container", "analyses"):
-            return self._alias(parent, listing, alias)
+            return self._alias(parent, listing, alias, f"<id:{alias}>")
+        if parent.kind == "root" and paths.could_be_group_id(name):
+            # `GET /groups` leaves out groups the user reaches only through a project of
+            # theirs that `GET /projects` did not list (yet): the site may still resolve it.
+            return self._alias(parent, listing, name, name)
         raise NotFound(f"no entry {name!r}")
 
-    def _alias(self, parent: Dir, listing: Listing, cid: str) -> Node:
+    def _alias(self, parent: Dir, listing: Listing, cid: str, element: str) -> Node:
+        """The child container with id `cid`, which the site's path `element` names."""
         for node in listing.entries.values():
             if (
                 isinstance(node, Dir)
@@ -126,7 +133,7 @@ class Tree:
             ):
                 return node
         # Not listed (yet): ask the site once per TTL, and remember a miss for a moment.
-        key = (parent.key, cid)
+        key = (parent.key, element)
         with self._lock:
             now = self._clock()
             until = self._negative.get(key)
@@ -136,7 +143,7 @@ class Tree:
             if hit is not None and now - hit[1] < self._ttl:
                 return hit[0]
         try:
-            node = self._resolve_alias(parent, cid)
+            node = self._resolve_alias(parent, element)
         except NotFound:
             with self._lock:
                 now = self._clock()
@@ -150,7 +157,7 @@ class Tree:
             self._aliases[key] = (node, now)
         return node
 
-    def _resolve_alias(self, parent: Dir, cid: str) -> Dir:
+    def _resolve_alias(self, parent: Dir, element: str) -> Dir:
         if parent.kind == "root":
             base: list[str] = []
         else:
@@ -158,9 +165,54 @@ class Tree:
             base = resolver_path(parent.container)
             if parent.kind == "analyses":
                 base = [*base, "analyses"]
-        doc = self._client.lookup([*base, f"<id:{cid}>"])
+        doc = self._client.lookup([*base, element])
         c = parse_container(doc)
+        if parent.kind == "root" and c.kind != "group":
+            raise NotFound(f"{element} is a {c.kind}, not a group")
         return Dir("analysis" if c.kind == "analysis" else "container", c)
+
+    # ---- metadata the listing may lack -------------------------------------------------
+
+    def details(self, node: File | Dir, wanted: str) -> Json:
+        """The entry's JSON, holding the field `wanted` if the site has it.
+
+        A real resolver leaves `info` (and the `tags` of sessions and acquisitions) out of
+        the children it lists: when the listed JSON lacks `wanted`, the entry's own
+        document is fetched (`GET …/files/{name}/info`, `GET /{kind}s/{id}`), once per
+        listing TTL.
+        """
+        if isinstance(node, File):
+            raw = node.info.raw
+        elif node.container is not None:
+            raw = node.container.raw
+        else:
+            return {}
+        if wanted in raw:
+            return raw
+        if isinstance(node, File):
+            f = node.info
+            key: tuple[str, ...] = ("file", f.parent.id, f.file_group, f.name, f.file_id)
+        else:
+            assert node.container is not None
+            key = ("container", node.container.id)
+        with self._lock:
+            hit = self._details.get(key)
+            if hit is not None and self._clock() - hit[1] < self._ttl:
+                return hit[0]
+        if isinstance(node, File):
+            p = f.parent
+            doc = self._client.file_info(
+                p.kind, p.id, f.name, group=f.file_group, file_id=f.file_id or None
+            )
+        else:
+            assert node.container is not None
+            doc = self._client.get(node.container.kind, node.container.id)
+        with self._lock:
+            now = self._clock()
+            if len(self._details) > 4096:
+                self._details = {k: v for k, v in self._details.items() if now - v[1] < self._ttl}
+            self._details[key] = (doc, now)
+        return doc
 
     # ---- listings ---------------------------------------------------------------------
 
@@ -293,8 +345,7 @@ class Tree:
     def _fetch(self, node: Dir) -> Listing:
         now = self._clock()
         if node.kind == "root":
-            groups = [parse_container(g, "group") for g in self._client.list_groups()]
-            return Listing(_named_dirs(groups), now)
+            return Listing(_named_dirs(self._groups()), now)
         c = node.container
         assert c is not None
         if node.kind == "container":
@@ -309,18 +360,15 @@ class Tree:
                 },
                 now,
             )
-        # analysis-io: the analysis' inputs or outputs.
+        # analysis-io: the analysis' inputs or outputs. Inputs are read through their own
+        # route (`/analyses/{id}/inputs/{name}`), so an output of the same name hides none.
         doc = self._client.get("analysis", c.id)
-        docs = doc.get("inputs" if node.file_group == "inputs" else "files") or []
-        outputs = {d.get("name") for d in doc.get("files") or [] if isinstance(d, dict)}
-        files = []
-        for d in docs:
-            if isinstance(d, dict):
-                if node.file_group == "inputs" and d.get("name") in outputs:
-                    # The API reads an analysis file by name, and an output of the same
-                    # name wins: this input's own bytes cannot be reached that way.
-                    d = {**d, SHADOWED: True}
-                files.append(parse_file(d, c.ref))
+        group = "inputs" if node.file_group == "inputs" else "files"
+        files = [
+            parse_file({**d, "file_group": group}, c.ref)
+            for d in doc.get(group) or []
+            if isinstance(d, dict)
+        ]
         return Listing(_named_files(files), now, parse_container(doc, "analysis"))
 
     def _list_container(self, c: Container, now: float) -> Listing:
@@ -328,6 +376,17 @@ class Tree:
         path = resp.get("path") or []
         me = parse_container(path[-1], c.kind) if path else c
         child_kind = CHILD_KIND.get(c.kind)
+        if c.kind == "project" and any(
+            isinstance(d, dict) and container_type(d) == "session"
+            for d in resp.get("children") or []
+        ):
+            # Shown as it is, the project would look empty: its subjects are not there.
+            log.error(
+                "POST /resolve %s: the site returned sessions as a project's children: it "
+                "does not honour the Subject-Container feature; fwfs needs a core that does",
+                resolver_path(c),
+            )
+            raise RemoteError("the site lists sessions, not subjects, in a project")
         containers: list[Container] = []
         analyses: list[Container] = []
         files: list[FileInfo] = []
@@ -360,6 +419,43 @@ class Tree:
                     self._listings[key] = value
         return listing
 
+    def _groups(self) -> list[Container]:
+        """The root: `GET /groups` and the groups of the user's projects.
+
+        A site lists in `/groups` only the groups whose permissions name the user, while a
+        member of one project may read (and resolve) its group: such a group is made from
+        its projects' JSON (`group`, `group_info`), with no request of its own. Its
+        directory's own listing fetches the group itself.
+        """
+        # The two lists are independent: page through both at once.
+        projects: list[Json] = []
+        failed: list[BaseException] = []
+
+        def list_projects() -> None:
+            try:
+                projects.extend(self._client.list_projects())
+            except BaseException as err:  # re-raised by the caller's thread below
+                failed.append(err)
+
+        other = threading.Thread(target=list_projects, name="fwfs-root-projects", daemon=True)
+        other.start()
+        try:
+            listed = self._client.list_groups()
+        finally:
+            other.join()
+        if failed:
+            raise failed[0]
+        groups = {g.id: g for g in map(_group, listed) if g is not None}
+        for doc in projects:
+            gid = doc.get("group") if isinstance(doc, dict) else None
+            if not isinstance(gid, str) or not gid or gid in groups:
+                continue
+            info = doc.get("group_info")
+            label = info.get("label") if isinstance(info, dict) else None
+            made = {"_id": gid, "label": label if isinstance(label, str) else gid}
+            groups[gid] = parse_container({**made, "container_type": "group"})
+        return list(groups.values())
+
     def _analyses_of(self, c: Container) -> list[Container]:
         docs = self._client.list_children(c.kind, c.id, "analysis")
         return [parse_container(d, "analysis") for d in docs]
@@ -368,8 +464,10 @@ class Tree:
 def _entries(
     me: Container, containers: list[Container], files: list[FileInfo], has_analyses: bool
 ) -> dict[str, Node]:
-    raw = [paths.RawEntry("c:" + x.id, x.label, False) for x in containers]
-    raw += [paths.RawEntry("f:" + f.name, f.name, True) for f in files]
+    # Ranked as the site's resolver picks: a container over a file, the oldest container
+    # (the first by ObjectId) of a label; a directory's file names are unique.
+    raw = [paths.RawEntry("c:" + x.id, x.label, False, rank=x.id) for x in containers]
+    raw += [paths.RawEntry("f:" + f.name, f.name, True, rank="") for f in files]
     names = paths.assign_names(raw, reserved={ANALYSES_DIR})
     entries: dict[str, Node] = {}
     for x in containers:
@@ -416,7 +514,7 @@ def _parent_key(node: Dir) -> tuple[str, ...] | None:
 def _named_dirs(containers: list[Container]) -> dict[str, Node]:
     # Groups are shown by id (their human-readable, unique name), the rest by label.
     names = paths.assign_names(
-        paths.RawEntry("c:" + c.id, c.id if c.kind == "group" else c.label, False)
+        paths.RawEntry("c:" + c.id, c.id if c.kind == "group" else c.label, False, rank=c.id)
         for c in containers
     )
     out: dict[str, Node] = {}
@@ -426,8 +524,18 @@ def _named_dirs(containers: list[Container]) -> dict[str, Node]:
 
 
 def _named_files(files: list[FileInfo]) -> dict[str, Node]:
-    names = paths.assign_names(paths.RawEntry("f:" + f.name, f.name, True) for f in files)
+    names = paths.assign_names(paths.RawEntry("f:" + f.name, f.name, True, rank="") for f in files)
     return {names["f:" + f.name]: File(f) for f in files}
+
+
+def _group(doc: object) -> Container | None:
+    if not isinstance(doc, dict):
+        return None
+    try:
+        return parse_container(doc, "group")
+    except ValueError as err:
+        log.warning("GET /groups: skipping a malformed group: %s", err)
+        return None
 
 
 def _placeholder(cid: str) -> Container:

@@ -36,7 +36,7 @@ from fwfs.errors import (
     ReadOnly,
 )
 from fwfs.fs.nodes import ANALYSES_DIR, ArchiveDir, ArchiveFile, Dir, File, Node
-from fwfs.fs.tree import SHADOWED, Tree
+from fwfs.fs.tree import Tree
 from fwfs.models import CHILD_KIND, Container, FileInfo, Json, Kind, write_access
 from fwfs.uploads import (
     RecoveryReport,
@@ -524,8 +524,6 @@ class Writes:
             raise IsADirectory("is a directory")
         if isinstance(node, ArchiveFile):
             raise ReadOnly("zip members are read-only")
-        if isinstance(node, File) and node.info.raw.get(SHADOWED):
-            raise ReadOnly("analysis files are read-only")
         assert parent.container is not None
         self._check_access(parent)
         raw = node.info.name if isinstance(node, File) else _raw_name(name)

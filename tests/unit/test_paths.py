@@ -31,12 +31,14 @@ from fwfs.paths import (
 )
 
 
-def container(cid: str, label: str) -> RawEntry:
-    return RawEntry(key=cid, label=label, is_file=False)
+def container(cid: str, label: str, *, ranked: bool = True) -> RawEntry:
+    # Ranked as the tree ranks containers: by id, the resolver's "oldest first".
+    rank = cid.rpartition(":")[2] if ranked else None
+    return RawEntry(key=cid, label=label, is_file=False, rank=rank)
 
 
-def file(name: str) -> RawEntry:
-    return RawEntry(key="f:" + name, label=name, is_file=True)
+def file(name: str, *, ranked: bool = True) -> RawEntry:
+    return RawEntry(key="f:" + name, label=name, is_file=True, rank="" if ranked else None)
 
 
 def sha1(text: str) -> str:
@@ -98,11 +100,11 @@ def test_examples_cover_the_required_cases() -> None:
 def test_demo_examples_by_name() -> None:
     # Spelled out once, so a reader sees the headline cases without the table.
     by_title = {example.title: example for example in EXAMPLES}
-    sessions = by_title["Two sessions with one label (demo: sub-03)"]
-    assert sorted(sessions.expected.values()) == [
-        "ses-baseline (1a8f3e21)",
-        "ses-baseline (1a8f3e5c)",
-    ]
+    sessions = by_title["Two sessions with one label: the oldest keeps it (demo: sub-03)"]
+    assert sorted(sessions.expected.values()) == ["ses-baseline", "ses-baseline (1a8f3e5c)"]
+    # The path a user copies from the SDK or the web UI is in the mount: the acquisition's.
+    t1w = by_title["An acquisition and a file with one name: the container keeps it (demo)"]
+    assert t1w.expected["5b9655a4c4a2b1001a8f3d02"] == "T1w"
     assert assign_names([container("5c0d2e4fc4a2b1001a8f4107", "T2/FLAIR")]) == {
         "5c0d2e4fc4a2b1001a8f4107": "T2／FLAIR"
     }
@@ -176,8 +178,8 @@ def test_reserved_names_accept_any_collection() -> None:
 def test_a_prefix_on_container_keys_stays_out_of_the_suffix() -> None:
     names = assign_names(
         [
-            container("a:64b0c1d2e3f4a5b6c7d8e9f0", "run"),
-            container("64b0c1d2aaaaaaaac7d8e9f0", "run"),
+            container("a:64b0c1d2e3f4a5b6c7d8e9f0", "run", ranked=False),
+            container("64b0c1d2aaaaaaaac7d8e9f0", "run", ranked=False),
         ]
     )
     assert names == {
@@ -193,8 +195,20 @@ def test_one_id_twice_falls_back_to_the_key_hash() -> None:
 
 
 def test_short_ids_whose_tail_is_the_whole_id() -> None:
-    entries = [container("1", "s"), container("2", "s"), container("3", "s (1)")]
-    assert assign_names(entries) == {"1": "s (1)", "2": "s (2)", "3": "s (1) (3)"}
+    entries = [container("1", "s"), container("2", "s"), container("3", "s (2)")]
+    # "2" meets the label "s (2)" at its short and its full id alike: only its key is left.
+    assert assign_names(entries) == {"1": "s", "2": f"s (key-{sha1('2')})", "3": "s (2)"}
+
+
+def test_unranked_entries_never_keep_a_contested_name() -> None:
+    # Zip members: no site path reaches them, so a duplicate name is suffixed whole.
+    a, b = file("x.txt", ranked=False), container("d:1", "x.txt", ranked=False)
+    assert assign_names([a, b]) == {a.key: f"x (file-{sha1('x.txt')[:8]}).txt", b.key: "x.txt (1)"}
+    # A ranked container still wins over an unranked one, and a tie leaves nobody plain.
+    c = container("5", "x.txt")
+    assert assign_names([a, b, c])[c.key] == "x.txt"
+    tied = [container("a:7", "y"), container("b:7", "y")]
+    assert "y" not in assign_names(tied).values()
 
 
 def test_files_whose_short_hash_is_taken_use_the_whole_hash() -> None:
@@ -205,18 +219,20 @@ def test_files_whose_short_hash_is_taken_use_the_whole_hash() -> None:
     twin = container("5c0d2e4fc4a2b1001a8f4a02", "T1w.nii.gz")
     names = assign_names([a, squatter, twin])
     assert names[a.key] == f"T1w (file-{tag}).nii.gz"
-    assert names[squatter.key] == f"T1w (file-{tag[:8]}).nii.gz (1a8f4a01)"
-    assert names[twin.key] == "T1w.nii.gz (1a8f4a02)"
+    # Both labels are what a site path of that name reaches, so both stay plain.
+    assert names[squatter.key] == f"T1w (file-{tag[:8]}).nii.gz"
+    assert names[twin.key] == "T1w.nii.gz"
 
 
 def test_ids_are_escaped_in_suffixes() -> None:
-    names = assign_names([container("ab/cd", "x"), container("ab\x00cd", "x")])
+    entries = [container("ab/cd", "x", ranked=False), container("ab\x00cd", "x", ranked=False)]
+    names = assign_names(entries)
     assert names == {"ab/cd": f"x (ab{SLASH}cd)", "ab\x00cd": f"x (ab{NUL_SIGN}cd)"}
 
 
 def test_an_id_too_long_for_a_name_falls_back_to_the_key_hash() -> None:
-    a = container("a" * 300, "x")
-    b = container("b" + "a" * 299, "x")  # the same last 8 characters
+    a = container("a" * 300, "x", ranked=False)
+    b = container("b" + "a" * 299, "x", ranked=False)  # the same last 8 characters
     names = assign_names([a, b])
     assert names == {a.key: f"x (key-{sha1(a.key)})", b.key: f"x (key-{sha1(b.key)})"}
 
@@ -278,7 +294,8 @@ def test_cuts_fall_between_characters(char: str) -> None:
         ("<id:" + "a" * 65 + ">", None),
         ("<id:>", None),
         ("<id:a/b>", None),
-        ("<id:a.b>", None),
+        ("<id:a.b>", "a.b"),
+        ("<id:grace@fwfs.example>", "grace@fwfs.example"),
         ("<id:a b>", None),
         ("<id:é>", None),
         ("<id:abc>\n", None),
@@ -295,7 +312,8 @@ def test_parse_id_alias(name: str, cid: str | None) -> None:
 def test_id_alias_round_trips_and_refuses_what_cannot_parse() -> None:
     assert id_alias("5c0d2e4fc4a2b1001a8f4601") == "<id:5c0d2e4fc4a2b1001a8f4601>"
     assert parse_id_alias(id_alias("flywheel")) == "flywheel"
-    for bad in ["", "a.b", "a/b", "x" * 65]:
+    assert parse_id_alias(id_alias("ada@lab.example")) == "ada@lab.example"
+    for bad in ["", "a b", "a/b", "x" * 65]:
         with pytest.raises(ValueError):
             id_alias(bad)
 
@@ -373,12 +391,17 @@ def test_names_are_valid_unique_and_identity_derived(
     assert set(names) == {entry.key for entry in entries}
     assert len(set(names.values())) == len(names), "two entries share a name"
     escaped = [escape(entry.label) for entry in entries]
+    winners = expected_winners(entries, reserved)
     for entry in entries:
         name = names[entry.key]
         assert_valid_name(name)
         assert name not in reserved
         assert parse_id_alias(name) is None
         plain = escape(entry.label)
+        if entry.key == winners.get(plain):
+            # The entry a site path of this name reaches keeps it (rule 2).
+            assert name == plain
+            continue
         must_suffix = (
             escaped.count(plain) > 1
             or plain in reserved
@@ -389,6 +412,20 @@ def test_names_are_valid_unique_and_identity_derived(
             assert name != plain
         if name != plain:
             assert any(marker in name for marker in markers(entry)), (name, markers(entry))
+
+
+def expected_winners(entries: list[RawEntry], reserved: frozenset[str]) -> dict[str, str]:
+    """Per contested plain name, the key that keeps it: rule 2 restated independently."""
+    out: dict[str, str] = {}
+    for plain in {escape(entry.label) for entry in entries}:
+        if plain in reserved or parse_id_alias(plain) is not None or nbytes(plain) > NAME_MAX:
+            continue
+        ranked = sorted(
+            ((e.is_file, e.rank), e.key) for e in entries if e.label == plain and e.rank is not None
+        )
+        if ranked and (len(ranked) == 1 or ranked[0][0] != ranked[1][0]):
+            out[plain] = ranked[0][1]
+    return out
 
 
 @given(directories(), st.randoms(use_true_random=False))
