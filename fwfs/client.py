@@ -14,15 +14,20 @@ import io
 import json
 import logging
 import math
+import os
+import platform
 import random
 import re
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, TypeVar
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
+import certifi
 import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
@@ -33,7 +38,7 @@ if TYPE_CHECKING:
     from requests.adapters import _HostParams, _PoolKwargs
     from requests.sessions import _Settings
 
-from fwfs.config import ClientConfig
+from fwfs.config import ClientConfig, TrustConfig
 from fwfs.errors import (
     FwfsError,
     InvalidArgument,
@@ -149,13 +154,93 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or "").lower(), port
 
 
+# Where Linux distributions keep the system bundle when OpenSSL's compiled-in paths are
+# unusable (a Python built elsewhere): truststore's and httpcore2's list.
+_CA_FILE_CANDIDATES: Final = (
+    "/etc/ssl/cert.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/pki/tls/cert.pem",
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/ssl/ca-bundle.pem",
+)
+
+
+def _ssl_context(trust: TrustConfig) -> ssl.SSLContext:
+    """A verifying context holding exactly the trust ``trust`` describes.
+
+    The OS store is loaded the way flywheel-sdk 23 (httpcore2) loads it: SSL_CERT_FILE /
+    SSL_CERT_DIR when the environment named them, else the platform verifier on macOS and
+    Windows (truststore), else OpenSSL's compiled-in paths. certifi's roots are added, so
+    a machine with an empty or stale store still reaches cloud sites.
+    """
+    if trust.ca_file is not None:
+        if os.path.isdir(trust.ca_file):
+            return ssl.create_default_context(capath=trust.ca_file)
+        return ssl.create_default_context(cafile=trust.ca_file)
+    ctx: ssl.SSLContext
+    if (
+        trust.use_os_store
+        and not (trust.os_ca_file or trust.os_ca_dir)
+        and (platform.system() in ("Darwin", "Windows"))
+    ):
+        import truststore  # the platform's own verifier, with the keychain's CAs
+
+        ctx = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, checks host names
+        if trust.use_os_store:
+            cafile, capath = trust.os_ca_file, trust.os_ca_dir
+            if not cafile and not capath:
+                # Not set_default_verify_paths(): it would read SSL_CERT_* itself.
+                paths = ssl.get_default_verify_paths()
+                cafile = paths.openssl_cafile if os.path.isfile(paths.openssl_cafile) else None
+                capath = paths.openssl_capath if os.path.isdir(paths.openssl_capath) else None
+                if not cafile and not capath:
+                    cafile = next(filter(os.path.isfile, _CA_FILE_CANDIDATES), None)
+            if cafile or capath:
+                ctx.load_verify_locations(cafile, capath)
+    if trust.use_certifi:
+        ctx.load_verify_locations(certifi.where())
+    return ctx
+
+
 class _Adapter(HTTPAdapter):
     """urllib3 sends a request body in 16 KiB reads by default: 65,536 reads and sends per
-    GiB uploaded. 1 MiB pieces (the spool's own copy size) halve the upload's CPU time."""
+    GiB uploaded. 1 MiB pieces (the spool's own copy size) halve the upload's CPU time.
+
+    With an ``ssl_context`` the context is the whole TLS trust: requests would otherwise
+    load certifi's bundle (``verify=True``) or REQUESTS_CA_BUNDLE into it as well.
+    """
+
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None, **kwargs: Any) -> None:
+        self._ssl_context = ssl_context  # before super(): it calls init_poolmanager
+        super().__init__(**kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("blocksize", _SEND_BLOCK)
+        if self._ssl_context is not None:
+            kwargs.setdefault("ssl_context", self._ssl_context)
         super().init_poolmanager(*args, **kwargs)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        if self._ssl_context is not None:
+            proxy_kwargs.setdefault("ssl_context", self._ssl_context)
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        if self._ssl_context is None:
+            super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
+        elif url.lower().startswith("https"):
+            conn.cert_reqs, conn.ca_certs, conn.ca_cert_dir = "CERT_REQUIRED", None, None
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
+    ) -> tuple[_HostParams, _PoolKwargs]:
+        # A path in `verify` (REQUESTS_CA_BUNDLE via trust_env) would become the pool's
+        # ca_certs; the context already holds the trust.
+        if self._ssl_context is not None:
+            verify = True
+        return super().build_connection_pool_key_attributes(request, verify, cert)
 
 
 class _KeyedAdapter(_Adapter):
@@ -438,6 +523,53 @@ def _signed_part_size(size: int, parts: int) -> int:
     return even + _PART_ALIGNMENT - even % _PART_ALIGNMENT
 
 
+# Response headers a probe never hands back: credentials, and a Location that may be a
+# signed URL (a credential itself); ``redirect_host`` says where it pointed.
+_PROBE_HIDDEN: Final = frozenset({"authorization", "set-cookie", "location"})
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One request of ``fwfs doctor``, reduced to what a report may show.
+
+    ``status`` is 0 when no answer came: ``error`` says why (never with the key or a
+    query string), ``tls_error`` whether TLS verification failed. ``body`` is at most the
+    probe's ``max_body`` bytes. ``redirect_*`` describe the first redirect, followed or
+    not: its status, the host (and port) it pointed at, and how long the signed URL said
+    it was valid, in seconds, when its query carries ``exp``/``Expires``/``X-Amz-Expires``.
+    """
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    elapsed: float
+    redirect_status: int | None = None
+    redirect_host: str | None = None
+    redirect_lifetime: float | None = None
+    error: str | None = None
+    tls_error: bool = False
+
+    def json(self) -> Any:
+        """The body as JSON; None when it is not (or was cut at ``max_body``)."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+def _signed_lifetime(query: str, now: float) -> float | None:
+    """Seconds a signed URL says it stays valid: X-Amz-Expires and X-Goog-Expires are a
+    duration; exp and Expires an epoch time (CORE's own signer, GCS v2, S3 v2)."""
+    fields = {k.lower(): v[0] for k, v in parse_qs(query).items() if v}
+    for name in ("x-amz-expires", "x-goog-expires"):
+        if fields.get(name, "").isdigit():
+            return float(fields[name])
+    for name in ("exp", "expires"):
+        if fields.get(name, "").isdigit():
+            return float(fields[name]) - now
+    return None
+
+
 class FlywheelClient:
     """Thin, typed access to the Flywheel REST API. Returns plain JSON dicts and lists.
 
@@ -474,7 +606,14 @@ class FlywheelClient:
         self._sleep, self._clock, self._jitter = sleep, clock, jitter
         self._upload_mode: tuple[bool, float] | None = None
         session = _Session(self._base)
-        adapter = _KeyedAdapter(pool_connections=4, pool_maxsize=config.pool_size, max_retries=0)
+        trust = config.trust
+        self._trust = trust
+        adapter = _KeyedAdapter(
+            ssl_context=_ssl_context(trust) if trust is not None else None,
+            pool_connections=4,
+            pool_maxsize=config.pool_size,
+            max_retries=0,
+        )
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.headers.update(
@@ -484,7 +623,7 @@ class FlywheelClient:
                 "Accept": "application/json",
             }
         )
-        session.verify = config.verify
+        session.verify = trust is not None
         session.trust_env = config.trust_env
         self._session = session
 
@@ -522,6 +661,67 @@ class FlywheelClient:
     def lookup(self, path: Sequence[str]) -> Json:
         body = {"path": list(path)}
         return self._json_call("POST", "/lookup", body=body, expect=dict, idempotent=True)
+
+    def probe(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str | None] | None = None,
+        json_body: Any = None,
+        follow_redirects: bool = True,
+        max_body: int = 65536,
+    ) -> ProbeResult:
+        """One request below the API base for ``fwfs doctor``: no retries, and every
+        outcome, failures included, comes back as a ``ProbeResult`` instead of raising.
+
+        ``headers`` override the session's (None removes one, e.g. ``x-accept-feature``);
+        the key goes only to the API, never along a redirect elsewhere. Only ``max_body``
+        bytes are read: a download probe never moves the whole file.
+        """
+        cfg = self._config
+        display = self._base_path + path
+        started = self._clock()
+        try:
+            resp = self._session.request(
+                method,
+                self._base + path,
+                params=params,
+                headers=headers,
+                json=json_body,
+                auth=self._auth,
+                allow_redirects=follow_redirects,
+                stream=True,
+                timeout=(cfg.connect_timeout, cfg.read_timeout),
+            )
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
+            return ProbeResult(
+                status=0,
+                headers={},
+                body=b"",
+                elapsed=self._clock() - started,
+                error=str(self._transport_error(exc, method, display)),
+                tls_error=isinstance(exc, requests.exceptions.SSLError),
+            )
+        try:
+            body = resp.raw.read(max_body, decode_content=True) or b""
+        except (OSError, urllib3.exceptions.HTTPError):
+            body = b""  # the status and headers are the finding; a broken body is not
+        finally:
+            resp.close()
+        hop = resp.history[0] if resp.history else resp
+        location = hop.headers.get("Location") if hop.is_redirect else None
+        target = urlsplit(urljoin(hop.url or self._base, location)) if location else None
+        return ProbeResult(
+            status=resp.status_code,
+            headers={k: v for k, v in resp.headers.items() if k.lower() not in _PROBE_HIDDEN},
+            body=body,
+            elapsed=self._clock() - started,
+            redirect_status=hop.status_code if target else None,
+            redirect_host=target.netloc.rpartition("@")[2] if target else None,
+            redirect_lifetime=_signed_lifetime(target.query, time.time()) if target else None,
+        )
 
     # -- containers ----------------------------------------------------------------------
 
@@ -1058,6 +1258,11 @@ class FlywheelClient:
             if isinstance(inner, urllib3.exceptions.MaxRetryError) and inner.reason is not None:
                 inner = inner.reason
             why = f"{type(inner).__name__}: {self._scrub(str(inner))}"
+        if isinstance(exc, requests.exceptions.SSLError) and self._trust is not None:
+            why += (
+                f" (trusted: {self._trust.describe()}; to trust the site's CA, add it to the"
+                " OS trust store or set FW_SSL_CERT_FILE to its PEM file)"
+            )
         if isinstance(exc, ValueError) and not isinstance(exc, requests.exceptions.SSLError):
             return InvalidArgument.for_request(method, display, why)
         if isinstance(exc, requests.exceptions.TooManyRedirects):

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import certifi
-
 from fwfs import __version__
 from fwfs.errors import InvalidArgument, NotFound
 
@@ -39,6 +37,40 @@ def _derive_prefix(secret: str) -> str:
 
 
 @dataclass(frozen=True)
+class TrustConfig:
+    """The CA certificates that verify a site's TLS certificate.
+
+    ``ca_file``: a bundle (file, or OpenSSL hashed directory) the user named
+    (FW_SSL_CERT_FILE, REQUESTS_CA_BUNDLE); when set it is the only trust, as those
+    variables mean elsewhere. Otherwise the OS trust store (``use_os_store``) and certifi's
+    bundle (``use_certifi``) are both trusted, so a company or hospital CA installed in
+    the system works as it does for the SDK, curl and browsers. ``os_ca_file`` /
+    ``os_ca_dir`` say where the OS store is when the environment moved it (SSL_CERT_FILE,
+    SSL_CERT_DIR); None means OpenSSL's own paths (or, on macOS and Windows, the
+    platform's verifier).
+    """
+
+    ca_file: str | None = None
+    use_os_store: bool = True
+    use_certifi: bool = True
+    os_ca_file: str | None = None
+    os_ca_dir: str | None = None
+
+    def describe(self) -> str:
+        """The trust sources, for a TLS error message."""
+        if self.ca_file is not None:
+            return f"only the CA bundle {self.ca_file}"
+        sources = []
+        if self.use_os_store:
+            where = [p for p in (self.os_ca_file, self.os_ca_dir) if p]
+            store = "the OS trust store"
+            sources.append(f"{store} ({', '.join(where)})" if where else store)
+        if self.use_certifi:
+            sources.append("certifi's bundle")
+        return " and ".join(sources) or "no CA at all"
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     """Settings of the HTTP client. See ``FlywheelClient`` for how the timeouts combine.
 
@@ -46,12 +78,14 @@ class ClientConfig:
     ``auth_prefix`` of None means the SDK rule: Bearer for 57-character keys.
     ``total_timeout`` bounds retrying: no retry starts after that many seconds since the
     call began, so a dead site fails a call in about a minute, not the SDK's several.
+    ``verify``: the TLS trust; True is ``TrustConfig()`` (OS store and certifi), a string
+    is a CA bundle trusted alone, False turns verification off.
     """
 
     base_url: str
     api_key: str = field(repr=False)
     auth_prefix: str | None = None
-    verify: bool | str = True
+    verify: bool | str | TrustConfig = True
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
     total_timeout: float = 60.0
@@ -83,6 +117,15 @@ class ClientConfig:
         base_url, header = parse_api_key(api_key)
         prefix, _, secret = header.partition(" ")
         return cls(base_url=base_url, api_key=secret, auth_prefix=prefix, **overrides)
+
+    @property
+    def trust(self) -> TrustConfig | None:
+        """``verify`` as a TrustConfig; None when verification is off."""
+        if isinstance(self.verify, TrustConfig):
+            return self.verify
+        if isinstance(self.verify, str):
+            return TrustConfig(ca_file=self.verify)
+        return TrustConfig() if self.verify else None
 
     @property
     def authorization(self) -> str:
@@ -164,14 +207,41 @@ def load_api_key(cli_key: str | None, environ: Mapping[str, str], home: Path) ->
     return key, str(path)
 
 
-def tls_verify_from_env(environ: Mapping[str, str]) -> bool | str:
-    """CA bundle for TLS: FW_SSL_CERT_FILE as the SDK honours it, else certifi's bundle."""
-    path = environ.get("FW_SSL_CERT_FILE")
-    if path:
-        if not Path(path).is_file():
-            raise NotFound(f"FW_SSL_CERT_FILE names {path}, which is not a file")
-        return path
-    return certifi.where()
+def tls_verify_from_env(environ: Mapping[str, str]) -> TrustConfig:
+    """The TLS trust the environment asks for.
+
+    FW_SSL_CERT_FILE (the SDK's variable), else REQUESTS_CA_BUNDLE, names the only CA
+    bundle to trust. Otherwise: the OS trust store, at SSL_CERT_FILE / SSL_CERT_DIR when
+    set (OpenSSL's own variables), plus certifi's bundle.
+    """
+    for name in ("FW_SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+        path = environ.get(name)
+        if path:
+            if not Path(path).exists():
+                raise NotFound(f"{name} names {path}, which does not exist")
+            return TrustConfig(ca_file=path)
+    return TrustConfig(
+        os_ca_file=environ.get("SSL_CERT_FILE") or None,
+        os_ca_dir=environ.get("SSL_CERT_DIR") or None,
+    )
+
+
+# The reasons a site with an audit trail accepts for a delete: flywheel-sdk 23's
+# ContainerDeleteReason, sent as the `delete_reason` query parameter.
+DELETE_REASONS = (
+    "duplicate_data",
+    "data_is_not_part_of_study",
+    "data_incomplete_or_corrupt",
+    "data_structured_incorrectly",
+    "data_has_been_exported_or_moved",
+    "container_is_empty",
+    "analysis_or_processing_failed_or_cancelled",
+    "compliance_consent_withdrawn",
+    "compliance_phi",
+    "compliance_data_policy",
+    "test_data",
+    "packfile_cleanup",
+)
 
 
 @dataclass(frozen=True)
@@ -201,6 +271,10 @@ class MountConfig:
     allow_delete: bool = False
     # At mount, upload again what earlier runs left in the spool's recovery/ folder.
     retry_recovery: bool = False
+    # Sites with an audit trail refuse a delete without a reason (`delete_reason`): the
+    # reason the user gave (--delete-reason), and whether the site said it needs one.
+    delete_reason: str | None = None
+    audit_trail: bool = False
 
     @property
     def kernel_ttl(self) -> float:
@@ -224,3 +298,5 @@ class MountConfig:
             raise InvalidArgument("cache size must not be negative")
         if self.read_threads < 1:
             raise InvalidArgument("read_threads must be at least 1")
+        if self.delete_reason is not None and self.delete_reason not in DELETE_REASONS:
+            raise InvalidArgument(f"delete reason must be one of: {', '.join(DELETE_REASONS)}")

@@ -7,12 +7,12 @@ import errno
 import json
 from pathlib import Path
 
-import certifi
 import pytest
 
 from fwfs import __version__
 from fwfs.config import (
     ClientConfig,
+    TrustConfig,
     load_api_key,
     parse_api_key,
     tls_verify_from_env,
@@ -159,14 +159,35 @@ def test_broken_user_json_is_reported_without_its_content(tmp_path: Path, conten
     assert info.value.__cause__ is None
 
 
-def test_tls_uses_fw_ssl_cert_file_when_set(tmp_path: Path) -> None:
+def test_tls_uses_fw_ssl_cert_file_alone_when_set(tmp_path: Path) -> None:
     bundle = tmp_path / "ca.pem"
     bundle.write_text("-----BEGIN CERTIFICATE-----\n", encoding="ascii")
-    assert tls_verify_from_env({"FW_SSL_CERT_FILE": str(bundle)}) == str(bundle)
+    env = {"FW_SSL_CERT_FILE": str(bundle), "REQUESTS_CA_BUNDLE": "/nowhere", "SSL_CERT_FILE": "x"}
+    assert tls_verify_from_env(env) == TrustConfig(ca_file=str(bundle))
 
 
-def test_tls_defaults_to_certifi() -> None:
-    assert tls_verify_from_env({}) == certifi.where()
+def test_tls_uses_requests_ca_bundle_alone_when_set(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n", encoding="ascii")
+    assert tls_verify_from_env({"REQUESTS_CA_BUNDLE": str(bundle)}) == TrustConfig(
+        ca_file=str(bundle)
+    )
+
+
+def test_tls_defaults_to_the_os_store_and_certifi() -> None:
+    trust = tls_verify_from_env({})
+    assert trust == TrustConfig(use_os_store=True, use_certifi=True)
+    assert trust.describe() == "the OS trust store and certifi's bundle"
+    moved = tls_verify_from_env({"SSL_CERT_FILE": "/etc/corp.pem", "SSL_CERT_DIR": ""})
+    assert moved.os_ca_file == "/etc/corp.pem" and moved.os_ca_dir is None
+    assert "/etc/corp.pem" in moved.describe()
+
+
+def test_client_config_verify_forms() -> None:
+    base = "https://h:443/api"
+    assert ClientConfig(base, SECRET).trust == TrustConfig()
+    assert ClientConfig(base, SECRET, verify="/ca.pem").trust == TrustConfig(ca_file="/ca.pem")
+    assert ClientConfig(base, SECRET, verify=False).trust is None
 
 
 def test_tls_missing_cert_file_is_reported(tmp_path: Path) -> None:
