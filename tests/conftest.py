@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -115,11 +116,32 @@ class Site:
         """`requests`' `verify=` for this site: the private CA's PEM, or True."""
         return str(self.ca_cert) if self.ca_cert is not None else True
 
+    def trust_bundle(self) -> Path | None:
+        """The OS trust store with the site's private CA installed: the system bundle plus
+        the CA, as a company CA is installed on a real machine (not into certifi)."""
+        if self.ca_cert is None:
+            return None
+        bundle = self.workdir / "os-trust-bundle.pem"
+        if not bundle.exists():
+            system = ssl.get_default_verify_paths().openssl_cafile
+            roots = Path(system).read_text() if Path(system).is_file() else ""
+            bundle.write_text(roots + "\n" + self.ca_cert.read_text())
+        return bundle
+
     def trust_env(self) -> dict[str, str]:
-        """Environment for a subprocess to trust the site through the OS trust store, as a
-        site's company CA is trusted (OpenSSL reads SSL_CERT_FILE; it replaces the system
-        bundle, which no local test needs). Empty for a site without a private CA."""
-        return {} if self.ca_cert is None else {"SSL_CERT_FILE": str(self.ca_cert)}
+        """What a subprocess's environment adds to trust the site through the OS trust store
+        (OpenSSL reads SSL_CERT_FILE). Empty for a site without a private CA."""
+        bundle = self.trust_bundle()
+        return {} if bundle is None else {"SSL_CERT_FILE": str(bundle)}
+
+    def subprocess_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """`base` (default os.environ) plus `trust_env()`, without REQUESTS_CA_BUNDLE and
+        CURL_CA_BUNDLE: this machine presets them to the system bundle, and they would
+        decide a `requests` client's trust before any trust store is asked."""
+        env = dict(os.environ if base is None else base)
+        for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            env.pop(name, None)
+        return {**env, **self.trust_env()}
 
     def client(self, readonly: bool = False, member: bool = False, **kwargs: Any) -> Any:
         """An SDK client. flywheel-sdk 23 (httpx2/httpcore2) builds its TLS context when the
@@ -130,10 +152,11 @@ class Site:
 
         _fast_sdk_retries()
         key = self.key(readonly, member)
-        if self.ca_cert is None:
+        bundle = self.trust_bundle()
+        if bundle is None:
             return flywheel.Client(key, **kwargs)
         saved = os.environ.get("SSL_CERT_FILE")
-        os.environ["SSL_CERT_FILE"] = str(self.ca_cert)
+        os.environ["SSL_CERT_FILE"] = str(bundle)
         try:
             return flywheel.Client(key, **kwargs)
         finally:
@@ -288,6 +311,22 @@ def strict_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     try:
         yield site
     finally:
+        site.stop()
+
+
+@pytest.fixture(scope="session")
+def start_shared_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Site]]:
+    """`start_site` for module- or session-scoped fixtures: what it starts is stopped at the
+    end of the session at the latest (`Site.stop()` earlier is fine)."""
+    started: list[Site] = []
+
+    def start(**options: Any) -> Site:
+        site = start_sandbox(tmp_path_factory.mktemp("shared-site"), **options)
+        started.append(site)
+        return site
+
+    yield start
+    for site in started:
         site.stop()
 
 
