@@ -74,18 +74,20 @@ _FILE_XATTRS: tuple[str, ...] = (
 _CONTAINER_XATTRS: tuple[str, ...] = ("label", "tags", "info")
 
 
-# Fields a site's listing may leave out (a real resolver strips them), fetched on getxattr.
-_LAZY_FIELDS: tuple[str, ...] = ("info", "tags")
+# Fields a site's listing may leave out, fetched on getxattr: a real resolver strips `info`
+# and `tags`; a group known only through its projects comes without its label.
+_LAZY_FILE_FIELDS: tuple[str, ...] = ("info", "tags")
+_LAZY_CONTAINER_FIELDS: tuple[str, ...] = ("info", "tags", "label")
 
 
 def _lazy_fields(node: Node | Pending) -> list[str]:
     if isinstance(node, File):
-        raw = node.info.raw
+        raw, fields = node.info.raw, _LAZY_FILE_FIELDS
     elif isinstance(node, Dir) and node.kind == "container" and node.container is not None:
-        raw = node.container.raw
+        raw, fields = node.container.raw, _LAZY_CONTAINER_FIELDS
     else:
         return []
-    return [f for f in _LAZY_FIELDS if f not in raw]
+    return [f for f in fields if f not in raw]
 
 
 def _xattr_value(value: Any) -> bytes | None:

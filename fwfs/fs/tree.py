@@ -450,10 +450,13 @@ class Tree:
             gid = doc.get("group") if isinstance(doc, dict) else None
             if not isinstance(gid, str) or not gid or gid in groups:
                 continue
+            made: Json = {"_id": gid, "container_type": "group"}
             info = doc.get("group_info")
             label = info.get("label") if isinstance(info, dict) else None
-            made = {"_id": gid, "label": label if isinstance(label, str) else gid}
-            groups[gid] = parse_container({**made, "container_type": "group"})
+            if isinstance(label, str):
+                # Else left out, not guessed: `user.flywheel.label` then asks the group.
+                made["label"] = label
+            groups[gid] = parse_container(made)
         return list(groups.values())
 
     def _analyses_of(self, c: Container) -> list[Container]:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import flywheel
 import pytest
 from writekit import (
     DEMO_SES,
@@ -451,3 +452,46 @@ def test_nothing_is_made_in_analyses_and_their_files_are_read_only(
         lambda: fs.rename(log, f"{output}/renamed.log"),
     )
     assert changes(demo_site.requests_since(mark)) == []
+
+
+# ---- names: a file beside a container of its name -----------------------------------------
+
+
+def test_a_file_named_as_a_container_never_takes_the_containers_name(
+    scratch: Scratch, make_fs: MakeFs, unique: Callable[[str], str]
+) -> None:
+    # docs/SEMANTICS.md *Names*, rule 2: the site's path `…/T1w` is the acquisition, so a
+    # pipeline working in `ses/T1w/` keeps its directory whatever files come and go.
+    label = unique("ses")
+    session = scratch.subject.add_session(label=label)
+    acq_id = session.add_acquisition(label="T1w").id.encode()
+    ses = f"{scratch.subject_path}/{label}"
+
+    def put(name: str, data: bytes) -> None:
+        scratch.fw.upload_file_to_container(session.id, flywheel.FileSpec(name, data))
+
+    fs = make_fs(allow_delete=True, metadata_ttl=0)
+    assert names(fs, ses) == {"T1w"}
+    # A file of that name appears beside it (a pipeline's upload through the SDK).
+    put("T1w", b"notes\n")
+    assert names(fs, ses) == {"T1w", "T1w (file-5b6cf69b)"}
+    assert fs.getxattr(f"{ses}/T1w", "user.flywheel.id") == acq_id
+    # The kernel sees the directory at `T1w`; the file is rewritten at its suffixed name,
+    # under its own name on the site, and the directory stays put.
+    assert errno_of(lambda: fs.create(f"{ses}/T1w")) in (errno.EISDIR, errno.EEXIST)
+    write_file(fs, f"{ses}/T1w (file-5b6cf69b)", b"notes, again\n")
+    assert scratch.data("T1w", session.id) == b"notes, again\n"
+    assert names(fs, ses) == {"T1w", "T1w (file-5b6cf69b)"}
+    assert fs.getxattr(f"{ses}/T1w", "user.flywheel.id") == acq_id
+    # A second model, which lists the session only now, names it alike.
+    other = make_fs(read_only=True)
+    assert names(other, ses) == {"T1w", "T1w (file-5b6cf69b)"}
+    assert other.getxattr(f"{ses}/T1w", "user.flywheel.id") == acq_id
+    # Gone again: the acquisition is where it was all along.
+    fs.unlink(f"{ses}/T1w (file-5b6cf69b)")
+    assert names(fs, ses) == {"T1w"}
+    assert fs.getxattr(f"{ses}/T1w", "user.flywheel.id") == acq_id
+    # mkdir of a name a file holds is refused: the file would lose its name to it.
+    put("notes", b"n\n")
+    assert errno_of(lambda: fs.mkdir(f"{ses}/notes")) == errno.EEXIST
+    assert names(fs, ses) == {"T1w", "notes"}

@@ -333,9 +333,7 @@ def test_file_xattrs(model: FlywheelFS, t1w: Any) -> None:
     assert "user.flywheel.zip_member_count" not in listed
     with pytest.raises(FwfsError):
         model.getxattr(path, "user.flywheel.zip_member_count")
-    zipped = model.getxattr(
-        f"{SES}/T1w/T1w.dicom.zip", "user.flywheel.zip_member_count"
-    )
+    zipped = model.getxattr(f"{SES}/T1w/T1w.dicom.zip", "user.flywheel.zip_member_count")
     assert int(zipped) == t1w.get_file("T1w.dicom.zip").zip_member_count
 
 
