@@ -275,15 +275,24 @@ def _file_name_with_suffix(name: str) -> str:
 
 def entry_names(containers: list[Any], files: list[str], reserved: bool) -> dict[str, Any]:
     """Names of one directory by the first collision step of docs/SEMANTICS.md (enough for
-    the demo tree): every member of a group of equal names gets its suffix."""
+    the demo tree): of a group of equal names, the entry the site's path of that name reaches
+    keeps it (a container labelled exactly so, the oldest by id; else such a file), and
+    every other member gets its suffix. A reserved name (`analyses`) nobody keeps."""
     plain = [_escape(c.label) for c in containers] + [_escape(f) for f in files]
     taken = Counter(plain + (["analyses"] if reserved else []))
+    keeps: dict[str, Any] = {}
+    for c in sorted(containers, key=lambda c: c.id, reverse=True):
+        keeps[c.label] = c
+    for f in files:
+        keeps.setdefault(f, f)
+    if reserved:
+        keeps.pop("analyses", None)
     out: dict[str, Any] = {}
     for c, name in zip(containers, plain, strict=False):
-        out[name if taken[name] == 1 else f"{name} ({c.id[-8:]})"] = c
+        out[name if taken[name] == 1 or keeps.get(name) is c else f"{name} ({c.id[-8:]})"] = c
     for f in files:
         name = _escape(f)
-        out[name if taken[name] == 1 else _file_name_with_suffix(f)] = f
+        out[name if taken[name] == 1 or keeps.get(name) == f else _file_name_with_suffix(f)] = f
     assert len(out) == len(containers) + len(files), "the demo needs a further collision step"
     return out
 
@@ -411,7 +420,7 @@ def changes(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def big_path(mount: Mount) -> Path:
     """`big.bin` of a `big_site` mount (tests/mount/conftest.py)."""
-    matches = list((mount / DEMO_SES).glob("T1w (*)/big.bin"))
+    matches = list((mount / DEMO_SES).glob("T1w/big.bin"))
     assert len(matches) == 1, matches
     return matches[0]
 

@@ -112,7 +112,7 @@ def test_stat(mounted: Mount, fw: Any) -> None:
     f = acq.get_file("T1w.nii.gz")
     fmt = "%F|%a|%s|%X|%Y|%Z|%u|%g"
     ids = f"{os.getuid()}|{os.getgid()}"
-    path = mounted / f"{SES}/T1w ({acq.id[-8:]})"
+    path = mounted / f"{SES}/T1w"
     out = run(["stat", "-c", fmt, str(path / "T1w.nii.gz"), str(path)])
     assert out.returncode == 0, out.stderr
     mtime, ctime = int(f.modified.timestamp()), int(f.created.timestamp())
@@ -279,7 +279,7 @@ def test_other_ways_of_reading(mounted: Mount, demo_tree: SiteTree) -> None:
 def test_getfattr_dumps_the_flywheel_attributes(mounted: Mount, fw: Any) -> None:
     acq = fw.lookup(f"{SES}/T1w").reload()
     f = acq.get_file("T1w.dicom.zip")
-    path = mounted / f"{SES}/T1w ({acq.id[-8:]})"
+    path = mounted / f"{SES}/T1w"
 
     def dump(p: Path) -> dict[str, str]:
         out = run(["getfattr", "-d", "--absolute-names", str(p)])
