@@ -382,8 +382,8 @@ class Writes:
         except NotFound:
             pass
         else:
-            # Flywheel takes a second container of one label; the path would then name
-            # neither (both get suffixes), so `mkdir` of a listed name is refused.
+            # Flywheel takes a second container of one label, but the path would still name
+            # the older one (it keeps the name), so `mkdir` of a listed name is refused.
             raise AlreadyExists(f"{name!r} exists")
         self._check_access(parent)
         body: Json = {"label": label}
