@@ -170,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     mount = sub.add_parser("mount", help="mount a Flywheel site")
     mount.add_argument("mountpoint", type=Path)
     _mount_args(mount)
+    doctor = sub.add_parser(
+        "doctor", help="probe a site (read-only) and report what the mount will meet there"
+    )
+    doctor.add_argument(
+        "--api-key", help="Flywheel API key (default: FWFS_API_KEY, then `fw login`'s)"
+    )
     unmount = sub.add_parser("unmount", help="unmount a mounted site")
     unmount.add_argument("mountpoint", type=Path)
     unmount.add_argument(
@@ -218,6 +224,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fwfs.mounting import run_mount
 
         return run_mount(args)
+    if args.command == "doctor":
+        import os
+
+        from fwfs.doctor import main as doctor
+
+        return doctor(args.api_key, os.environ, Path.home(), sys.stdout)
     if args.command == "unmount":
         from fwfs.mounting import unmount
 
