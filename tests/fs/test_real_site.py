@@ -199,3 +199,23 @@ def test_an_input_and_an_output_of_one_name_each_read_their_own_bytes(
             assert read_all(fs, fh) == expected, sub
         finally:
             fs.release(fh)
+
+
+def test_a_project_member_and_an_admin_see_one_tree_of_names(
+    strict_site: Any, strict_model: MakeModel
+) -> None:
+    def tree(fs: FlywheelFS) -> list[str]:
+        out, todo = [], [DEMO_PROJECT]
+        while todo:
+            path = todo.pop()
+            for name, attr in fs.readdir(path):
+                out.append(f"{path}/{name}")
+                if attr.is_dir and not name.endswith(".zip.d"):
+                    todo.append(f"{path}/{name}")
+        return sorted(out)
+
+    ada = tree(strict_model())
+    # The demo's collisions are there, named as the site's paths name them.
+    assert f"{DEMO_PROJECT}/sub-01/ses-baseline/T1w" in ada
+    assert f"{DEMO_PROJECT}/sub-03/ses-baseline" in ada
+    assert tree(strict_model(strict_site.project_member_api_key)) == ada
