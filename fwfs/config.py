@@ -51,6 +51,8 @@ class TrustConfig:
     """
 
     ca_file: str | None = None
+    # The variable that named ca_file, so an error can say what to unset.
+    ca_file_source: str | None = None
     use_os_store: bool = True
     use_certifi: bool = True
     os_ca_file: str | None = None
@@ -59,7 +61,8 @@ class TrustConfig:
     def describe(self) -> str:
         """The trust sources, for a TLS error message."""
         if self.ca_file is not None:
-            return f"only the CA bundle {self.ca_file}"
+            named = f" named by {self.ca_file_source}" if self.ca_file_source else ""
+            return f"only the CA bundle {self.ca_file}{named}"
         sources = []
         if self.use_os_store:
             where = [p for p in (self.os_ca_file, self.os_ca_dir) if p]
@@ -219,7 +222,7 @@ def tls_verify_from_env(environ: Mapping[str, str]) -> TrustConfig:
         if path:
             if not Path(path).exists():
                 raise NotFound(f"{name} names {path}, which does not exist")
-            return TrustConfig(ca_file=path)
+            return TrustConfig(ca_file=path, ca_file_source=name)
     return TrustConfig(
         os_ca_file=environ.get("SSL_CERT_FILE") or None,
         os_ca_dir=environ.get("SSL_CERT_DIR") or None,

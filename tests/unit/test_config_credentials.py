@@ -163,14 +163,16 @@ def test_tls_uses_fw_ssl_cert_file_alone_when_set(tmp_path: Path) -> None:
     bundle = tmp_path / "ca.pem"
     bundle.write_text("-----BEGIN CERTIFICATE-----\n", encoding="ascii")
     env = {"FW_SSL_CERT_FILE": str(bundle), "REQUESTS_CA_BUNDLE": "/nowhere", "SSL_CERT_FILE": "x"}
-    assert tls_verify_from_env(env) == TrustConfig(ca_file=str(bundle))
+    trust = tls_verify_from_env(env)
+    assert trust == TrustConfig(ca_file=str(bundle), ca_file_source="FW_SSL_CERT_FILE")
+    assert trust.describe() == f"only the CA bundle {bundle} named by FW_SSL_CERT_FILE"
 
 
 def test_tls_uses_requests_ca_bundle_alone_when_set(tmp_path: Path) -> None:
     bundle = tmp_path / "ca.pem"
     bundle.write_text("-----BEGIN CERTIFICATE-----\n", encoding="ascii")
     assert tls_verify_from_env({"REQUESTS_CA_BUNDLE": str(bundle)}) == TrustConfig(
-        ca_file=str(bundle)
+        ca_file=str(bundle), ca_file_source="REQUESTS_CA_BUNDLE"
     )
 
 
