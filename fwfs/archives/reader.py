@@ -261,6 +261,12 @@ class ArchiveReader:
         except Exception as err:
             raise _translate(err) from err
 
+    def use_site_members(self) -> None:
+        """Read members with ``fetch_member`` from now on, where it can serve them: the
+        archive's bytes are known to be unreadable by range (the site ignores Range)."""
+        with self._lock:
+            self._whole_only = True
+
     def stats(self) -> ArchiveStats:
         with self._lock:
             readers = list(self._readers)
@@ -354,8 +360,7 @@ class ArchiveReader:
         """
         if not getattr(err, "whole_file_only", False):
             return False
-        with self._lock:
-            self._whole_only = True
+        self.use_site_members()
         return True
 
     def _fetch(self, member: MemberFile) -> bytes:

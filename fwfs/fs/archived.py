@@ -73,6 +73,8 @@ class Archives:
         self._lock = threading.Lock()
         self._indexes: LRUCache[tuple[str, int], ZipIndex | None] = LRUCache(index_entries)
         self._readers: OrderedDict[tuple[str, int], _Reader] = OrderedDict()
+        # Archives whose site ignores Range: their members come from `?member=` too.
+        self._site_served: LRUCache[tuple[str, int], bool] = LRUCache(index_entries)
 
     def index(self, info: FileInfo) -> ZipIndex:
         key = info.cache_key
@@ -96,6 +98,8 @@ class Archives:
                 raise
             # The site ignores Range: reading the tail would move the whole archive.
             index = self._site_index(info)
+            with self._lock:
+                self._site_served[key] = True
         with self._lock:
             self._indexes[key] = index
         if index is None:
@@ -170,6 +174,8 @@ class Archives:
                     self._cache,
                     _LOCAL_FIRST,
                 )
+                if key in self._site_served:
+                    reader.use_site_members()
                 entry = self._readers[key] = _Reader(reader)
             entry.users += 1
             self._readers.move_to_end(key)

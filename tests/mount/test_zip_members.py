@@ -289,3 +289,33 @@ def test_bad_archives_fail_clearly(zips: Any, mount_site: Callable[..., Mount]) 
     log = mount.log()
     assert "fake.zip" in log or "not a zip" in log
     assert "corrupt.zip" in log or "CRC" in log
+
+
+def test_a_site_that_ignores_range_lists_and_serves_members_itself(
+    start_site: Callable[..., Any], mount_site: Callable[..., Mount]
+) -> None:
+    # Storage that answers every ranged read with the whole file (D8): reading the tail
+    # would move the whole archive each time, so the site's own listing and members serve.
+    site = start_site(demo=False, redirect_downloads=True, redirect_ignores_range=True)
+    fw = site.client()
+    fw.add_group(flywheel.Group("g", "Zips"))
+    project = fw.get_group("g").add_project(label="P")
+    data = big_zip(seed=9)
+    project.upload_file(flywheel.FileSpec("big.zip", data))
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    mount = mount_site(site)
+    os.stat(mount / "g/P/big.zip")
+    mark = quiet_mark(site)
+    members = mount / "g/P/big.zip.d/scan"
+    assert sorted(os.listdir(members)) == [f"slice_{i}.bin" for i in range(6)]
+    for name in ("slice_1.bin", "slice_4.bin"):
+        assert (members / name).read_bytes() == archive.read(f"scan/{name}")
+    log = requests_since(site, mark)
+    queries = [e["query"] for e in log if e.get("listener") == "core"]
+    assert sum("info=true" in q for q in queries) == 1, queries
+    assert sum("member=" in q for q in queries) == 2, queries
+    moved = sum(e["bytes"] for e in log)
+    # The first ranged read, refused, may have sent part of the archive before the client
+    # hung up; members are then never read from the archive again.
+    assert moved <= len(data) + 2 * 400_000 + 4096, (moved, len(data))
+    assert sum(e["listener"] == "storage" for e in log) == 1, log
