@@ -24,10 +24,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from fwfs.client import FlywheelClient
+from fwfs.client import FlywheelClient, Json
 from fwfs.config import ClientConfig, MountConfig, load_api_key, tls_verify_from_env
 from fwfs.errors import FwfsError
 from fwfs.fs import FlywheelFS, check_spool, running_uploads
@@ -69,7 +70,9 @@ def _pid_file(mountpoint: Path) -> Path:
     return _cache_home() / "fwfs" / "run" / f"{digest}.pid"
 
 
-def mount_config(args: argparse.Namespace, base_url: str, mountpoint: Path) -> MountConfig:
+def mount_config(
+    args: argparse.Namespace, base_url: str, mountpoint: Path, audit_trail: bool = False
+) -> MountConfig:
     return MountConfig(
         metadata_ttl=args.metadata_ttl,
         negative_ttl=getattr(args, "negative_ttl", 5.0),
@@ -82,6 +85,8 @@ def mount_config(args: argparse.Namespace, base_url: str, mountpoint: Path) -> M
         spool_dir=(args.spool_dir or default_spool_dir(base_url, mountpoint)).absolute(),
         allow_delete=args.allow_delete,
         retry_recovery=args.retry_failed_uploads,
+        delete_reason=args.delete_reason,
+        audit_trail=audit_trail,
     )
 
 
@@ -104,22 +109,58 @@ def _check_mountpoint(mountpoint: Path) -> str | None:
     return None
 
 
-def _connect(client_config: ClientConfig) -> tuple[str | None, str | None]:
-    """Checks the key and the site before going to the background: (user id, error).
+class _Facts(NamedTuple):
+    """What the mount needs to know about the site, learnt once when it connects."""
+
+    user_id: str | None
+    audit_trail: bool
+
+
+def _connect(client_config: ClientConfig) -> tuple[_Facts, str | None]:
+    """Checks the key and the site before going to the background: (facts, error).
+
+    `/auth/status` decides; `/version` and `/config` only inform (the release goes to the
+    log, for bug reports; `/config` says whether deletes need a reason). The three go out
+    together, so connecting costs one round trip, not three.
 
     A person is waiting at the prompt: a site that does not answer fails the mount within
     `_CONNECT_BUDGET` seconds (retries included), not the minute a read may take."""
     quick = dataclasses.replace(
         client_config, total_timeout=min(client_config.total_timeout, _CONNECT_BUDGET)
     )
-    try:
-        with FlywheelClient(quick) as client:
-            status = client.auth_status()
-    except FwfsError as err:
-        return None, f"cannot use the site at {client_config.base_url}: {err}"
+    with FlywheelClient(quick) as client, ThreadPoolExecutor(3) as pool:
+        asked = [
+            pool.submit(call) for call in (client.auth_status, client.version, client.site_config)
+        ]
+        try:
+            status = asked[0].result()
+        except FwfsError as err:
+            return _Facts(None, False), f"cannot use the site at {client_config.base_url}: {err}"
+        version, site = (_informative(future) for future in asked[1:])
     user = status.get("user_id")
-    log.info("signed in to %s as %s", client_config.base_url, user or "?")
-    return (user if isinstance(user, str) else None), None
+    origin = status.get("origin")
+    if not isinstance(user, str) and isinstance(origin, dict) and origin.get("type") == "user":
+        user = origin.get("id")  # cores before user_id was added (D11) still say who
+    user_id = user if isinstance(user, str) and user else None
+    release = version.get("flywheel_release") or version.get("release") or "unknown"
+    features = site.get("features")
+    audit = isinstance(features, dict) and bool(features.get("audit_trail"))
+    log.info(
+        "signed in to %s as %s; release %s%s",
+        client_config.base_url,
+        user_id or "?",
+        release,
+        "; deletes need a reason (audit trail)" if audit else "",
+    )
+    return _Facts(user_id, audit), None
+
+
+def _informative(future: Future[Json]) -> Json:
+    try:
+        return future.result()
+    except FwfsError as err:
+        log.warning("the site did not say: %s", err)
+        return {}
 
 
 def run_mount(args: argparse.Namespace) -> int:
@@ -137,8 +178,8 @@ def run_mount(args: argparse.Namespace) -> int:
         print(f"fwfs: {err}", file=sys.stderr)
         return 1
     log.info("API key from %s", source)
-    user_id, problem = _connect(client_config)
-    config = mount_config(args, client_config.base_url, mountpoint)
+    facts, problem = _connect(client_config)
+    config = mount_config(args, client_config.base_url, mountpoint, facts.audit_trail)
     problem = problem or _check_spool(config)
     if problem:
         print(f"fwfs: {problem}", file=sys.stderr)
@@ -146,7 +187,7 @@ def run_mount(args: argparse.Namespace) -> int:
     options = fuse_options(args.fuse_options)
     if args.read_only:
         options["ro"] = True
-    site = _Site(client_config, user_id)
+    site = _Site(client_config, facts.user_id)
     if args.foreground:
         return _serve(site, config, mountpoint, options, on_ready=None)
     return _daemonize(lambda ready: _serve(site, config, mountpoint, options, ready))
@@ -382,11 +423,11 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"  SDK key: {info['api_key']}", flush=True)
             print("  Ctrl-C unmounts and stops the site.", flush=True)
 
-        user_id, problem = _connect(client_config)
+        facts, problem = _connect(client_config)
         problem = problem or _check_spool(config)
         if problem:
             print(f"fwfs: {problem}", file=sys.stderr)
             return 1
-        return _serve(_Site(client_config, user_id), config, mountpoint, {}, ready)
+        return _serve(_Site(client_config, facts.user_id), config, mountpoint, {}, ready)
     finally:
         site.stop()

@@ -345,7 +345,7 @@ class Writes:
         self._check_holder(parent, "files")
         self._check_delete("deleting a file on the site")
         p = node.info.parent
-        self.client.delete_file(p.kind, p.id, node.info.name)
+        self.client.delete_file(p.kind, p.id, node.info.name, reason=self.config.delete_reason)
         self.tree.forget(parent)
 
     def rmdir(self, path: str, node: Node | Pending) -> None:
@@ -358,13 +358,23 @@ class Writes:
         self.tree.forget(node)  # emptiness is decided on a fresh listing
         if self.tree.listing(node).entries or self.pending_in(path) or c.raw.get("analyses"):
             raise NotEmpty(f"{c.kind} is not empty")
-        self.client.delete_container(c.kind, c.id)
+        self.client.delete_container(c.kind, c.id, reason=self.config.delete_reason)
         parent, _ = self._parent_of(path)
         self.tree.forget(parent)
 
     def _check_delete(self, what: str) -> None:
         if not self.config.allow_delete:
             raise NotPermitted(f"{what} needs a mount with --allow-delete")
+        self._check_reason(what)
+
+    def _check_reason(self, what: str) -> None:
+        """A site with an audit trail refuses a delete without a reason: say so before
+        anything is sent, rather than fail half-way (after an upload, for a rename)."""
+        if self.config.audit_trail and self.config.delete_reason is None:
+            raise NotPermitted(
+                f"{what}: this site keeps an audit trail, so deletes need a mount with "
+                "--delete-reason REASON"
+            )
 
     # ---- directories --------------------------------------------------------------------
 
@@ -471,8 +481,12 @@ class Writes:
         (the site cannot move onto a name), then the source name goes."""
         with self._lock:
             ours = info.file_id in self._uploaded
+        what = "replacing a file by renaming another onto it"
         if not ours:
-            self._check_delete("replacing a file by renaming another onto it")
+            self._check_delete(what)
+        # The source is deleted after the upload: a delete that cannot succeed must
+        # stop the rename before it, or both names would stay.
+        self._check_reason(what)
         chunks = self._site_bytes(info)
         # Written, not given to create() as a source: a copy would start clean, and these
         # bytes must upload as a new version even though they are a copy.
@@ -485,7 +499,9 @@ class Writes:
             self._uploaded_ok(p, self.uploader.commit(staged))
         finally:
             self.uploader.release(staged)
-        self.client.delete_file(info.parent.kind, info.parent.id, info.name)
+        self.client.delete_file(
+            info.parent.kind, info.parent.id, info.name, reason=self.config.delete_reason
+        )
         with self._lock:
             self._uploaded.discard(info.file_id)
 
