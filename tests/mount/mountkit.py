@@ -297,6 +297,24 @@ def entry_names(containers: list[Any], files: list[str], reserved: bool) -> dict
     return out
 
 
+def analysis_input(fw: Any, analysis_id: str, name: str) -> bytes:
+    """An analysis input's bytes from `GET /analyses/{id}/inputs/{name}`, through the SDK's
+    own API client (it has no method for that route). The files route serves outputs only
+    on a real core (`--analysis-io-split`), and an output of the same name wins anyway."""
+    resp = fw.api_client.call_api(
+        "/analyses/{analysis_id}/inputs/{file_name}",
+        "GET",
+        {"analysis_id": analysis_id, "file_name": name},
+        [],
+        {},
+        auth_settings=["ApiKey"],
+        _return_http_data_only=True,
+        _preload_content=False,
+    )
+    data: bytes = resp.content
+    return data
+
+
 class SiteTree:
     """The files and directories a mount of the site should show under some paths, built
     from the SDK: `files[relpath] -> bytes` (downloaded by the SDK), `dirs` (relpaths)."""
@@ -338,10 +356,11 @@ class SiteTree:
 
     def add_analysis(self, path: str, analysis: Any) -> None:
         self.dirs.update({path, f"{path}/input", f"{path}/output"})
-        for sub, files in (("input", analysis.inputs or []), ("output", analysis.files or [])):
-            for name in entry_names([], [f.name for f in files], reserved=False):
-                data = self.fw.download_file_from_analysis_as_data(analysis.id, name)
-                self.files[f"{path}/{sub}/{name}"] = data
+        for name in entry_names([], [f.name for f in analysis.files or []], reserved=False):
+            data = self.fw.download_file_from_analysis_as_data(analysis.id, name)
+            self.files[f"{path}/output/{name}"] = data
+        for name in entry_names([], [f.name for f in analysis.inputs or []], reserved=False):
+            self.files[f"{path}/input/{name}"] = analysis_input(self.fw, analysis.id, name)
 
     def under(self, prefix: str) -> SiteTree:
         sub = SiteTree(self.fw)
