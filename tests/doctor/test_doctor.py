@@ -170,3 +170,11 @@ def test_no_key_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "no Flywheel API key" in proc.stdout
+
+
+def test_an_old_core_is_told_user_permissions_are_unknown(start_site: Any) -> None:
+    site = start_site(old_core=True)
+    run = doctor(site.api_key)
+    assert run.code == 0, run.out + run.err
+    assert run.has("user", "warn", "no user_id")
+    assert_safe(run, site, site.api_key)
