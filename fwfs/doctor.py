@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from fwfs import __version__
-from fwfs.client import FlywheelClient, ProbeResult
+from fwfs.client import FlywheelClient, Kind, ProbeResult
 from fwfs.config import ClientConfig, load_api_key, tls_verify_from_env
 from fwfs.errors import FwfsError
 from fwfs.models import container_type
@@ -81,6 +81,7 @@ class Doctor:
         self.features: list[str] = []
         self._found = _Found()
         self._projects: list[dict[str, Any]] = []
+        self._resolve_status = 0
 
     # ---- running ---------------------------------------------------------------------
 
@@ -93,10 +94,10 @@ class Doctor:
         return self._clock() - self._started
 
     def run(self) -> None:
-        if not self._reach():
+        # A site out of reach or a refused key: every later answer would only repeat it.
+        if not self._reach() or not self._identity():
             return
         for check in (
-            self._identity,
             self._groups,
             self._resolver,
             self._download,
@@ -157,10 +158,11 @@ class Doctor:
         self._add(OK, "site", f"release {self.release}; features on: {shown}")
         return True
 
-    def _identity(self) -> None:
+    def _identity(self) -> bool:
+        """False when the key is refused."""
         res = self._probe("GET", "/auth/status")
         if res is None:
-            return
+            return True
         if res.status in (401, 403):
             self._add(
                 BLOCKER,
@@ -168,11 +170,11 @@ class Doctor:
                 f"the site refused the API key (HTTP {res.status}): get a new one from your "
                 "profile page and pass it with --api-key, FWFS_API_KEY or `fw login`",
             )
-            return
+            return False
         doc = res.json()
         if res.status != 200 or not isinstance(doc, dict):
             self._add(WARN, "key", f"GET /auth/status answered HTTP {res.status}")
-            return
+            return True
         admin = " (site admin)" if doc.get("user_is_admin") else ""
         if doc.get("user_id"):
             self._add(OK, "user", f"the key belongs to a user{admin}; user_id is given")
@@ -183,6 +185,7 @@ class Doctor:
                 f"/auth/status gives no user_id (an older core){admin}: fwfs cannot tell "
                 "which permissions are yours, so file modes show what the site allows all",
             )
+        return True
 
     # ---- lists and paging ------------------------------------------------------------
 
@@ -258,6 +261,7 @@ class Doctor:
 
     def _resolve(self, path: list[str], **kwargs: Any) -> list[dict[str, Any]] | None:
         res = self._probe("POST", "/resolve", json_body={"path": path}, max_body=8 << 20, **kwargs)
+        self._resolve_status = res.status if res is not None else 0
         doc = res.json() if res is not None and res.status == 200 else None
         children = doc.get("children") if isinstance(doc, dict) else None
         if not isinstance(children, list):
@@ -284,7 +288,8 @@ class Doctor:
             path = [group, f"<id:{pid}>"]
             with_header = self._resolve(path)
             if with_header is None:
-                self._add(WARN, "resolver", "POST /resolve of a project failed")
+                status = self._resolve_status
+                self._add(WARN, "resolver", f"POST /resolve of a project answered HTTP {status}")
                 return
             kinds = {container_type(c) for c in with_header} - {"file", "analysis"}
             if not kinds:
@@ -353,7 +358,7 @@ class Doctor:
     def _file_path(self, kind: str, cid: str, doc: Mapping[str, Any], group: str) -> str:
         name, file_id = str(doc.get("name")), doc.get("file_id")
         return self._client.file_url_path(
-            kind,  # type: ignore[arg-type]
+            cast(Kind, kind),
             cid,
             name,
             group=group,
