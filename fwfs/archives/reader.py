@@ -52,7 +52,7 @@ import zlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from fwfs.archives.central import ArchiveIO, NotAZip, read_directory
+from fwfs.archives.central import ArchiveIO, CentralDirectory, NotAZip, read_directory
 from fwfs.archives.index import MemberFile
 from fwfs.blockcache import BlockCache
 from fwfs.errors import (
@@ -164,6 +164,17 @@ class _Directory:
     # member's bytes (header, data, descriptor) end where the next one of these begins.
     bounds: tuple[int, ...]
 
+    @classmethod
+    def of(cls, central: CentralDirectory) -> _Directory:
+        counts: dict[str, int] = {}
+        for info in central.infos:
+            counts[info.filename] = counts.get(info.filename, 0) + 1
+        return cls(
+            infos=central.infos,
+            by_name={i.filename: i for i in central.infos if counts[i.filename] == 1},
+            bounds=tuple(sorted({i.header_offset for i in central.infos} | {central.start})),
+        )
+
     def region_end(self, info: zipfile.ZipInfo, archive_size: int) -> int:
         i = bisect.bisect_right(self.bounds, info.header_offset)
         return self.bounds[i] if i < len(self.bounds) else archive_size
@@ -214,7 +225,10 @@ class ArchiveReader:
         open_archive: Callable[[], RangedReader],
         cache: BlockCache,
         config: ArchiveConfig | None = None,
+        directory: CentralDirectory | None = None,
     ) -> None:
+        """``directory``: the archive's central directory when the caller has just read it
+        (for its index), so that it is not parsed again."""
         if archive_size < 0:
             raise ValueError("archive_size must not be negative")
         self.key = archive_key
@@ -226,7 +240,7 @@ class ArchiveReader:
 
         self._lock = threading.Lock()
         self._dir_lock = threading.Lock()
-        self._directory: _Directory | None = None
+        self._directory = _Directory.of(directory) if directory is not None else None
         self._seen: set[int] = set()
         self._scanning = False
         # The site answered a ranged read with the whole file: read members with ?member=.
@@ -592,15 +606,7 @@ class ArchiveReader:
                     central = read_directory(self._reader("meta"), prime=False)
                 except NotAZip as err:
                     raise RemoteError(f"corrupt or truncated zip archive ({err})") from err
-                infos, start_dir = central.infos, central.start
-                counts: dict[str, int] = {}
-                for info in infos:
-                    counts[info.filename] = counts.get(info.filename, 0) + 1
-                self._directory = _Directory(
-                    infos=infos,
-                    by_name={i.filename: i for i in infos if counts[i.filename] == 1},
-                    bounds=tuple(sorted({i.header_offset for i in infos} | {start_dir})),
-                )
+                self._directory = _Directory.of(central)
             return self._directory
 
     def _info(self, member: MemberFile) -> zipfile.ZipInfo:

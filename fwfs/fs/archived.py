@@ -28,6 +28,7 @@ from cachetools import LRUCache
 from fwfs.archives import (
     ArchiveConfig,
     ArchiveReader,
+    CentralDirectory,
     MemberDir,
     MemberFile,
     NotAZip,
@@ -43,6 +44,8 @@ from fwfs.rangedfile import RangedReader
 
 log = logging.getLogger("fwfs.archives")
 
+# Central directories kept between an index and its reader's first use.
+_DIRECTORIES = 4
 # Readers no open file uses any more, kept for the next open of the same archive.
 _IDLE_READERS = 16
 # Members come from the archive's bytes from the first read: a member is one ranged read
@@ -73,6 +76,10 @@ class Archives:
         self._lock = threading.Lock()
         self._indexes: LRUCache[tuple[str, int], ZipIndex | None] = LRUCache(index_entries)
         self._readers: OrderedDict[tuple[str, int], _Reader] = OrderedDict()
+        # Central directories just read for an index, handed to the archive's reader when
+        # it opens so they are not parsed twice (150 ms for 20,000 members); a few only,
+        # they are large.
+        self._directories: LRUCache[tuple[str, int], CentralDirectory] = LRUCache(_DIRECTORIES)
         # Archives whose site ignores Range: their members come from `?member=` too.
         self._site_served: LRUCache[tuple[str, int], bool] = LRUCache(index_entries)
 
@@ -90,6 +97,8 @@ class Archives:
             with self._open_ranged(info) as reader:
                 central = read_directory(reader)
             index = ZipIndex.from_directory(central.infos, central.comment)
+            with self._lock:
+                self._directories[key] = central
         except NotAZip as err:
             # It does not open as a zip: it is shown as the file it is, no more.
             log.info("%s %s: file %s is not a zip archive (%s)", p.kind, p.id, info.file_id, err)
@@ -173,6 +182,7 @@ class Archives:
                     lambda: self._open_ranged(archive),
                     self._cache,
                     _LOCAL_FIRST,
+                    self._directories.pop(key, None),
                 )
                 if key in self._site_served:
                     reader.use_site_members()

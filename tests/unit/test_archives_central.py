@@ -14,7 +14,7 @@ from datetime import datetime
 import pytest
 from test_archives import LOCAL, Site, build_zip
 
-from fwfs.archives import MemberFile, NotAZip, ZipIndex, read_directory
+from fwfs.archives import ArchiveReader, MemberFile, NotAZip, ZipIndex, read_directory
 from fwfs.errors import RemoteError
 
 
@@ -166,3 +166,25 @@ def test_members_come_from_the_site_where_it_ignores_range() -> None:
     # Once told, the archive is not tried again.
     assert site.member_calls == ["d/m007.bin", "d/m008.bin"]
     assert reader.stats().members_local == 0
+
+
+def test_a_reader_given_the_directory_reads_only_the_member() -> None:
+    data = padded_zip()
+    site = Site(data)
+    with site.open_archive() as reader:
+        central = read_directory(reader)
+    site.cache.clear()  # whatever the cache kept, the directory is not read again
+    site.range_calls.clear()
+    index = ZipIndex.from_directory(central.infos, central.comment)
+    archive = ArchiveReader(
+        ("archive-file-id", 3),
+        site.size,
+        site.fetch_member,
+        site.open_archive,
+        site.cache,
+        LOCAL,
+        central,
+    )
+    assert archive.read(index.files[5], 0, 10) == bytes([5]) * 10
+    assert len(site.range_calls) == 1 and site.range_calls[0][0] <= central.infos[5].header_offset
+    assert site.range_calls[0][1] < central.start
