@@ -31,6 +31,7 @@ from fwfs.errors import (
     NotADirectory,
     NotFound,
     ReadOnly,
+    RemoteError,
     StaleFile,
 )
 from fwfs.fs.archived import Archives
@@ -47,7 +48,7 @@ from fwfs.fs.nodes import (
     file_attr,
     is_archive,
 )
-from fwfs.fs.tree import ROOT, Tree
+from fwfs.fs.tree import NAME_SHARED, ROOT, Tree
 from fwfs.fs.writes import Pending, WriteHandle, Writes, is_write
 from fwfs.models import FileInfo
 from fwfs.rangedfile import RangedReader, ReadConfig
@@ -88,6 +89,14 @@ def _lazy_fields(node: Node | Pending) -> list[str]:
     else:
         return []
     return [f for f in fields if f not in raw]
+
+
+def _refuse_shared_name(node: Node | Pending) -> None:
+    if isinstance(node, File) and node.info.raw.get(NAME_SHARED):
+        raise RemoteError(
+            "another file of this directory has this file's name, and the site reads by "
+            "name; read it from the container it came from"
+        )
 
 
 def _xattr_value(value: Any) -> bytes | None:
@@ -279,6 +288,7 @@ class FlywheelFS:
             return None
         base = self.tree.listing(parent).entries.get(name[: -len(ARCHIVE_SUFFIX)])
         if isinstance(base, File) and is_archive(base.info):
+            _refuse_shared_name(base)
             return base.info
         return None
 
@@ -499,6 +509,7 @@ class FlywheelFS:
         if isinstance(node, Pending):
             return self._add_write_handle(path, WriteHandle(path, node), reading=True)
         reader: _Reads
+        _refuse_shared_name(node)
         node = self._as_told(path, node)
         if isinstance(node, ArchiveFile):
             reader = _MemberReads(self.archives, node)

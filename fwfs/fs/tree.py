@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeGuard
 
 from fwfs import paths
@@ -39,6 +39,8 @@ log = logging.getLogger("fwfs.tree")
 ROOT = Dir("root")
 ROOT_KEY = ROOT.key
 PARENT_KIND = {child: parent for parent, child in CHILD_KIND.items()}
+# Marks, in a file's JSON, a file whose name another file of its listing has too.
+NAME_SHARED = "fwfs_name_shared"
 # Directories queued for listing ahead of a walk: beyond this, the oldest wishes are dropped
 # (a walk that goes on asks for them again on the way).
 MAX_PENDING = 1024
@@ -470,13 +472,14 @@ def _entries(
     # Ranked as the site's resolver picks: a container over a file, the oldest container
     # (the first by ObjectId) of a label; a directory's file names are unique.
     raw = [paths.RawEntry("c:" + x.id, x.label, False, rank=x.id) for x in containers]
-    raw += [paths.RawEntry("f:" + f.name, f.name, True, rank="") for f in files]
+    keys = _file_keys(files)
+    raw += [paths.RawEntry(k, f.name, True, rank="") for k, f in zip(keys, files, strict=True)]
     names = paths.assign_names(raw, reserved={ANALYSES_DIR})
     entries: dict[str, Node] = {}
     for x in containers:
         entries[names["c:" + x.id]] = Dir("container", x)
-    for f in files:
-        entries[names["f:" + f.name]] = File(f)
+    for k, f in zip(keys, files, strict=True):
+        entries[names[k]] = File(_marked(f, k))
     if has_analyses or me.raw.get("analyses"):
         entries[ANALYSES_DIR] = Dir("analyses", me)
     return entries
@@ -527,8 +530,26 @@ def _named_dirs(containers: list[Container]) -> dict[str, Node]:
 
 
 def _named_files(files: list[FileInfo]) -> dict[str, Node]:
-    names = paths.assign_names(paths.RawEntry("f:" + f.name, f.name, True, rank="") for f in files)
-    return {names["f:" + f.name]: File(f) for f in files}
+    keys = _file_keys(files)
+    names = paths.assign_names(
+        paths.RawEntry(k, f.name, True, rank="") for k, f in zip(keys, files, strict=True)
+    )
+    return {names[k]: File(_marked(f, k)) for k, f in zip(keys, files, strict=True)}
+
+
+def _file_keys(files: list[FileInfo]) -> list[str]:
+    """A key per file for `paths.assign_names`: its name, or, where names repeat (an
+    analysis may hold two inputs of one name, from different containers), name and file
+    id, so that listing them cannot fail. Such twins both get suffixes."""
+    seen = Counter(f.name for f in files)
+    return [f"f:{f.name}" if seen[f.name] == 1 else f"f:{f.name}\x00{f.file_id}" for f in files]
+
+
+def _marked(f: FileInfo, key: str) -> FileInfo:
+    if "\x00" not in key:
+        return f
+    # The site reads a file by name: which twin it would serve is not ours to know.
+    return replace(f, raw={**f.raw, NAME_SHARED: True})
 
 
 def _group(doc: object) -> Container | None:

@@ -489,3 +489,22 @@ def test_a_new_version_is_seen_after_the_ttl_and_open_says_whether_to_keep_pages
     model.release(fh4)
     for fh in (fh3,):
         model.release(fh)
+
+
+def test_two_files_of_one_name_in_a_listing_are_both_shown_and_marked() -> None:
+    # Analysis inputs need not have unique names (the SDK's get_analysis_input_files may
+    # return several); the sandbox keeps one per name, so the listing is built directly.
+    from fwfs.fs.nodes import File
+    from fwfs.fs.tree import NAME_SHARED, _named_files
+    from fwfs.models import ContainerRef, parse_file
+
+    parent = ContainerRef("analysis", "6b0c5cfdafda0ce900000009")
+    docs = [{"name": "a.txt", "file_id": fid, "size": 2} for fid in ("f1", "f2")]
+    docs.append({"name": "b.txt", "file_id": "f3", "size": 2})
+    listing = _named_files([parse_file(d, parent) for d in docs])
+    assert len(listing) == 3 and "b.txt" in listing and "a.txt" not in listing
+    twins = {name: node for name, node in listing.items() if name != "b.txt"}
+    assert all(isinstance(n, File) and n.info.raw.get(NAME_SHARED) for n in twins.values())
+    assert {n.info.file_id for n in twins.values() if isinstance(n, File)} == {"f1", "f2"}
+    b = listing["b.txt"]
+    assert isinstance(b, File) and not b.info.raw.get(NAME_SHARED)

@@ -151,7 +151,13 @@ def tagged(strict_fw: Any) -> dict[str, Any]:
     acq.update_file_info("a.txt", {"echo_time": 0.03})
     strict_fw.modify_acquisition_file(acq.id, "a.txt", {"tags": ["raw"]})
     ses = f"{gid}/P/s/ses"
-    return {"gid": gid, "ses": ses, "file": f"{ses}/acq/a.txt", "acq": acq.id}
+    return {
+        "gid": gid,
+        "ses": ses,
+        "file": f"{ses}/acq/a.txt",
+        "acq": acq.id,
+        "session": session.id,
+    }
 
 
 def test_info_and_tags_the_listing_lacks_are_fetched_on_getxattr(
