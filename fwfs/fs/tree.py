@@ -68,8 +68,8 @@ class Tree:
     walk lists it again when it gets there), and `forget` discards one in flight.
 
     Guarded by `self._lock`: `_listings`, `_inflight`, `_negative`, `_aliases`, `_changed`,
-    `_last_child`, `_prune_at`, `_pending`, `_pending_keys`, `_workers`. No request is
-    made while holding it.
+    `_details`, `_last_child`, `_prune_at`, `_pending`, `_pending_keys`, `_workers`. No
+    request is made while holding it.
     """
 
     def __init__(
