@@ -218,6 +218,10 @@ def start_mount(
         argv += ["--cache-size", str(cache_size)]
     argv += list(args)
     env = fwfs_env(key if key is not None else site.api_key)
+    if getattr(site, "ca_cert", None) is not None:
+        # A private CA reaches the daemon the way a company CA reaches a user: through the
+        # OS trust store (`Site.subprocess_env`), never FW_SSL_CERT_FILE or certifi.
+        env = site.subprocess_env(env)
     with open(workdir / "stdout.txt", "wb") as out, open(workdir / "stderr.txt", "wb") as err:
         proc = subprocess.Popen(
             argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=workdir
