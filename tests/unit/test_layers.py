@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "fwfs"
 # module -> fwfs modules it may import. Anything not listed may import nothing from fwfs
 # except the package itself (for __version__).
 ALLOWED: dict[str, set[str]] = {
-    "cli": {"sandbox", "mounting", "doctor"},
+    "cli": {"sandbox", "mounting", "doctor", "config"},
     # `fwfs doctor`: beside mounting, below the CLI; HTTP only through FlywheelClient.probe.
     "doctor": {"client", "config", "errors", "models"},
     "mounting": {"client", "config", "errors", "fs", "fuse_ops", "sandbox"},
