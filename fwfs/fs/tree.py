@@ -20,7 +20,7 @@ from typing import TypeGuard
 
 from fwfs import paths
 from fwfs.client import FlywheelClient
-from fwfs.errors import NotFound, RemoteError
+from fwfs.errors import NotFound, PermissionDenied, RemoteError
 from fwfs.fs.nodes import ANALYSES_DIR, INPUT_DIR, OUTPUT_DIR, Dir, File, Node
 from fwfs.models import (
     CHILD_KIND,
@@ -145,7 +145,13 @@ class Tree:
             if hit is not None and now - hit[1] < self._ttl:
                 return hit[0]
         try:
-            node = self._resolve_alias(parent, element)
+            try:
+                node = self._resolve_alias(parent, element)
+            except PermissionDenied:
+                if element.startswith("<id:"):
+                    raise
+                # A group the user may not read is not in their root: ENOENT, as `ls` shows.
+                raise NotFound(f"no group {element} readable here") from None
         except NotFound:
             with self._lock:
                 now = self._clock()

@@ -79,8 +79,14 @@ def test_a_project_member_sees_her_group_and_reads_her_project(
     # The site itself lists her no group: only her project says where it lives.
     assert [g.id for g in grace.groups()] == []
     fs = strict_model(strict_site.project_member_api_key)
-    assert "flywheel" in names(fs, "/")
+    root = names(fs, "/")
+    assert "flywheel" in root and "radiology" not in root
     assert names(fs, "flywheel") == {"Anxiety Study"}
+    # A group she may not read is not there, asked once (then remembered) and ENOENT.
+    mark = strict_site.quiet_mark()
+    for _ in range(2):
+        assert errno_of(lambda: fs.getattr("radiology")) == errno.ENOENT
+    assert paths_since(strict_site, mark) == ["POST /api/lookup"]
     # Its label is not in the project's JSON: asked of the group when wanted.
     assert fs.getxattr("flywheel", "user.flywheel.label") == b"Flywheel Demo"
     assert {"sub-01", "sub-02", "sub-03"} <= names(fs, DEMO_PROJECT)
