@@ -20,7 +20,7 @@ from typing import TypeGuard
 
 from fwfs import paths
 from fwfs.client import FlywheelClient
-from fwfs.errors import NotFound, PermissionDenied, RemoteError
+from fwfs.errors import FwfsError, NotFound, PermissionDenied, RemoteError
 from fwfs.fs.nodes import ANALYSES_DIR, INPUT_DIR, OUTPUT_DIR, Dir, File, Node
 from fwfs.models import (
     CHILD_KIND,
@@ -451,8 +451,12 @@ class Tree:
             listed = self._client.list_groups()
         finally:
             other.join()
-        if failed:
+        if failed and not isinstance(failed[0], FwfsError):
             raise failed[0]
+        if failed:
+            # Some keys may not list projects: the root is then `/groups` alone, and a
+            # group name it lacks is still looked up (`child`).
+            log.warning("GET /projects failed, the root shows /groups only: %s", failed[0])
         groups = {g.id: g for g in map(_group, listed) if g is not None}
         for doc in projects:
             gid = doc.get("group") if isinstance(doc, dict) else None
