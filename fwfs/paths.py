@@ -26,7 +26,8 @@ every listing goes through :func:`assign_names`. The rules (docs/SEMANTICS.md re
 4. Length: a name over NAME_MAX (255) UTF-8 bytes always gets its suffix and keeps as much
    of its stem as fits, cut between characters; a file keeps its extension when that is at
    most 32 bytes.
-5. Id aliases: ``<id:OBJECTID>`` names a container on lookup; it is never listed.
+5. Id aliases: ``<id:OBJECTID>`` (or a group id) names a container on lookup; it is never
+   listed.
 6. The names depend only on the set of entries, never on their order; no two entries of one
    directory share a name; no name is empty, ``.`` or ``..``, holds ``/`` or NUL, or exceeds
    255 bytes.
