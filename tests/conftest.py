@@ -7,6 +7,9 @@
   restart on the same data directory, `--signed-url`, TLS, `--range-quirk`, `--scale`. Each
   keyword becomes a `fwfs serve` option (`signed_url=True` -> `--signed-url`,
   `tls_cert=path` -> `--tls-cert path`); `demo=False` leaves the demo seed out.
+* `strict_site` (session scope): one demo site with `--strict` (real-core behaviours, HTTPS
+  with a private CA: use `site.verify`, `site.client()`, `site.subprocess_env()`).
+* `start_shared_site(**options)`: `start_site` for module- or session-scoped fixtures.
 
 The official Flywheel SDK retries dropped connections and 502/503/504 for about two minutes.
 The environment below is set before anything imports `flywheel`, so that a server bug fails
