@@ -23,11 +23,13 @@ pytestmark = pytest.mark.timeout(120)
 SUBJECT_FEATURE = {"x-accept-feature": "Safe-Redirect,Subject-Container"}
 
 
-def post(site: Site, path: str, body: Any, member: bool = False, **headers: str) -> Any:
+def post(
+    site: Site, path: str, body: Any, member: bool = False, headers: dict[str, str] | None = None
+) -> Any:
     return requests.post(
         site.api_url + path,
         json=body,
-        headers={**site.headers(member=member), **headers},
+        headers={**site.headers(member=member), **(headers or {})},
         verify=site.verify,
         timeout=30,
     )
@@ -42,7 +44,7 @@ def get(site: Site, path: str, member: bool = False, **kwargs: Any) -> Any:
 
 def resolve(site: Site, path: list[str], member: bool = False, subjects: bool = True) -> Any:
     headers = SUBJECT_FEATURE if subjects else {}
-    return post(site, "/resolve", {"path": path}, member, **headers)
+    return post(site, "/resolve", {"path": path}, member, headers)
 
 
 def node_id(site: Site, path: list[str]) -> str:
@@ -124,7 +126,7 @@ def test_resolve_children_are_trimmed_but_lookup_is_whole(strict_site: Site) -> 
     sessions = resolve(strict_site, path[:3]).json()["children"]
     assert not {"analyses", "age", "files", "info", "tags"} & sessions[0].keys()
 
-    full = post(strict_site, "/lookup", {"path": [*path, "T1w"]}, **SUBJECT_FEATURE).json()
+    full = post(strict_site, "/lookup", {"path": [*path, "T1w"]}, headers=SUBJECT_FEATURE).json()
     assert {f["name"] for f in full["files"]} == {"T1w.dicom.zip", "T1w.nii.gz"}
     assert "info" in full and "tags" in full
 
