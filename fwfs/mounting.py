@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from fwfs.client import FlywheelClient, Json
-from fwfs.config import ClientConfig, MountConfig, load_api_key, tls_verify_from_env
+from fwfs.config import (
+    ClientConfig,
+    MountConfig,
+    TrustConfig,
+    load_api_key,
+    tls_verify_from_env,
+)
 from fwfs.errors import FwfsError
 from fwfs.fs import FlywheelFS, check_spool, running_uploads
 from fwfs.fuse_ops import FuseOperations, mount
@@ -407,7 +413,10 @@ def run_demo(args: argparse.Namespace) -> int:
     info = site.announce()
     site.start()
     try:
-        client_config = ClientConfig.from_api_key(info["api_key"])
+        # A demo site with its own CA (`--private-ca`, `--strict`) is trusted by that CA.
+        ca = info.get("ca_cert")
+        trust = TrustConfig(ca_file=ca, ca_file_source="the demo site") if ca else True
+        client_config = ClientConfig.from_api_key(info["api_key"], verify=trust)
         config = MountConfig(
             metadata_ttl=args.metadata_ttl,
             cache_size=args.cache_size,
@@ -424,6 +433,7 @@ def run_demo(args: argparse.Namespace) -> int:
             print("  Ctrl-C unmounts and stops the site.", flush=True)
 
         facts, problem = _connect(client_config)
+        config = dataclasses.replace(config, audit_trail=facts.audit_trail)
         problem = problem or _check_spool(config)
         if problem:
             print(f"fwfs: {problem}", file=sys.stderr)
