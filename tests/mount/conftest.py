@@ -10,6 +10,10 @@
 * `big_site` is a session-wide private demo site with `big.bin` (64 MiB) in
   `flywheel/Anxiety Study/sub-01/ses-baseline/T1w`; `start_site` (tests/conftest.py) starts
   others, e.g. with `range_quirk=True`.
+* Profiles: a test that asks for `profile_site`, `profile_mount`, `profile_fw`,
+  `profile_tree` or `profile_big_site` runs twice, `[default]` against the default sandbox
+  and `[strict]` against `fwfs serve --strict` (a real core's behaviour). Sites start
+  lazily, so `-k default` never starts a strict one. `profile` is the name.
 
 The daemon is a subprocess, so a hung one can be killed: teardown unmounts with
 `fusermount3 -u`, falls back to `-uz`, then terminates and kills the process, and checks
@@ -105,6 +109,93 @@ def big_site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     site = root.start_sandbox(tmp_path_factory.mktemp("big-site"), big_file_mb=64)
     request.addfinalizer(site.stop)
     return site
+
+
+@pytest.fixture(scope="session")
+def big_strict_site(start_shared_site: Callable[..., Any]) -> Any:
+    """`big_site`'s strict twin: `--strict` with the 64 MiB `big.bin`."""
+    return start_shared_site(strict=True, big_file_mb=64)
+
+
+@pytest.fixture(scope="session")
+def strict_mounted(strict_site: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+    """`strict_site` mounted once for the session with the default options."""
+    m = start_mount(strict_site, tmp_path_factory.mktemp("strict-mount"))
+    yield m
+    stop_mount(m)
+
+
+@pytest.fixture(scope="session")
+def strict_fw(strict_site: Any) -> Any:
+    """An SDK client of `strict_site` as Ada. It sends no `subject-container`, so walk with
+    finders (`mountkit.sdk_container`), not `fw.lookup` of paths through subjects."""
+    return strict_site.client()
+
+
+@pytest.fixture(scope="session")
+def strict_tree(strict_fw: Any) -> SiteTree:
+    """`demo_tree` of `strict_site`."""
+    tree = SiteTree(strict_fw)
+    for gid in ("flywheel", "radiology"):
+        tree.add_group(gid)
+    return tree
+
+
+# Per profile: the fixture each profile fixture stands for.
+PROFILES: dict[str, dict[str, str]] = {
+    "default": {
+        "site": "demo_site",
+        "mount": "mounted",
+        "fw": "fw",
+        "tree": "demo_tree",
+        "big": "big_site",
+    },
+    "strict": {
+        "site": "strict_site",
+        "mount": "strict_mounted",
+        "fw": "strict_fw",
+        "tree": "strict_tree",
+        "big": "big_strict_site",
+    },
+}
+
+
+@pytest.fixture(scope="module", params=list(PROFILES))
+def profile(request: pytest.FixtureRequest) -> str:
+    """Which sandbox the test runs against: "default" or "strict"."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def profile_site(profile: str, request: pytest.FixtureRequest) -> Any:
+    """`demo_site` or `strict_site`."""
+    return request.getfixturevalue(PROFILES[profile]["site"])
+
+
+@pytest.fixture(scope="module")
+def profile_mount(profile: str, request: pytest.FixtureRequest) -> Mount:
+    """`mounted` or `strict_mounted`."""
+    mount: Mount = request.getfixturevalue(PROFILES[profile]["mount"])
+    return mount
+
+
+@pytest.fixture(scope="module")
+def profile_fw(profile: str, request: pytest.FixtureRequest) -> Any:
+    """`fw` or `strict_fw` (Ada's SDK client of `profile_site`)."""
+    return request.getfixturevalue(PROFILES[profile]["fw"])
+
+
+@pytest.fixture(scope="module")
+def profile_tree(profile: str, request: pytest.FixtureRequest) -> SiteTree:
+    """`demo_tree` or `strict_tree`."""
+    tree: SiteTree = request.getfixturevalue(PROFILES[profile]["tree"])
+    return tree
+
+
+@pytest.fixture(scope="module")
+def profile_big_site(profile: str, request: pytest.FixtureRequest) -> Any:
+    """`big_site` or `big_strict_site`."""
+    return request.getfixturevalue(PROFILES[profile]["big"])
 
 
 @pytest.fixture(scope="session")

@@ -319,6 +319,20 @@ def analysis_input(fw: Any, analysis_id: str, name: str) -> bytes:
     return data
 
 
+def sdk_container(fw: Any, path: str) -> Any:
+    """The container at `group/project/subject/session/acquisition` (labels; a prefix is
+    fine), found with the SDK's finders. Not `fw.lookup`: the SDK sends no
+    `subject-container`, so a core that gates subjects resolves such a path differently."""
+    group, *labels = path.split("/")
+    node = fw.get_group(group)
+    finders = ("projects", "subjects", "sessions", "acquisitions")
+    for finder, label in zip(finders, labels, strict=False):
+        matches = [c for c in getattr(node, finder)() if c.label == label]
+        assert len(matches) == 1, (path, label, matches)
+        node = matches[0]
+    return node.reload()
+
+
 class SiteTree:
     """The files and directories a mount of the site should show under some paths, built
     from the SDK: `files[relpath] -> bytes` (downloaded by the SDK), `dirs` (relpaths)."""

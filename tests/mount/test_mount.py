@@ -3,7 +3,10 @@ getfattr, nibabel, pydicom, zip archives, random reads, the read-only user, moun
 unmount failures, an unmount with a file open, the site dying mid-read, and a site that
 ignores Range without view=true.
 
-The official SDK is the witness of what the site holds (`demo_tree`, `fw`).
+The official SDK is the witness of what the site holds (`profile_tree`, `profile_fw`). The
+read tests run against both sandbox profiles, `[default]` and `[strict]` (a real core's
+behaviour: tests/mount/conftest.py); the tests of the daemon's life (mount, unmount,
+signals, keys, a dying site) run against the default one only.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from mountkit import (
     mounted_paths,
     requests_since,
     root_conftest,
+    sdk_container,
     sha256,
     start_mount,
     stop_mount,
@@ -73,10 +77,11 @@ def children(tree: SiteTree, parent: str) -> set[str]:
     return out
 
 
-@pytest.fixture(scope="session")
-def big_bytes(big_site: Any) -> bytes:
-    acq = big_site.client().lookup(f"{SES}/T1w")
-    data: bytes = big_site.client().download_file_from_container_as_data(acq.id, "big.bin")
+@pytest.fixture(scope="module")
+def big_bytes(profile_big_site: Any) -> bytes:
+    fw = profile_big_site.client()
+    acq = sdk_container(fw, f"{SES}/T1w")
+    data: bytes = fw.download_file_from_container_as_data(acq.id, "big.bin")
     assert len(data) == 64 << 20
     return data
 
@@ -84,35 +89,35 @@ def big_bytes(big_site: Any) -> bytes:
 # ---- everyday commands ----------------------------------------------------------------------
 
 
-def test_ls_la(mounted: Mount, demo_tree: SiteTree) -> None:
-    out = run(["ls", "-la", "--time-style=+%s", str(mounted / SES)])
+def test_ls_la(profile_mount: Mount, profile_tree: SiteTree) -> None:
+    out = run(["ls", "-la", "--time-style=+%s", str(profile_mount / SES)])
     assert out.returncode == 0, out.stderr
     user = pwd.getpwuid(os.getuid()).pw_name
     entries = {}
     for line in out.stdout.splitlines()[1:]:  # after "total N"
         mode, _links, owner, _group, size, _mtime, name = line.split(None, 6)
         entries[name] = (mode, owner, int(size))
-    assert set(entries) == {".", ".."} | children(demo_tree, SES)
+    assert set(entries) == {".", ".."} | children(profile_tree, SES)
     for name, (mode, owner, size) in entries.items():
         path = f"{SES}/{name}"
         # A writable mount: containers and their files can be written, analyses cannot.
-        if path in demo_tree.files:
-            assert (mode, size) == ("-rw-r--r--", len(demo_tree.files[path])), name
+        if path in profile_tree.files:
+            assert (mode, size) == ("-rw-r--r--", len(profile_tree.files[path])), name
         else:
             assert mode == ("dr-xr-xr-x" if name == "analyses" else "drwxr-xr-x"), name
         assert owner == user
-    root = run(["ls", "-la", str(mounted.path)])
+    root = run(["ls", "-la", str(profile_mount.path)])
     assert root.returncode == 0, root.stderr
     names = {line.split(None, 8)[-1] for line in root.stdout.splitlines()[1:]}
     assert {"flywheel", "radiology"} <= names
 
 
-def test_stat(mounted: Mount, fw: Any) -> None:
-    acq = fw.lookup(f"{SES}/T1w").reload()
+def test_stat(profile_mount: Mount, profile_fw: Any) -> None:
+    acq = sdk_container(profile_fw, f"{SES}/T1w")
     f = acq.get_file("T1w.nii.gz")
     fmt = "%F|%a|%s|%X|%Y|%Z|%u|%g"
     ids = f"{os.getuid()}|{os.getgid()}"
-    path = mounted / f"{SES}/T1w"
+    path = profile_mount / f"{SES}/T1w"
     out = run(["stat", "-c", fmt, str(path / "T1w.nii.gz"), str(path)])
     assert out.returncode == 0, out.stderr
     mtime, ctime = int(f.modified.timestamp()), int(f.created.timestamp())
@@ -123,61 +128,64 @@ def test_stat(mounted: Mount, fw: Any) -> None:
     ]
 
 
-def test_find_shows_every_container_and_file(mounted: Mount, demo_tree: SiteTree) -> None:
-    for kind, expected in (("f", set(demo_tree.files)), ("d", demo_tree.dirs)):
-        out = run(["find", "flywheel", "radiology", "-type", kind], cwd=mounted.path)
+def test_find_shows_every_container_and_file(profile_mount: Mount, profile_tree: SiteTree) -> None:
+    for kind, expected in (("f", set(profile_tree.files)), ("d", profile_tree.dirs)):
+        out = run(["find", "flywheel", "radiology", "-type", kind], cwd=profile_mount.path)
         assert out.returncode == 0, out.stderr
         assert set(out.stdout.splitlines()) == expected
 
 
-def test_du_counts_the_listed_sizes(mounted: Mount, demo_tree: SiteTree) -> None:
-    out = run(["du", "-sb", PROJECT], cwd=mounted.path)
+def test_du_counts_the_listed_sizes(profile_mount: Mount, profile_tree: SiteTree) -> None:
+    out = run(["du", "-sb", PROJECT], cwd=profile_mount.path)
     assert out.returncode == 0, out.stderr
-    expected = sum(len(v) for k, v in demo_tree.files.items() if k.startswith(PROJECT + "/"))
+    expected = sum(len(v) for k, v in profile_tree.files.items() if k.startswith(PROJECT + "/"))
     assert int(out.stdout.split()[0]) == expected
     # Blocks too: du without -b adds up st_blocks.
-    out = run(["du", "-sk", PROJECT], cwd=mounted.path)
+    out = run(["du", "-sk", PROJECT], cwd=profile_mount.path)
     assert int(out.stdout.split()[0]) >= expected // 1024
 
 
-def test_cat(mounted: Mount, fw: Any) -> None:
-    project = fw.lookup(PROJECT)
+def test_cat(profile_mount: Mount, profile_fw: Any) -> None:
+    project = sdk_container(profile_fw, PROJECT)
     for name in ("participants.csv", "dataset_description.json"):
         out = subprocess.run(
-            ["cat", str(mounted / PROJECT / name)], capture_output=True, timeout=30, check=False
+            ["cat", str(profile_mount / PROJECT / name)],
+            capture_output=True,
+            timeout=30,
+            check=False,
         )
         assert out.returncode == 0, out.stderr
-        assert out.stdout == fw.download_file_from_container_as_data(project.id, name)
-    assert json.loads((mounted / PROJECT / "dataset_description.json").read_bytes())
+        assert out.stdout == profile_fw.download_file_from_container_as_data(project.id, name)
+    assert json.loads((profile_mount / PROJECT / "dataset_description.json").read_bytes())
 
 
 def test_cp_r_of_the_project_is_byte_identical_to_the_sdk(
-    mounted: Mount, demo_tree: SiteTree, tmp_path: Path
+    profile_mount: Mount, profile_tree: SiteTree, tmp_path: Path
 ) -> None:
     dest = tmp_path / "copy"
-    out = run(["cp", "-r", str(mounted / PROJECT), str(dest)], timeout=90)
+    out = run(["cp", "-r", str(profile_mount / PROJECT), str(dest)], timeout=90)
     assert out.returncode == 0, out.stderr
     copied = {
         str(p.relative_to(dest)): sha256(p.read_bytes()) for p in dest.rglob("*") if p.is_file()
     }
-    expected = {k: sha256(v) for k, v in demo_tree.under(PROJECT).files.items()}
+    expected = {k: sha256(v) for k, v in profile_tree.under(PROJECT).files.items()}
     assert copied == expected
     dirs = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_dir()}
-    assert dirs == demo_tree.under(PROJECT).dirs
+    assert dirs == profile_tree.under(PROJECT).dirs
 
 
-def test_md5sum_of_every_demo_file(mounted: Mount, demo_tree: SiteTree) -> None:
-    paths = sorted(demo_tree.files)
-    out = run(["md5sum", "--", *paths], cwd=mounted.path, timeout=90)
+def test_md5sum_of_every_demo_file(profile_mount: Mount, profile_tree: SiteTree) -> None:
+    paths = sorted(profile_tree.files)
+    out = run(["md5sum", "--", *paths], cwd=profile_mount.path, timeout=90)
     assert out.returncode == 0, out.stderr
     sums = dict(reversed(line.split("  ", 1)) for line in out.stdout.splitlines())
-    assert sums == {p: hashlib.md5(demo_tree.files[p]).hexdigest() for p in paths}
+    assert sums == {p: hashlib.md5(profile_tree.files[p]).hexdigest() for p in paths}
 
 
 def test_random_preads_match_the_source(
-    big_site: Any, big_bytes: bytes, mount_site: Callable[..., Mount]
+    profile_big_site: Any, big_bytes: bytes, mount_site: Callable[..., Mount]
 ) -> None:
-    mount = mount_site(big_site, cache_size="16M")  # smaller than the file: evictions too
+    mount = mount_site(profile_big_site, cache_size="16M")  # smaller than the file: evictions too
     rng = random.Random(20181012)
     size = len(big_bytes)
     fd = os.open(big_path(mount), os.O_RDONLY)
@@ -200,9 +208,9 @@ def test_random_preads_match_the_source(
 
 
 def test_concurrent_readers_get_the_right_bytes(
-    big_site: Any, big_bytes: bytes, mount_site: Callable[..., Mount]
+    profile_big_site: Any, big_bytes: bytes, mount_site: Callable[..., Mount]
 ) -> None:
-    mount = mount_site(big_site, cache_size="8M")
+    mount = mount_site(profile_big_site, cache_size="8M")
     path = big_path(mount)
     size = len(big_bytes)
 
@@ -226,9 +234,9 @@ def test_concurrent_readers_get_the_right_bytes(
 
 
 def test_files_with_awkward_names_read_back(
-    start_site: Callable[..., Any], mount_site: Callable[..., Mount]
+    profile: str, start_site: Callable[..., Any], mount_site: Callable[..., Mount]
 ) -> None:
-    site = start_site(demo=False)
+    site = start_site(demo=False, strict=profile == "strict")
     fw = site.client()
     fw.add_group(flywheel.Group("g", "Names"))
     project = fw.get_group("g").add_project(label="P")
@@ -258,10 +266,10 @@ def test_files_with_awkward_names_read_back(
         assert len(entry.encode()) <= 255
 
 
-def test_other_ways_of_reading(mounted: Mount, demo_tree: SiteTree) -> None:
-    rel = next(p for p in sorted(demo_tree.files) if p.endswith(".dicom.zip"))
-    source = demo_tree.files[rel]
-    path = mounted / rel
+def test_other_ways_of_reading(profile_mount: Mount, profile_tree: SiteTree) -> None:
+    rel = next(p for p in sorted(profile_tree.files) if p.endswith(".dicom.zip"))
+    source = profile_tree.files[rel]
+    path = profile_mount / rel
     direct = subprocess.run(
         ["dd", f"if={path}", "iflag=direct", "bs=4096", "status=none"],
         capture_output=True,
@@ -276,10 +284,10 @@ def test_other_ways_of_reading(mounted: Mount, demo_tree: SiteTree) -> None:
     assert run(["unzip", "-tq", str(path)]).returncode == 0
 
 
-def test_getfattr_dumps_the_flywheel_attributes(mounted: Mount, fw: Any) -> None:
-    acq = fw.lookup(f"{SES}/T1w").reload()
+def test_getfattr_dumps_the_flywheel_attributes(profile_mount: Mount, profile_fw: Any) -> None:
+    acq = sdk_container(profile_fw, f"{SES}/T1w")
     f = acq.get_file("T1w.dicom.zip")
-    path = mounted / f"{SES}/T1w"
+    path = profile_mount / f"{SES}/T1w"
 
     def dump(p: Path) -> dict[str, str]:
         out = run(["getfattr", "-d", "--absolute-names", str(p)])
@@ -300,7 +308,7 @@ def test_getfattr_dumps_the_flywheel_attributes(mounted: Mount, fw: Any) -> None
     assert attrs["user.flywheel.id"] == acq.id
     assert attrs["user.flywheel.container_type"] == "acquisition"
     assert attrs["user.flywheel.label"] == "T1w"
-    attrs = dump(mounted / "flywheel/Anxiety Study/sub-02/ses-followup/T2／FLAIR")
+    attrs = dump(profile_mount / "flywheel/Anxiety Study/sub-02/ses-followup/T2／FLAIR")
     assert attrs["user.flywheel.label"] == "T2/FLAIR"
 
 
@@ -318,11 +326,13 @@ def assert_same_image(mounted_file: Path, local_file: Path) -> None:
         np.testing.assert_array_equal(img.affine, local.affine)
 
 
-def test_nibabel_loads_a_nii_gz(mounted: Mount, demo_tree: SiteTree, tmp_path: Path) -> None:
-    for rel in sorted(p for p in demo_tree.files if p.endswith(".nii.gz"))[:3]:
+def test_nibabel_loads_a_nii_gz(
+    profile_mount: Mount, profile_tree: SiteTree, tmp_path: Path
+) -> None:
+    for rel in sorted(p for p in profile_tree.files if p.endswith(".nii.gz"))[:3]:
         local = tmp_path / Path(rel).name
-        local.write_bytes(demo_tree.files[rel])
-        assert_same_image(mounted / rel, local)
+        local.write_bytes(profile_tree.files[rel])
+        assert_same_image(profile_mount / rel, local)
 
 
 @pytest.fixture(scope="module")
@@ -393,10 +403,10 @@ def test_pydicom_reads_an_uploaded_dicom_file(imaging: Any) -> None:
     assert header.Rows == 128
 
 
-def test_zip_archives_read_with_random_access(mounted: Mount, demo_tree: SiteTree) -> None:
-    rel = next(p for p in sorted(demo_tree.files) if p.endswith(".dicom.zip"))
-    local = zipfile.ZipFile(io.BytesIO(demo_tree.files[rel]))
-    with zipfile.ZipFile(mounted / rel) as archive:
+def test_zip_archives_read_with_random_access(profile_mount: Mount, profile_tree: SiteTree) -> None:
+    rel = next(p for p in sorted(profile_tree.files) if p.endswith(".dicom.zip"))
+    local = zipfile.ZipFile(io.BytesIO(profile_tree.files[rel]))
+    with zipfile.ZipFile(profile_mount / rel) as archive:
         assert archive.testzip() is None
         names = archive.namelist()
         assert names == local.namelist()
@@ -410,10 +420,13 @@ def test_zip_archives_read_with_random_access(mounted: Mount, demo_tree: SiteTre
 
 
 def test_read_only_user_sees_the_same_and_cannot_write(
-    demo_site: Any, mounted: Mount, mount_site: Callable[..., Mount]
+    profile_site: Any, profile_mount: Mount, mount_site: Callable[..., Mount]
 ) -> None:
-    # --allow-delete: the site's refusal is what stops the deletes, not fwfs's own rule.
-    ro = mount_site(demo_site, key=demo_site.readonly_api_key, args=["--allow-delete"])
+    mounted = profile_mount
+    # --allow-delete (and a reason, for a site with an audit trail): the site's refusal is
+    # what stops the deletes, not fwfs's own rules.
+    args = ["--allow-delete", "--delete-reason", "test_data"]
+    ro = mount_site(profile_site, key=profile_site.readonly_api_key, args=args)
 
     def tree(root: Path) -> dict[str, int]:
         out = {}
