@@ -482,14 +482,14 @@ def _entries(
     # Ranked as the site's resolver picks: a container over a file, the oldest container
     # (the first by ObjectId) of a label; a directory's file names are unique.
     raw = [paths.RawEntry("c:" + x.id, x.label, False, rank=x.id) for x in containers]
-    keys = _file_keys(files)
-    raw += [paths.RawEntry(k, f.name, True, rank="") for k, f in zip(keys, files, strict=True)]
+    keyed = _keyed_files(files)
+    raw += [paths.RawEntry(k, f.name, True, rank="") for k, f in keyed]
     names = paths.assign_names(raw, reserved={ANALYSES_DIR})
     entries: dict[str, Node] = {}
     for x in containers:
         entries[names["c:" + x.id]] = Dir("container", x)
-    for k, f in zip(keys, files, strict=True):
-        entries[names[k]] = File(_marked(f, k))
+    for k, f in keyed:
+        entries[names[k]] = File(f)
     if has_analyses or me.raw.get("analyses"):
         entries[ANALYSES_DIR] = Dir("analyses", me)
     return entries
@@ -540,26 +540,23 @@ def _named_dirs(containers: list[Container]) -> dict[str, Node]:
 
 
 def _named_files(files: list[FileInfo]) -> dict[str, Node]:
-    keys = _file_keys(files)
-    names = paths.assign_names(
-        paths.RawEntry(k, f.name, True, rank="") for k, f in zip(keys, files, strict=True)
-    )
-    return {names[k]: File(_marked(f, k)) for k, f in zip(keys, files, strict=True)}
+    keyed = _keyed_files(files)
+    names = paths.assign_names(paths.RawEntry(k, f.name, True, rank="") for k, f in keyed)
+    return {names[k]: File(f) for k, f in keyed}
 
 
-def _file_keys(files: list[FileInfo]) -> list[str]:
-    """A key per file for `paths.assign_names`: its name, or, where names repeat (an
-    analysis may hold two inputs of one name, from different containers), name and file
-    id, so that listing them cannot fail. Such twins both get suffixes."""
+def _keyed_files(files: list[FileInfo]) -> list[tuple[str, FileInfo]]:
+    """A key per file for `paths.assign_names`: its name; or, where names repeat (an
+    analysis may hold two inputs of one name, from different containers), its file id and
+    name, so that listing them cannot fail. Such twins all get suffixes, and are marked:
+    the site reads a file by name, and which twin it would serve is not ours to know."""
     seen = Counter(f.name for f in files)
-    return [f"f:{f.name}" if seen[f.name] == 1 else f"f:{f.name}\x00{f.file_id}" for f in files]
-
-
-def _marked(f: FileInfo, key: str) -> FileInfo:
-    if "\x00" not in key:
-        return f
-    # The site reads a file by name: which twin it would serve is not ours to know.
-    return replace(f, raw={**f.raw, NAME_SHARED: True})
+    return [
+        (f"f:{f.name}", f)
+        if seen[f.name] == 1
+        else (f"d:{f.file_id}:{f.name}", replace(f, raw={**f.raw, NAME_SHARED: True}))
+        for f in files
+    ]
 
 
 def _group(doc: object) -> Container | None:
