@@ -21,14 +21,15 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 PYTHON = sys.executable
 
 
-def wait_for(check: object, what: str, timeout: float) -> None:
+def wait_for(check: Callable[[], bool], what: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
+    while not check():
         if time.monotonic() > deadline:
             raise SystemExit(f"{what}: not after {timeout:.0f} s")
         time.sleep(0.05)
