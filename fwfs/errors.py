@@ -120,6 +120,10 @@ class NotSupported(FwfsError):
     errno = _errno.ENOTSUP
 
 
+class CrossDevice(FwfsError):
+    errno = _errno.EXDEV
+
+
 class ErrnoRow(NamedTuple):
     """One row of the published mapping. ``trigger`` is an HTTP status or a condition."""
 
@@ -141,6 +145,7 @@ ERRNO_TABLE: tuple[ErrnoRow, ...] = (
     _row(409, AlreadyExists, "a container or file with that label or name already exists"),
     _row(413, TooLarge, "the server refused the upload as too large"),
     _row(416, InvalidArgument, "range not satisfiable; a ranged read turns it into EOF"),
+    _row(422, InvalidArgument, "the server found the request invalid (e.g. a missing field)"),
     _row(429, RemoteUnavailable, "still rate-limited after every retry"),
     _row(502, RemoteUnavailable, "bad gateway after every retry"),
     _row(503, RemoteUnavailable, "service unavailable after every retry"),
@@ -173,6 +178,11 @@ ERRNO_TABLE: tuple[ErrnoRow, ...] = (
         "operation forbidden by fwfs itself",
         NotPermitted,
         "e.g. deleting without --allow-delete, moving a container to another parent",
+    ),
+    _row(
+        "moving a file on a site without a move endpoint (an older core)",
+        CrossDevice,
+        "`mv` then copies and deletes, as it does across filesystems",
     ),
     _row("path component is a file", NotADirectory, "POSIX semantics for lookups"),
     _row("directory used as a file", IsADirectory, "POSIX semantics for open/unlink"),

@@ -26,6 +26,7 @@ from fwfs.client import FlywheelClient
 from fwfs.config import MountConfig
 from fwfs.errors import (
     AlreadyExists,
+    CrossDevice,
     FwfsError,
     InvalidArgument,
     IsADirectory,
@@ -470,7 +471,13 @@ class Writes:
         info = node.info
         target = self._target(new_parent, name, new, existing)
         if existing is None:
-            self.client.move_file(info.file_id, target.kind, target.cid, target.name)
+            try:
+                self.client.move_file(info.file_id, target.kind, target.cid, target.name)
+            except NotFound as err:
+                # The file was just listed, so the 404 is the route's: cores before file
+                # ids (D11) cannot move a file. EXDEV makes `mv` copy and delete instead.
+                log.info("%s: this site cannot move files; mv copies them instead", err)
+                raise CrossDevice("this site cannot move or rename files") from err
         else:
             self._replace(info, new_parent, target)
         self.tree.forget(old_parent)

@@ -14,6 +14,7 @@ import errno
 import hashlib
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,27 @@ def flywheel_spec(name: str, data: bytes) -> Any:
     import flywheel
 
     return flywheel.FileSpec(name, data)
+
+
+def test_an_old_core_reads_and_mv_copies_where_it_cannot_move(
+    start_site: Callable[..., Any], mount_site: Callable[..., Mount], unique: Callable[[str], str]
+) -> None:
+    """A 2019 core (`--old-core`): files have no `file_id` or `version`, `/auth/status` no
+    `user_id`, and there is no `/files/{id}/move`. The mount reads it all; a rename is
+    EXDEV, so `mv` copies the file and deletes the old name, as across filesystems."""
+    site = start_site(old_core=True)
+    fw = site.client()
+    acq = fw.lookup(f"{DEMO_PROJECT}/sub-01/ses-baseline/T1w")
+    label = unique("old")
+    new = fw.get_session(acq.parents.session).add_acquisition(label=label)
+    new.upload_file(flywheel_spec("draft.txt", b"moved by copying"))
+    mount = mount_site(site, args=["--allow-delete"])
+    t1w = mount / DEMO_PROJECT / "sub-01/ses-baseline/T1w/T1w.nii.gz"
+    assert t1w.read_bytes() == fw.download_file_from_container_as_data(acq.id, "T1w.nii.gz")
+    folder = mount / DEMO_PROJECT / "sub-01/ses-baseline" / label
+    assert errno_of(lambda: os.rename(folder / "draft.txt", folder / "x.txt")) == errno.EXDEV
+    out = subprocess.run(["mv", folder / "draft.txt", folder / "final.txt"], capture_output=True)
+    assert out.returncode == 0, out.stderr
+    files = {f.name for f in fw.get_acquisition(new.id).files}
+    assert files == {"final.txt"}
+    assert fw.download_file_from_container_as_data(new.id, "final.txt") == b"moved by copying"

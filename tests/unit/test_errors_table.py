@@ -20,13 +20,14 @@ from fwfs.errors import ERRNO_TABLE, FwfsError, errno_for_status
         (409, errno.EEXIST),
         (413, errno.EFBIG),
         (416, errno.EINVAL),
+        (422, errno.EINVAL),
         (429, errno.EIO),
         (500, errno.EIO),
         (502, errno.EIO),
         (503, errno.EIO),
         (504, errno.EIO),
         (418, errno.EIO),
-        (422, errno.EIO),
+        (451, errno.EIO),
     ],
 )
 def test_status_maps_to_errno(status: int, expected: int) -> None:
