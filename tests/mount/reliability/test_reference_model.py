@@ -491,7 +491,17 @@ def machine(site: Any, mount: Mount, figures: Figures) -> type[RuleBasedStateMac
             size = len(h.candidates[0][1])
             if size == 0 or self.gone(h):
                 return  # nothing to map; or a page that cannot be read would be SIGBUS
-            with mmap.mmap(h.fd, 0, access=mmap.ACCESS_READ) as mm:
+            try:
+                mapping = mmap.mmap(h.fd, 0, access=mmap.ACCESS_READ)
+            except OSError as err:
+                # SEMANTICS: a newer version opened while an older one is open reads with
+                # direct I/O, past the page cache, and such a file cannot be mapped.
+                others = [o for o in self.handles if o is not None and o is not h]
+                if err.errno != errno.ENODEV or not any(o.path == h.path for o in others):
+                    raise
+                figures.checked["mmap refused beside an older open version"] += 1
+                return
+            with mapping as mm:
                 assert len(mm) == size
                 for where, length in plan:
                     offset = min(int(where * size), size - 1)
