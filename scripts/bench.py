@@ -175,8 +175,9 @@ class Bench:
         t1w = self.fw.lookup("flywheel/Anxiety Study/sub-01/ses-baseline/T1w")
         self.ids["t1w"] = t1w.id
         self.ids["big_size"] = next(f.size for f in t1w.files if f.name == "big.bin")
-        # The acquisition T1w shares its name with a file T1w: docs/SEMANTICS.md, rule 2.
-        self.big_rel = f"flywheel/Anxiety Study/sub-01/ses-baseline/T1w ({t1w.id[-8:]})/big.bin"
+        # The acquisition T1w shares its name with a file T1w, and keeps it: the path is the
+        # site's own (docs/SEMANTICS.md, "Names").
+        self.big_rel = "flywheel/Anxiety Study/sub-01/ses-baseline/T1w/big.bin"
         with self.mounter.mount() as m:
             for rel in (self.big_rel, f"{kit.bench_path('headers')}/{kit.nifti_name(0)}"):
                 if not (m / rel).is_file():
