@@ -77,6 +77,18 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     )
     # Tests shorten the signed URLs' life instead of waiting 60 s.
     real.add_argument("--signed-url-ttl", type=float, default=60.0, help=argparse.SUPPRESS)
+    link = p.add_argument_group("emulated network link (docs/SANDBOX.md)")
+    link.add_argument(
+        "--rtt-ms",
+        type=float,
+        default=0.0,
+        help="round trip added to every connection's bytes, and to its handshake",
+    )
+    link.add_argument(
+        "--bandwidth-mbit",
+        type=float,
+        help="rate of the link each way, shared by all connections (default: no limit)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
 
 

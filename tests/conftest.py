@@ -4,7 +4,8 @@
   data others rely on: write tests create their own containers and files, with unique names
   (the `unique` fixture).
 * `start_site(**options)` starts a private site for tests that need their own server: a
-  restart on the same data directory, `--signed-url`, TLS, `--range-quirk`, `--scale`. Each
+  restart on the same data directory, `--signed-url`, TLS, `--range-quirk`, `--scale`, an
+  emulated network link (`rtt_ms=40, bandwidth_mbit=1000`: see `site.link`). Each
   keyword becomes a `fwfs serve` option (`signed_url=True` -> `--signed-url`,
   `tls_cert=path` -> `--tls-cert path`); `demo=False` leaves the demo seed out.
 * `strict_site` (session scope): one demo site with `--strict` (real-core behaviours, HTTPS
@@ -84,6 +85,8 @@ class Site:
         self.ca_cert: Path | None = Path(info["ca_cert"]) if info.get("ca_cert") else None
         # --redirect-downloads: where downloads are redirected to.
         self.storage_url: str | None = info.get("storage_url")
+        # --rtt-ms/--bandwidth-mbit: {"rtt_ms", "bandwidth_mbit", "pid"} of the link, else None.
+        self.link: dict[str, Any] | None = info.get("link")
         self.data = Path(info["data"])
         self.pid: int = info["pid"]
         self.access_log_path = access_log_path

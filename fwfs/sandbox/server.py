@@ -18,6 +18,7 @@ from fwfs.sandbox.api import SiteApi, SiteOptions
 from fwfs.sandbox.fidelity import Fidelity
 from fwfs.sandbox.files import FileApi
 from fwfs.sandbox.httpd import AccessLog, Router, SandboxHTTPServer
+from fwfs.sandbox.link import LinkProcess, LinkSpec
 from fwfs.sandbox.storage import Storage
 from fwfs.sandbox.store import Store, now_iso
 from fwfs.sandbox.uploads import UploadApi
@@ -57,6 +58,9 @@ class ServeOptions:
     old_core: bool = False
     private_ca: bool = False
     signed_url_ttl: float = 60.0
+    # The emulated network link (link.py): on when either is set.
+    rtt_ms: float = 0.0
+    bandwidth_mbit: float | None = None
 
     def fidelity(self) -> Fidelity:
         given = {f.name: getattr(self, f.name) for f in fields(Fidelity)}
@@ -109,28 +113,43 @@ class Sandbox:
 
             tls, self.ca_cert = mint(self.store.data_dir / "tls")
         self.access_log = AccessLog(opts.access_log)
-        self.httpd = SandboxHTTPServer(
-            (opts.host, opts.port), router, self.site.authenticate, self.access_log, tls
-        )
-        self.port = self.httpd.server_address[1]
-        scheme = "https" if tls else "http"
-        host = opts.host if opts.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        self.url = f"{scheme}://{host}:{self.port}"
-        self.site.options.base_url = self.url
+        self.link_spec = LinkSpec(opts.rtt_ms, opts.bandwidth_mbit)
+        # Behind a link the listeners are private (loopback, any port): the link's ports
+        # are the site's public ones, so no announced URL bypasses it.
+        linked = self.link_spec.enabled
+        bind = ("127.0.0.1", 0) if linked else (opts.host, opts.port)
+        self.httpd = SandboxHTTPServer(bind, router, self.site.authenticate, self.access_log, tls)
         self.storage_httpd: SandboxHTTPServer | None = None
-        self.storage_url: str | None = None
         if self.storage is not None:
             storage_router = Router()
             self.storage.register(storage_router)
             self.storage_httpd = SandboxHTTPServer(
-                (opts.host, 0),
+                (bind[0], 0),
                 storage_router,
                 self.site.authenticate,
                 self.access_log,
                 tls,
                 listener="storage",
             )
-            self.storage_url = f"{scheme}://{host}:{self.storage_httpd.server_address[1]}"
+        ports = [s.server_address[1] for s in self._servers()]
+        self.link: LinkProcess | None = None
+        if linked:
+            publics = [opts.port] + [0] * (len(ports) - 1)
+            forwards = [(pub, "127.0.0.1", port) for pub, port in zip(publics, ports, strict=True)]
+            try:
+                self.link = LinkProcess(self.link_spec, opts.host, forwards)
+            except Exception:
+                self._close_servers()
+                raise
+            ports = self.link.ports
+        self.port = ports[0]
+        scheme = "https" if tls else "http"
+        host = opts.host if opts.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        self.url = f"{scheme}://{host}:{self.port}"
+        self.site.options.base_url = self.url
+        self.storage_url: str | None = None
+        if self.storage is not None:
+            self.storage_url = f"{scheme}://{host}:{ports[1]}"
             self.storage.base_url = self.storage_url
         self._threads: list[threading.Thread] = []
 
@@ -224,6 +243,9 @@ class Sandbox:
             "pid": os.getpid(),
             "ca_cert": None if self.ca_cert is None else str(self.ca_cert),
             "storage_url": self.storage_url,
+            "link": None
+            if self.link is None
+            else {**self.link_spec.announce(), "pid": self.link.pid},
         }
         if self.opts.ready_file is not None:
             tmp = self.opts.ready_file.with_suffix(".tmp")
@@ -236,6 +258,10 @@ class Sandbox:
 
     def _servers(self) -> list[SandboxHTTPServer]:
         return [self.httpd] + ([self.storage_httpd] if self.storage_httpd else [])
+
+    def _close_servers(self) -> None:
+        for server in self._servers():
+            server.server_close()
 
     def start(self) -> None:
         for server in self._servers():
@@ -259,8 +285,9 @@ class Sandbox:
         if self._threads:
             for server in self._servers():
                 server.shutdown()
-        for server in self._servers():
-            server.server_close()
+        if self.link is not None:
+            self.link.stop()
+        self._close_servers()
         self.access_log.close()
         self.store.close()
         if self._tmp is not None:
