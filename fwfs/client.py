@@ -19,8 +19,10 @@ import platform
 import random
 import re
 import ssl
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -125,11 +127,14 @@ class _Session(requests.Session):
         the API alone.
         """
         super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]
-        target = urlsplit(prepared_request.url or "")
-        if _origin(prepared_request.url or "") != self._api_origin or not (
-            target.path.startswith(self._api_path)
-        ):
+        if not self.below_api(prepared_request.url or ""):
             prepared_request.headers.pop("Authorization", None)
+
+    def below_api(self, url: str) -> bool:
+        """Whether ``url`` is the site's own API (same scheme, host and port, and below
+        its path): the only place the key may go."""
+        target = urlsplit(url)
+        return _origin(url) == self._api_origin and target.path.startswith(self._api_path)
 
     def merge_environment_settings(
         self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
@@ -570,6 +575,63 @@ def _signed_lifetime(query: str, now: float) -> float | None:
     return None
 
 
+# Storage URLs a download's 302 named, reused for the file's later ranges (one round trip
+# each instead of two). A URL whose query states no lifetime is trusted this long.
+_SIGNED_DEFAULT_LIFETIME: Final = 30.0
+_SIGNED_MARGIN: Final = 15.0  # stop using a URL this long before it expires (at most)
+_SIGNED_CAPACITY: Final = 512  # files remembered
+# What storage answers a URL it no longer accepts (S3 and the sandbox 403, GCS 400).
+_SIGNED_REFUSED: Final = frozenset({400, 401, 403})
+_SignedKey = tuple[str, int]
+
+
+class _SignedUrls:
+    """The storage URL of each ``(file, version)`` until shortly before it expires: an LRU
+    shared by all threads. Only a pinned version is kept, since a URL names one blob."""
+
+    def __init__(self, clock: Callable[[], float], capacity: int = _SIGNED_CAPACITY) -> None:
+        self._clock = clock
+        self._capacity = capacity
+        self._urls: OrderedDict[_SignedKey, tuple[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: _SignedKey) -> str | None:
+        with self._lock:
+            entry = self._urls.get(key)
+            if entry is None:
+                return None
+            if self._clock() >= entry[1]:
+                del self._urls[key]
+                return None
+            self._urls.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: _SignedKey, url: str) -> None:
+        lifetime = _signed_lifetime(urlsplit(url).query, time.time())
+        if lifetime is None:
+            lifetime = _SIGNED_DEFAULT_LIFETIME
+        usable = lifetime - min(_SIGNED_MARGIN, lifetime / 4)
+        if usable <= 0:
+            return
+        with self._lock:
+            self._urls[key] = (url, self._clock() + usable)
+            self._urls.move_to_end(key)
+            while len(self._urls) > self._capacity:
+                self._urls.popitem(last=False)
+
+    def drop(self, key: _SignedKey, url: str) -> None:
+        with self._lock:
+            if self._urls.get(key, ("",))[0] == url:
+                del self._urls[key]
+
+
+@dataclass(frozen=True)
+class _Redirect:
+    """A download's answer that points elsewhere (``consume`` never saw its body)."""
+
+    location: str
+
+
 class FlywheelClient:
     """Thin, typed access to the Flywheel REST API. Returns plain JSON dicts and lists.
 
@@ -605,6 +667,7 @@ class FlywheelClient:
         self._auth = _ApiKeyAuth(config.authorization)
         self._sleep, self._clock, self._jitter = sleep, clock, jitter
         self._upload_mode: tuple[bool, float] | None = None
+        self._signed_urls = _SignedUrls(clock)
         session = _Session(self._base)
         trust = config.trust
         self._trust = trust
@@ -842,10 +905,9 @@ class FlywheelClient:
         path = self.file_url_path(kind, cid, name, group=group, file_id=file_id)
         display = self._base_path + path
         # The real server honours Range only with view=true (reference section 7).
-        return self._request(
-            "GET",
-            self._base + path,
-            display=display,
+        return self._download(
+            path,
+            (file_id or path, version) if version is not None else None,
             params=_version_params(version, view="true"),
             headers={**_FILE_HEADERS, "Range": f"bytes={start}-{end - 1}"},
             passthrough=frozenset({416}),
@@ -866,10 +928,9 @@ class FlywheelClient:
         """The whole file in chunks. Raises RemoteError if it ends short of Content-Length."""
         path = self.file_url_path(kind, cid, name, group=group, file_id=file_id)
         display = self._base_path + path
-        resp: requests.Response = self._request(
-            "GET",
-            self._base + path,
-            display=display,
+        resp: requests.Response = self._download(
+            path,
+            (file_id or path, version) if version is not None else None,
             # view=true: the by-id route (like the name route) serves the bytes inline.
             params=_version_params(version, view="true"),
             headers=_FILE_HEADERS,
@@ -889,6 +950,95 @@ class FlywheelClient:
         if expected is not None and received != expected:
             why = f"body ended after {received} of {expected} bytes"
             raise RemoteError.for_request("GET", display, why)
+
+    def _download(
+        self,
+        path: str,
+        key: _SignedKey | None,
+        *,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+        consume: Callable[[requests.Response], _T],
+        passthrough: frozenset[int] = frozenset(),
+        keep_open: bool = False,
+    ) -> _T:
+        """GET a file's bytes at ``path``, following the core's redirect to storage here
+        rather than in requests, so that the signed URL can serve the file's later ranges
+        (``key`` pins the file and version; None keeps nothing). A remembered URL that
+        storage refuses (expired, revoked) is dropped, and the core asked once more.
+        """
+        display = self._base_path + path
+        remembered = self._signed_urls.get(key) if key is not None else None
+        if remembered is not None:
+            try:
+                return self._storage_get(
+                    remembered, display, headers, consume, passthrough, keep_open
+                )
+            except FwfsError as exc:
+                if exc.status not in _SIGNED_REFUSED:
+                    raise
+                assert key is not None
+                self._signed_urls.drop(key, remembered)
+                log.info("%s: storage refused a remembered signed URL; asking the core", display)
+
+        def first_hop(resp: requests.Response) -> _T | _Redirect:
+            location = resp.headers.get("Location") if resp.is_redirect else None
+            if location is None:
+                return consume(resp)
+            resp.close()  # even when the caller wanted the body kept open
+            return _Redirect(location)
+
+        answer = self._request(
+            "GET",
+            self._base + path,
+            display=display,
+            params=params,
+            headers=headers,
+            passthrough=passthrough,
+            consume=first_hop,
+            keep_open=keep_open,
+            allow_redirects=False,
+        )
+        if not isinstance(answer, _Redirect):
+            return answer
+        target = urljoin(self._base + path, answer.location)
+        if self._session.below_api(target):
+            # Somewhere else in the API (not storage): the key goes, nothing is kept.
+            return self._request(
+                "GET",
+                target,
+                display=display,
+                headers=headers,
+                passthrough=passthrough,
+                consume=consume,
+                keep_open=keep_open,
+            )
+        if key is not None:
+            self._signed_urls.put(key, target)
+        return self._storage_get(target, display, headers, consume, passthrough, keep_open)
+
+    def _storage_get(
+        self,
+        url: str,
+        display: str,
+        headers: Mapping[str, str],
+        consume: Callable[[requests.Response], _T],
+        passthrough: frozenset[int],
+        keep_open: bool,
+    ) -> _T:
+        """GET a signed storage URL: never with the key; logs and errors name only the
+        file and the host, since the URL's query is a credential."""
+        host = urlsplit(url).netloc.rpartition("@")[2]
+        return self._request(
+            "GET",
+            url,
+            display=f"{display} (signed URL on {host})",
+            headers=headers,
+            signed=True,
+            passthrough=passthrough,
+            consume=consume,
+            keep_open=keep_open,
+        )
 
     def file_info(
         self,
@@ -1143,6 +1293,7 @@ class FlywheelClient:
         signed: bool = False,
         passthrough: frozenset[int] = frozenset(),
         keep_open: bool = False,
+        allow_redirects: bool = True,
     ) -> _T:
         """Send with retries and hand the response to ``consume``; failures are FwfsError.
 
@@ -1170,6 +1321,7 @@ class FlywheelClient:
                     json=json_body,
                     data=data,
                     auth=_NoAuth() if signed else self._auth,
+                    allow_redirects=allow_redirects,
                 )
             except _Failed as failed:
                 error = failed.error
