@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import resource
 import shutil
 import signal
@@ -36,7 +37,7 @@ os.environ.setdefault("FLYWHEEL_SDK_REQUEST_TIMEOUT", "120")
 import bench_kit as kit
 import bench_report as report
 
-CASES = ("cold_read", "headers", "tree", "archives", "upload")
+CASES = ("cold_read", "headers", "tree", "archives", "series", "copy_tree", "upload")
 MODES: dict[str, dict[str, int]] = {
     "quick": {
         "big_file_mb": 128,
@@ -109,8 +110,24 @@ class Skip(Exception):
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, params: dict[str, int]) -> None:
+    """One pass of the benchmark: one sandbox site (on loopback, or behind the link
+    emulator), every case's variants interleaved."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        params: dict[str, int],
+        *,
+        name: str = "loopback",
+        site_flags: tuple[str, ...] = (),
+        link: dict[str, Any] | None = None,
+    ) -> None:
         self.args = args
+        self.name = name
+        self.site_flags = site_flags
+        self.link = link
+        # The pass with downloads redirected to storage measures only what its target needs.
+        self.cold_read_only_targets = name == "wan-redirect"
         self.params = params
         self.reps = args.reps or params["reps"]
         self.spec = kit.DataSpec(
@@ -152,8 +169,22 @@ class Bench:
                 + (" (first use: seeding, this takes a while)" if first else "")
             )
             self.site = kit.start_site(
-                data, self.work, big_file_mb=self.spec.big_file_mb, scale=self.spec.scale
+                data,
+                self.work,
+                big_file_mb=self.spec.big_file_mb,
+                scale=self.spec.scale,
+                extra=self.site_flags,
             )
+            ca = self.site.info.get("ca_cert")
+            if ca:
+                # --strict serves HTTPS with its own CA: the SDK, requests and the mount
+                # trust it through REQUESTS_CA_BUNDLE (the mount's env is this one's), curl
+                # through --cacert.
+                os.environ["REQUESTS_CA_BUNDLE"] = str(ca)
+            if self.link is not None and "link" not in self.site.info:
+                raise RuntimeError(
+                    "the sandbox announced no link: this fwfs serve has no link emulator"
+                )
             import flywheel
 
             self.fw = flywheel.Client(self.site.api_key)
@@ -227,6 +258,7 @@ class Bench:
         mark = self.site.log.mark()
         site_cpu, own_cpu = _ticks(self.site.proc.pid), _own_cpu()
         daemon_cpu = _ticks(mount.pid) if mount else 0.0
+        started = time.monotonic()
         t0 = time.perf_counter()
         extra = fn()
         seconds = time.perf_counter() - t0
@@ -240,7 +272,11 @@ class Bench:
             mem = mount.memory()
             rec["rss_peak_mib"] = mem.get("VmHWM", 0) / 1024
             rec["rss_end_mib"] = mem.get("VmRSS", 0) / 1024
-        rec.update(kit.traffic(self.site.log.since(mark)))
+        entries = self.site.log.since(mark)
+        rec.update(kit.traffic(entries))
+        if mount is not None and rep == 0:
+            # One mount run's requests, in order: what a missed target is explained by.
+            rec["log"] = kit.timeline(entries, started)
         if payload:
             rec["payload_bytes"] = payload
             rec["mb_s"] = payload / seconds / 1e6
@@ -288,25 +324,32 @@ class Bench:
             return go
 
         def curl() -> None:
-            run(["curl", "-sSf", "-o", "/dev/null", "-H", f"@{headers}", url])
+            # -L: a site that redirects downloads to storage answers 302; curl drops the
+            # Authorization header on the way to another host, as the signed URL wants.
+            ca = self.site.info.get("ca_cert")
+            trust = ["--cacert", str(ca)] if ca else []
+            run(["curl", "-sSfL", *trust, "-o", "/dev/null", "-H", f"@{headers}", url])
 
         for rep in range(self.reps):
             with self.m.mount() as mnt:
                 self.measure(
                     "cold_read", "mount", rep, cat(mnt / self.big_rel), payload=size, mount=mnt
                 )
-                self.measure(
-                    "warm_read",
-                    "mount, re-read",
-                    rep,
-                    cat(mnt / self.big_rel),
-                    payload=size,
-                    mount=mnt,
-                    cold=False,
-                )
+                if not self.cold_read_only_targets:
+                    self.measure(
+                        "warm_read",
+                        "mount, re-read",
+                        rep,
+                        cat(mnt / self.big_rel),
+                        payload=size,
+                        mount=mnt,
+                        cold=False,
+                    )
             self.measure("cold_read", "SDK download_file", rep, sdk, payload=size)
-            self.measure("cold_read", "requests stream", rep, plain, payload=size)
             self.measure("cold_read", "curl", rep, curl, payload=size)
+            if self.cold_read_only_targets:
+                continue  # the redirect pass: the issue's two ratios, not the ceilings
+            self.measure("cold_read", "requests stream", rep, plain, payload=size)
             with self.m.mount("--cache-size", SMALL_CACHE) as mnt:
                 self.measure(
                     "cold_read",
@@ -325,6 +368,8 @@ class Bench:
                 payload=size,
                 cold=False,
             )
+        if self.link is not None:
+            return  # the loopback pass compares the bytes; a second GiB over the link would not
         with self.m.mount() as mnt:
             same = subprocess.run(
                 ["cmp", str(mnt / self.big_rel), str(self.local_big)], check=False
@@ -465,6 +510,87 @@ class Bench:
             self.measure("dcm2niix", "SDK download + unzip + dcm2niix", rep, dcm2niix_sdk)
         a, b = self.work / "nii-mount" / "vol.nii", self.work / "nii-sdk" / "vol.nii"
         self.checks["dcm2niix_outputs_match"] = a.read_bytes() == b.read_bytes()
+
+    def _dcm2niix(self, src: Path, out: Path, zsize: int) -> dict[str, Any]:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        run(["dcm2niix", "-z", "n", "-f", "vol", "-o", str(out), str(src)])
+        nii = out / "vol.nii"
+        if not nii.is_file():
+            raise RuntimeError(f"dcm2niix wrote no {nii}")
+        return {"files_bytes": zsize, "nii_bytes": nii.stat().st_size}
+
+    def case_series(self) -> None:
+        """dcm2niix on the 200-slice series zip: the mount's `.zip.d` directory against the
+        SDK's download, unzip and convert on local disk (the issue's first target)."""
+        rel = kit.bench_path("series")
+        zsize = int(self.ids["series_size"])
+        scratch = self.work / "series"
+
+        def sdk() -> dict[str, Any]:
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir()
+            self.fw.lookup(rel).download_file(kit.SERIES_ZIP, str(scratch / kit.SERIES_ZIP))
+            with zipfile.ZipFile(scratch / kit.SERIES_ZIP) as z:
+                z.extractall(scratch / "unzipped")
+            return self._dcm2niix(scratch / "unzipped", self.work / "nii200-sdk", zsize)
+
+        for rep in range(self.reps):
+            with self.m.mount() as mnt:
+                src = mnt / rel / f"{kit.SERIES_ZIP}.d"
+                self.measure(
+                    "dcm2niix_200",
+                    "mount",
+                    rep,
+                    lambda src=src: self._dcm2niix(src, self.work / "nii200-mount", zsize),
+                    mount=mnt,
+                )
+            self.measure("dcm2niix_200", "SDK download + unzip + dcm2niix", rep, sdk)
+        a, b = self.work / "nii200-mount" / "vol.nii", self.work / "nii200-sdk" / "vol.nii"
+        self.checks["dcm2niix_200_outputs_match"] = a.read_bytes() == b.read_bytes()
+
+    def case_copy_tree(self) -> None:
+        """`cp -r` of the project of small files out of the mount, against the SDK walking
+        it and downloading every file, one after another."""
+        rel = f"flywheel/{kit.SMALL_PROJECT}"
+        want = (int(self.ids["small_files"]), int(self.ids["small_bytes"]))
+
+        def tally(root: Path) -> tuple[int, int]:
+            files = [p for p in root.rglob("*") if p.is_file()]
+            return len(files), sum(p.stat().st_size for p in files)
+
+        def via_mount(mnt: kit.Mount) -> dict[str, Any]:
+            dest = self.work / "copy-mount"
+            shutil.rmtree(dest, ignore_errors=True)
+            run(["cp", "-r", str(mnt / rel), str(dest)])
+            got = tally(dest)
+            return {"files": got[0], "files_bytes": got[1]}
+
+        def via_sdk() -> dict[str, Any]:
+            dest = self.work / "copy-sdk"
+            shutil.rmtree(dest, ignore_errors=True)
+            project = self.fw.lookup(rel)
+            for subject in project.subjects():
+                for session in subject.sessions():
+                    for acq in session.acquisitions():
+                        where = dest / subject.label / session.label / acq.label
+                        where.mkdir(parents=True, exist_ok=True)
+                        for f in acq.files or []:
+                            acq.download_file(f.name, str(where / f.name))
+            got = tally(dest)
+            return {"files": got[0], "files_bytes": got[1]}
+
+        for rep in range(self.reps):
+            with self.m.mount() as mnt:
+                r = self.measure(
+                    "copy_tree", "mount: cp -r", rep, lambda mnt=mnt: via_mount(mnt), mount=mnt
+                )
+            s = self.measure("copy_tree", "SDK walk + download_file each", rep, via_sdk)
+            self.checks["copy_tree_counts"] = {
+                "site (files, bytes)": list(want),
+                "mount cp -r": [r["files"], r["files_bytes"]],
+                "SDK": [s["files"], s["files_bytes"]],
+            }
 
     def _fetch_local_big(self) -> None:
         if not self.local_big.exists():
@@ -651,6 +777,49 @@ def signals_as_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def parse_link(spec: str) -> dict[str, Any]:
+    """`40ms,1gbit` or `80ms,200mbit` -> {"rtt_ms": 40, "mbit": 1000, "spec": ...}."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)ms\s*,\s*(\d+(?:\.\d+)?)(gbit|mbit)\s*", spec.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected <N>ms,<M>gbit or <N>ms,<M>mbit")
+    rtt = float(m.group(1))
+    mbit = float(m.group(2)) * (1000 if m.group(3) == "gbit" else 1)
+    if mbit <= 0:
+        raise argparse.ArgumentTypeError(f"{spec!r}: the bandwidth must be positive")
+    return {"spec": spec.strip().lower(), "rtt_ms": rtt, "mbit": mbit}
+
+
+def _num_arg(x: float) -> str:
+    return f"{x:g}"
+
+
+def passes(args: argparse.Namespace, cases: list[str]) -> list[dict[str, Any]]:
+    """The passes of one run: loopback (unless --no-loopback), then over the link, then
+    over the link with downloads redirected to storage (the cold read's second target)."""
+    common: list[str] = []
+    if args.strict:
+        common.append("--strict")
+    elif args.redirect_downloads:
+        common.append("--redirect-downloads")
+    out: list[dict[str, Any]] = []
+    if not (args.link and args.no_loopback):
+        out.append({"name": "loopback", "flags": tuple(common), "link": None, "cases": cases})
+    if args.link:
+        link = args.link
+        wan = ["--rtt-ms", _num_arg(link["rtt_ms"]), "--bandwidth-mbit", _num_arg(link["mbit"])]
+        out.append({"name": "wan", "flags": (*common, *wan), "link": link, "cases": cases})
+        if "cold_read" in cases and not common and not args.no_redirect_pass:
+            out.append(
+                {
+                    "name": "wan-redirect",
+                    "flags": (*wan, "--redirect-downloads"),
+                    "link": link,
+                    "cases": ["cold_read"],
+                }
+            )
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small data, 3 repetitions (~2 min)")
@@ -666,6 +835,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("missed", "none", "all"),
         help="py-spy profiles of the mount for missed targets (default in full mode), "
         "for every case, or none (default in quick mode)",
+    )
+    p.add_argument(
+        "--link",
+        type=parse_link,
+        help="also run every case through the sandbox's link emulator, e.g. 40ms,1gbit "
+        "(round trip, bandwidth): the loopback and the WAN tables come from one run",
+    )
+    p.add_argument("--no-loopback", action="store_true", help="with --link: skip the loopback pass")
+    p.add_argument(
+        "--no-redirect-pass",
+        action="store_true",
+        help="with --link: skip the cold read with downloads redirected to storage",
+    )
+    p.add_argument(
+        "--redirect-downloads",
+        action="store_true",
+        help="the bench's site answers downloads with a 302 to storage (every pass)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="the bench's site behaves as a real core (fwfs serve --strict: TLS with a CA of "
+        "its own, trusted through REQUESTS_CA_BUNDLE and curl --cacert)",
     )
     p.add_argument("--keep", action="store_true", help="keep the run's work directory")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -686,35 +878,56 @@ def main(argv: list[str] | None = None) -> int:
         else Path(tempfile.gettempdir()) / "fwfs-bench-quick"
     )
     profile = args.profile or ("missed" if mode == "full" else "none")
-    bench = Bench(args, MODES[mode])
     started = time.time()
+    runs: list[dict[str, Any]] = []
+    failed = False
+    if profile != "none":
+        for old in (out / "profiles").glob("*.txt"):
+            old.unlink()  # a profile from an earlier run would pass for this one's
     with signals_as_interrupts():
-        try:
-            bench.start()
-            run_cases(bench, cases)
-            results = report.build(bench, mode, time.time() - started)
-            if profile != "none":
-                for old in (out / "profiles").glob("*.txt"):
-                    old.unlink()  # a profile from an earlier run would pass for this one's
-                wanted = report.profile_cases(results, everything=profile == "all")
-                for case in wanted:
-                    kit.log(f"profiling the daemon: {case}")
-                    try:
-                        summary = bench.profile(case, out / "profiles")
-                    except Exception as err:
-                        bench.notes.append(f"profile of {case} failed: {err}")
-                        summary = None
-                    if summary:
-                        results["profiles"][case] = summary
-        finally:
-            bench.stop()
-    results["checks"] = bench.checks
-    results["notes"] = bench.notes
-    results["duration_s"] = round(time.time() - started)
-    report.write(results, out, plots_too=not args.no_plots, update_doc=out == report.DOCS_OUT)
-    print(report.markdown(results))
+        for spec in passes(args, cases):
+            kit.log(f"pass {spec['name']}: fwfs serve {' '.join(spec['flags'])}")
+            bench = Bench(
+                args,
+                MODES[mode],
+                name=spec["name"],
+                site_flags=spec["flags"],
+                link=spec["link"],
+            )
+            pass_started = time.time()
+            try:
+                bench.start()
+                run_cases(bench, spec["cases"])
+                results = report.build(bench, mode, time.time() - pass_started)
+                # Profiles sample CPU: the loopback pass is where CPU decides the figures.
+                if profile != "none" and bench.link is None:
+                    wanted = report.profile_cases(results, everything=profile == "all")
+                    for case in wanted:
+                        kit.log(f"profiling the daemon: {case}")
+                        try:
+                            summary = bench.profile(case, out / "profiles")
+                        except Exception as err:
+                            bench.notes.append(f"profile of {case} failed: {err}")
+                            summary = None
+                        if summary:
+                            results["profiles"][case] = summary
+            finally:
+                bench.stop()
+            results["checks"] = bench.checks
+            results["notes"] = bench.notes
+            results["duration_s"] = round(time.time() - pass_started)
+            runs.append(results)
+            failed = failed or bool(bench.failed)
+    report.write_runs(
+        runs,
+        out,
+        plots_too=not args.no_plots,
+        update_doc=out == report.DOCS_OUT,
+        duration_s=round(time.time() - started),
+    )
+    print(report.markdown_runs(runs))
     kit.log(f"wrote {out}")
-    return 1 if bench.failed else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

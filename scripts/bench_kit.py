@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ PYTHON = sys.executable
 MOUNT_TIMEOUT = 30.0
 EXIT_TIMEOUT = 15.0
 # Bumped whenever the benchmark's own data on the site changes shape.
-DATA_SCHEMA = 2
+DATA_SCHEMA = 3
 
 
 def log(message: str) -> None:
@@ -114,10 +115,44 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 
 class AccessLog:
-    """The sandbox's access log (one JSON line per request), read by byte offset."""
+    """The sandbox's access log (one JSON line per request), read by byte offset.
+
+    The site logs a request when it has answered it, with its duration but no clock time; a
+    thread tails the log and stamps each line as it appears, so that a run's requests can be
+    placed on its timeline (start = stamp - duration, to within the tail's poll interval)."""
+
+    POLL = 0.002
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._stamps: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tail, name="access-log-tail", daemon=True)
+        self._thread.start()
+
+    def _tail(self) -> None:
+        offset = 0
+        pending = b""
+        while not self._stop.is_set():
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(offset)
+                    data = f.read()
+            except FileNotFoundError:
+                data = b""
+            if data:
+                now = time.monotonic()
+                start = offset - len(pending)
+                pending += data
+                offset += len(data)
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    self._stamps[start] = now
+                    start += len(line) + 1
+            time.sleep(self.POLL)
+
+    def close(self) -> None:
+        self._stop.set()
 
     def _size(self) -> int:
         try:
@@ -142,11 +177,45 @@ class AccessLog:
         return self.settle()
 
     def since(self, mark: int) -> list[dict[str, Any]]:
+        """The entries after `mark`; each with `t_end`, the monotonic time it was seen."""
         end = self.settle()
+        time.sleep(3 * self.POLL)  # the tail stamps what settle saw
         with open(self.path, "rb") as f:
             f.seek(mark)
             data = f.read(end - mark)
-        return [json.loads(line) for line in data.splitlines() if line.strip()]
+        out = []
+        offset = mark
+        for line in data.split(b"\n"):
+            if line.strip():
+                entry = json.loads(line)
+                if offset in self._stamps:
+                    entry["t_end"] = self._stamps[offset]
+                out.append(entry)
+            offset += len(line) + 1
+        return out
+
+
+def timeline(entries: list[dict[str, Any]], t0: float) -> list[list[Any]]:
+    """Access-log entries as [start s, duration s, listener, method, path, query, status,
+    bytes], start relative to `t0` (monotonic), sorted by start."""
+    out = []
+    for e in entries:
+        dur = float(e.get("duration") or 0.0)
+        start = float(e["t_end"]) - dur - t0 if "t_end" in e else None
+        out.append(
+            [
+                None if start is None else round(start, 4),
+                round(dur, 4),
+                e.get("listener", "core"),
+                e.get("method"),
+                e.get("path"),
+                e.get("query") or "",
+                e.get("status"),
+                int(e.get("bytes") or 0),
+            ]
+        )
+    out.sort(key=lambda r: (r[0] is None, r[0] or 0.0))
+    return out
 
 
 def traffic(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -186,19 +255,27 @@ class Site:
         return parse_api_key(self.api_key)[1]
 
     def stop(self) -> None:
+        self.log.close()
         stop_process(self.proc)
 
 
 def start_site(
-    data: Path, workdir: Path, *, big_file_mb: int, scale: int, timeout: float = 1800.0
+    data: Path,
+    workdir: Path,
+    *,
+    big_file_mb: int,
+    scale: int,
+    extra: tuple[str, ...] = (),
+    timeout: float = 1800.0,
 ) -> Site:
-    """`fwfs serve --demo` on `data` (seeded on first use, which can take minutes)."""
+    """`fwfs serve --demo` on `data` (seeded on first use, which can take minutes), with
+    `extra` options (a link emulator, real-server behaviours)."""
     ready = workdir / "site-ready.json"
     access = workdir / "access.log"
     ready.unlink(missing_ok=True)
     argv = [PYTHON, "-m", "fwfs", "serve", "--data", str(data), "--demo"]
     argv += ["--big-file-mb", str(big_file_mb), "--scale", str(scale)]
-    argv += ["--ready-file", str(ready), "--access-log", str(access)]
+    argv += ["--ready-file", str(ready), "--access-log", str(access), *extra]
     with open(workdir / "site.out", "wb") as out:
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir
@@ -350,7 +427,19 @@ class DataSpec:
 
 BENCH_PROJECT = "Bench"
 # session label -> its one acquisition: flywheel/Bench/bench/<session>/<acquisition>
-BENCH_ACQUISITIONS = {"headers": "nifti", "archive": "dicom", "uploads": "scratch"}
+BENCH_ACQUISITIONS = {
+    "headers": "nifti",
+    "archive": "dicom",
+    "uploads": "scratch",
+    "series": "dicom200",
+}
+# The issue's dcm2niix workload: one 200-slice series, zipped (about 11 MB).
+SERIES_ZIP = "series200.dicom.zip"
+SERIES_SHAPE = (200, 256)
+# A project of small files for `cp -r` against the SDK downloading them one by one:
+# subjects x sessions x acquisitions x files, sizes from 8 KiB to 200 KiB.
+SMALL_PROJECT = "Bench Small"
+SMALL_SHAPE = (2, 5, 2, 5)
 
 
 def bench_path(case: str) -> str:
@@ -444,6 +533,12 @@ def seed_bench(fw: Any, spec: DataSpec, scratch: Path) -> dict[str, Any]:
     archive.upload_file(str(zpath))
     zip_size = zpath.stat().st_size
     zpath.unlink()
+    spath = scratch / SERIES_ZIP
+    make_zip(spath, *SERIES_SHAPE)
+    acq["series"].upload_file(str(spath))
+    series_size = spath.stat().st_size
+    spath.unlink()
+    small_id, small_files, small_bytes = seed_small_project(group, scratch / "small")
     ids = {
         "spec": spec.key(),
         "project": project.id,
@@ -452,6 +547,34 @@ def seed_bench(fw: Any, spec: DataSpec, scratch: Path) -> dict[str, Any]:
         "uploads": uploads.id,
         "nifti_sizes": sizes,
         "zip_size": zip_size,
+        "series": acq["series"].id,
+        "series_size": series_size,
+        "small_project": small_id,
+        "small_files": small_files,
+        "small_bytes": small_bytes,
     }
     project.update_info({"bench_ready": ids})
     return ids
+
+
+def seed_small_project(group: Any, scratch: Path) -> tuple[str, int, int]:
+    """The project of small files (SMALL_SHAPE): its id, file count and bytes."""
+    subjects, sessions, acquisitions, files = SMALL_SHAPE
+    project = group.add_project(label=SMALL_PROJECT)
+    scratch.mkdir(parents=True, exist_ok=True)
+    count = total = 0
+    for a in range(subjects):
+        subject = project.add_subject(label=f"sub-{a + 1:02d}", code=f"sub-{a + 1:02d}")
+        for b in range(sessions):
+            session = subject.add_session(label=f"ses-{b + 1:02d}")
+            for c in range(acquisitions):
+                acq = session.add_acquisition(label=f"run-{c + 1}")
+                for d in range(files):
+                    size = (8 << 10) + (count * 37 % 25) * (8 << 10)  # 8 KiB .. 200 KiB
+                    path = scratch / f"part-{d + 1:02d}.dat"
+                    path.write_bytes(os.urandom(size))
+                    acq.upload_file(str(path))
+                    path.unlink()
+                    count += 1
+                    total += size
+    return str(project.id), count, total

@@ -8,6 +8,7 @@ refreshes the generated section of docs/BENCHMARKS.md when writing to docs/bench
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 from collections import Counter, defaultdict
@@ -29,6 +30,8 @@ CASES: dict[str, tuple[str, str, bool, str]] = {
     "tree": ("seconds", "s", False, "Tree walk of the Scale project"),
     "archive_member": ("seconds", "s", False, "One member of a 1,000-member zip"),
     "dcm2niix": ("seconds", "s", False, "dcm2niix on the 1,000-slice series"),
+    "dcm2niix_200": ("seconds", "s", False, "dcm2niix on the 200-slice series zip"),
+    "copy_tree": ("seconds", "s", False, "cp -r of a project of small files"),
     "upload": ("mb_s", "MB/s", True, "Upload of big.bin"),
 }
 
@@ -102,6 +105,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = results["summary"]
     records: list[dict[str, Any]] = results["records"]
     out: list[dict[str, Any]] = []
+    # Over a link the issue's targets (issue 12) apply; on loopback the earlier ones.
+    link = results.get("link")
+    wan = link is not None
 
     def ratio(
         tid: str,
@@ -118,7 +124,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         metric = CASES[case][0]
         a, b = _find(rows, case, num), _find(rows, case, den)
         t: dict[str, Any] = {"id": tid, "text": text, "needed": f">= {need:g}x"}
-        t.update(need=need, op=">=")
+        t.update(need=need, op=">=", case=case, variant=num)
         t["profile"] = profile
         if a is None or b is None:
             out.append({**t, "measured": None, "met": None})
@@ -182,7 +188,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         "headers",
         "mount",
         "SDK download_file",
-        10,
+        20 if wan else 10,
         "headers",
         invert=True,
     )
@@ -218,6 +224,41 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         invert=True,
     )
     out[-1]["informational"] = True
+    ratio(
+        "dcm2niix200-speed",
+        "dcm2niix on the 200-slice zip: SDK (download, unzip, convert) time / mount time",
+        "dcm2niix_200",
+        "mount",
+        "SDK download + unzip + dcm2niix",
+        1,
+        "dcm2niix",
+        invert=True,
+    )
+    out[-1]["informational"] = not wan
+    ratio(
+        "copy-speed",
+        "cp -r of a project of small files: SDK (one by one) time / mount time",
+        "copy_tree",
+        "mount: cp -r",
+        "SDK walk + download_file each",
+        3 if wan else 1,
+        None,
+        invert=True,
+    )
+    out[-1]["informational"] = not wan
+    if wan:
+        mount = [r for r in records if r["case"] == "cold_read" and r["variant"] == "mount"]
+        rate = float(link["mbit"]) / 8  # MB/s
+        t = {"id": "cold-vs-link", "text": f"cold read: mount vs the link's rate ({rate:g} MB/s)"}
+        t.update(needed=">= 0.9x", profile=None, need=0.9, op=">=", case="cold_read")
+        t["variant"] = "mount"
+        if mount:
+            shares = [r["mb_s"] / rate for r in mount]
+            value = statistics.median(shares)
+            t.update(measured=value, met=value >= 0.9, unit="x", spread=[min(shares), max(shares)])
+        else:
+            t.update(measured=None, met=None)
+        out.insert(1, t)
     for tid, case, variant, text in (
         (
             "headers-bytes",
@@ -251,7 +292,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "tree",
             variant,
             "SDK walk",
-            1,
+            3 if wan else 1,
             "tree",
             invert=True,
         )
@@ -275,7 +316,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         "upload",
         "mount: cp",
         "SDK upload_file",
-        0.8,
+        0.9 if wan else 0.8,
         None,
     )
     big = _find(rows, "upload", "mount: cp")
@@ -307,7 +348,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(t)
     skipped = {**results["skipped"], **results["failed"]}
     runs_in = {"cold": "cold_read", "warm": "cold_read", "memory": "cold_read"}
-    runs_in.update(member="archives", dcm2niix="archives")
+    runs_in.update(member="archives", dcm2niix="archives", dcm2niix200="series")
+    runs_in.update(copy="copy_tree")
     for t in out:
         prefix = t["id"].split("-")[0]
         why = skipped.get(runs_in.get(prefix, prefix))
@@ -318,6 +360,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def build(bench: Any, mode: str, seconds: float) -> dict[str, Any]:
     results: dict[str, Any] = {
+        "pass": bench.name,
+        "link": bench.link,
+        "site_flags": list(bench.site_flags),
+        "link_announced": (bench.site.info.get("link") if bench.site else None),
+        "load_average": list(os.getloadavg()),
         "mode": mode,
         "machine": kit.machine(),
         "data": {
@@ -466,6 +513,7 @@ def _verdict(t: dict[str, Any]) -> str:
 
 def describe(results: dict[str, Any]) -> str:
     m, d = results["machine"], results["data"]
+    flags = results.get("site_flags")
     lines = [
         f"- Date: {m['date']}; mode: {results['mode']}; {results['reps']} repetitions of every "
         f"case, variants interleaved; run took {results.get('duration_s', '?')} s.",
@@ -475,11 +523,123 @@ def describe(results: dict[str, Any]) -> str:
         f"{d['nifti_count']} .nii.gz of ~{d['nifti_mb']} MiB ({_bytes(d['nifti_bytes_total'])} "
         f"in all); a zip of {d['zip_members']} DICOM slices of {d['zip_matrix']}x"
         f"{d['zip_matrix']} ({_bytes(d['zip_bytes'])}).",
+        f"- Site: {pass_title(results)}"
+        + (f" (`fwfs serve {' '.join(flags)}`)" if flags else "")
+        + f"; load average at the end of the pass {_load(results)}.",
         "- Page cache dropped before every cold run: "
         + ("yes" if results["cache_dropped"] else "**no** (not root)")
         + ". Every mount run uses a fresh mount (empty block cache).",
     ]
     return "\n".join(lines)
+
+
+def _load(results: dict[str, Any]) -> str:
+    load = results.get("load_average") or []
+    return " / ".join(f"{x:.1f}" for x in load) + " (1/5/15 min)" if load else "unknown"
+
+
+def pass_title(results: dict[str, Any]) -> str:
+    link = results.get("link")
+    if not link:
+        return "loopback (no added latency)"
+    text = f"link {link['rtt_ms']:g} ms round trip, {link['mbit']:g} Mbit/s"
+    if "--redirect-downloads" in results.get("site_flags", []) or "--strict" in results.get(
+        "site_flags", []
+    ):
+        text += ", downloads redirected to storage"
+    return text
+
+
+def _norm_path(path: str) -> str:
+    return re.sub(r"[0-9a-f]{24}", "{id}", path or "")
+
+
+def condense(log: list[list[Any]], limit: int = 26) -> list[str]:
+    """One mount run's requests (kit.timeline) as lines: consecutive requests of one kind
+    (listener, method, path with ids elided, query keys) become one line with their count,
+    when the first started, when the last ended, their median duration at the site, and how
+    many were in flight at once."""
+    groups: list[dict[str, Any]] = []
+    for start, dur, listener, method, path, query, status, nbytes in log:
+        keys = ",".join(sorted({kv.split("=", 1)[0] for kv in query.split("&") if kv}))
+        kind = (listener, method, _norm_path(path), keys, (status or 0) >= 400)
+        if not groups or groups[-1]["kind"] != kind:
+            groups.append({"kind": kind, "spans": [], "bytes": 0, "status": status})
+        groups[-1]["spans"].append((start, dur))
+        groups[-1]["bytes"] += nbytes
+    lines = []
+    for g in groups:
+        listener, method, path, keys, err = g["kind"]
+        spans = g["spans"]
+        n = len(spans)
+        durs = sorted(d for _, d in spans)
+        known = [(a, d) for a, d in spans if a is not None]
+        first = f"{known[0][0]:7.3f} s" if known else "      ? s"
+        end = max((a + d for a, d in known), default=None)
+        inflight = 1
+        if len(known) > 1:
+            events = sorted([(a, 1) for a, _ in known] + [(a + d, -1) for a, d in known])
+            cur = 0
+            for _, step in events:
+                cur += step
+                inflight = max(inflight, cur)
+        q = f"?{keys}" if keys else ""
+        text = f"{first}  {method} {path}{q} [{listener}]"
+        if err:
+            text += f" status {g['status']}"
+        if n > 1:
+            text += f" x{n}, {1000 * durs[n // 2]:.0f} ms each at the site"
+            text += f", up to {inflight} at once" if inflight > 1 else ", one after another"
+            if end is not None:
+                text += f", last ends {end:.3f} s"
+        else:
+            text += f", {1000 * durs[0]:.0f} ms at the site"
+        text += f", {_bytes(g['bytes']) or '0 B'}"
+        lines.append(text)
+    if len(lines) > limit:
+        hidden = lines[limit - 6 : -5]
+        lines = [*lines[: limit - 6], f"  ... {len(hidden)} more lines ...", *lines[-5:]]
+    return lines
+
+
+def sequences(results: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any], list[str]]]:
+    """For each missed target: the first mount run of its case, condensed."""
+    out = []
+    seen: set[tuple[str, str]] = set()
+    for t in results.get("targets", []):
+        if t.get("met") is not False or t.get("informational") or "case" not in t:
+            continue
+        key = (t["case"], t["variant"])
+        if key in seen:
+            continue
+        rec = next(
+            (
+                r
+                for r in results["records"]
+                if r["case"] == t["case"] and r["variant"] == t["variant"] and r.get("log")
+            ),
+            None,
+        )
+        if rec is None:
+            continue
+        seen.add(key)
+        out.append((t, rec, condense(rec["log"])))
+    return out
+
+
+def sequences_md(results: dict[str, Any]) -> str:
+    parts = []
+    for t, rec, lines in sequences(results):
+        log = rec["log"]
+        site = sum(r[1] for r in log)
+        parts.append(
+            f"**{t['case']} / {t['variant']}** (missed: {t['text']}): run 1 took "
+            f"{rec['seconds']:.2f} s for {len(log)} requests, {_bytes(rec.get('bytes')) or '0 B'}"
+            f" (sum of their times at the site {site:.2f} s). Start times are relative to the "
+            "start of the run, durations are the site's (the link adds its delay on top).\n"
+        )
+        parts.append("```\n" + "\n".join(lines) + "\n```\n")
+    return "\n".join(parts)
 
 
 def figures_table(results: dict[str, Any]) -> str:
@@ -502,6 +662,8 @@ def figures_table(results: dict[str, Any]) -> str:
 def targets_table(results: dict[str, Any]) -> str:
     out = ["| target | needed | measured (median) | spread | verdict |", "|---|---|---|---|---|"]
     for t in results["targets"]:
+        if t.get("measured") is None and results.get("pass") == "wan-redirect":
+            continue  # that pass runs the cold read only
         measured, spread = _measured(t)
         if t.get("why_not_run"):
             measured = t["why_not_run"]
@@ -534,7 +696,7 @@ def profiles_md(results: dict[str, Any]) -> str:
 def markdown(results: dict[str, Any], images: bool = False, title: bool = True) -> str:
     parts = []
     if title:
-        parts += [f"# fwfs benchmarks: {results['mode']} run", ""]
+        parts += [f"# fwfs benchmarks: {results['mode']} run, {pass_title(results)}", ""]
     parts += [describe(results), "", "### Figures", "", figures_table(results), ""]
     parts += ["### Targets", "", targets_table(results), ""]
     for name, why in {**results["skipped"], **results["failed"]}.items():
@@ -542,6 +704,9 @@ def markdown(results: dict[str, Any], images: bool = False, title: bool = True) 
         parts.append(f"- {name}: {label}: {why}")
     if results["skipped"] or results["failed"]:
         parts.append("")
+    seq = sequences_md(results)
+    if seq:
+        parts += ["### Requests of one mount run, for each missed target", "", seq]
     if results["profiles"]:
         parts += ["### Profiles of the mount daemon (py-spy)", "", profiles_md(results)]
     checks = results.get("checks") or {}
@@ -560,7 +725,7 @@ def markdown(results: dict[str, Any], images: bool = False, title: bool = True) 
 # ---- plots -------------------------------------------------------------------------------
 
 
-def plots(results: dict[str, Any], out: Path) -> list[str]:
+def plots(results: dict[str, Any], out: Path, prefix: str = "") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -574,10 +739,16 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
         "memory.png": [("memory", "median")],
         "headers.png": [("headers", "median"), ("headers", "bytes")],
         "tree.png": [("tree", "median"), ("tree", "requests")],
-        "archives.png": [("archive_member", "median"), ("dcm2niix", "median")],
+        "archives.png": [
+            ("archive_member", "median"),
+            ("dcm2niix", "median"),
+            ("dcm2niix_200", "median"),
+        ],
+        "copy_tree.png": [("copy_tree", "median"), ("copy_tree", "requests")],
         "upload.png": [("upload", "median")],
     }
     stamp = f"{results['machine']['date']}, {results['mode']} run, {results['reps']} reps"
+    stamp += f", {pass_title(results)}"
     for fname, specs in panels.items():
         specs = [s for s in specs if any(r["case"] == s[0] for r in rows)]
         if not specs:
@@ -618,9 +789,9 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
             ax.margins(x=0.25)
         fig.suptitle(stamp, fontsize=7, color="#555555")
         fig.tight_layout()
-        fig.savefig(out / fname, dpi=110)
+        fig.savefig(out / f"{prefix}{fname}", dpi=110)
         plt.close(fig)
-        names.append(fname)
+        names.append(f"{prefix}{fname}")
     return names
 
 
@@ -642,4 +813,93 @@ def write(results: dict[str, Any], out: Path, *, plots_too: bool = True, update_
             head, _, rest = text.partition(BEGIN)
             _, _, tail = rest.partition(END)
             body = markdown(results, title=False)
+            DOC.write_text(f"{head}{BEGIN}\n{body}{END}{tail}")
+
+
+# ---- several passes (loopback, over a link) ----------------------------------------------
+
+PASS_HEADINGS = {
+    "loopback": "Loopback",
+    "wan": "Over the link (WAN)",
+    "wan-redirect": "Over the link, downloads redirected to storage",
+}
+
+
+def comparison_md(runs: list[dict[str, Any]]) -> str:
+    """Every target of every pass side by side: one row per target, one column per pass."""
+    names = [r["pass"] for r in runs]
+    order: list[str] = []
+    text: dict[str, str] = {}
+    cells: dict[tuple[str, str], str] = {}
+    for r in runs:
+        for t in r["targets"]:
+            if t.get("measured") is None and r["pass"] == "wan-redirect":
+                continue
+            tid = t["id"]
+            if tid not in order:
+                order.append(tid)
+                text[tid] = t["text"]
+            measured, _ = _measured(t)
+            cells[(tid, r["pass"])] = f"{measured} (needs {t['needed']}): {_verdict(t)}"
+    head = "| target | " + " | ".join(PASS_HEADINGS.get(n, n) for n in names) + " |"
+    out = [head, "|---|" + "---|" * len(names)]
+    for tid in order:
+        row = [cells.get((tid, n), "") for n in names]
+        out.append(f"| {text[tid]} | " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
+def markdown_runs(
+    runs: list[dict[str, Any]], images: bool = False, title: bool = True, duration_s: int = 0
+) -> str:
+    if len(runs) == 1:
+        return markdown(runs[0], images=images, title=title)
+    parts = []
+    if title:
+        parts += [f"# fwfs benchmarks: {runs[0]['mode']} run", ""]
+    total = f"; the whole run took {duration_s} s" if duration_s else ""
+    parts += [
+        f"One run, {len(runs)} passes in a row on the same data: "
+        + ", ".join(pass_title(r) for r in runs)
+        + total
+        + ".",
+        "",
+        "### Targets, pass by pass",
+        "",
+        comparison_md(runs),
+        "",
+    ]
+    for r in runs:
+        body = markdown(r, images=images, title=False).replace("\n### ", "\n#### ")
+        parts += [f"### {PASS_HEADINGS.get(r['pass'], r['pass'])}", "", body]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def write_runs(
+    runs: list[dict[str, Any]],
+    out: Path,
+    *,
+    plots_too: bool = True,
+    update_doc: bool,
+    duration_s: int = 0,
+) -> None:
+    """latest.json ({"runs": [...]}), latest.md, the plots of every pass (the loopback
+    pass's unprefixed, the others' prefixed with the pass name), and the doc's section."""
+    out.mkdir(parents=True, exist_ok=True)
+    for r in runs:
+        if plots_too:
+            prefix = "" if r["pass"] == "loopback" else f"{r['pass']}-"
+            try:
+                r["plots"] = plots(r, out, prefix)
+            except ImportError as err:
+                r.setdefault("notes", []).append(f"no plots: {err}")
+    doc = {"runs": runs, "duration_s": duration_s}
+    (out / "latest.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    (out / "latest.md").write_text(markdown_runs(runs, images=True, duration_s=duration_s))
+    if update_doc and DOC.exists():
+        text = DOC.read_text()
+        if BEGIN in text and END in text:
+            head, _, rest = text.partition(BEGIN)
+            _, _, tail = rest.partition(END)
+            body = markdown_runs(runs, title=False, duration_s=duration_s)
             DOC.write_text(f"{head}{BEGIN}\n{body}{END}{tail}")
