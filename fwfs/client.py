@@ -60,8 +60,10 @@ _PLURAL: Final[Mapping[str, str]] = {
     "acquisition": "acquisitions",
     "analysis": "analyses",
 }
-# Never `pagination`: it turns every list answer into {count, total, results}.
+# `pagination` turns a list answer into {count, total, results}: sent only on the list
+# calls that read that shape (_paged), never on the session.
 _FEATURES: Final = "Safe-Redirect,multipart_signed_url,subject-container"
+_PAGED_HEADERS: Final = {"x-accept-feature": f"{_FEATURES},pagination"}
 _RETRY_STATUSES: Final = frozenset({429, 502, 503, 504})
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _PAGE_SIZE: Final = 250  # the SDK finders' page size
@@ -473,6 +475,24 @@ def _json_reader(expect: type[_J], allow_empty: bool) -> Callable[[requests.Resp
     return read
 
 
+def _read_page(resp: requests.Response) -> tuple[list[Json], int | None]:
+    """A list answer and its ``total``: a ``pagination`` Page, or a bare list (None)."""
+    try:
+        value = json.loads(_whole_body(resp))
+    except ValueError:
+        raise _BodyError("response is not valid JSON", transient=False) from None
+    total: int | None = None
+    if isinstance(value, dict) and "results" in value:
+        count = value.get("total")
+        # bool is an int to isinstance; a Page's total never is one.
+        if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+            total = count
+        value = value["results"]
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise _BodyError("expected a JSON array of objects or a page of them", transient=False)
+    return value, total
+
+
 def _detail_text(detail: Any) -> str:
     """A FastAPI ``detail``: a string, or a list of {loc, msg} validation errors."""
     if isinstance(detail, str):
@@ -808,23 +828,44 @@ class FlywheelClient:
 
     def _paged(self, path: str) -> list[Json]:
         """GET ``path`` page by page (``limit`` always sent, never the site's default page
-        size) until an empty page."""
+        size) until the list is provably complete.
+
+        Asked with the ``pagination`` feature, a core answers ``{count, total, results}``:
+        a page holding ``total`` items, or the pages so far adding up to an unchanged
+        ``total``, is the whole list, so a list of under 250 costs one request. A core
+        without the feature answers a bare list, where only an empty page proves the end
+        (a short page may be a server's own cap).
+        """
+        display = self._base_path + path
         items: list[Json] = []
         seen: set[str] = set()
+        first_total: int | None = None
         params = {"limit": str(_PAGE_SIZE)}
         while True:
-            page = self._json_call("GET", path, params=params, expect=list)
+            page, total = self._request(
+                "GET",
+                self._base + path,
+                display=display,
+                params=params,
+                headers=_PAGED_HEADERS,
+                consume=_read_page,
+            )
             if not page:
                 return items
             # The SDK's cursor rule: file lists page by file_id, everything else by _id.
             cursor = page[-1].get("file_id") or page[-1].get("_id")
             if not isinstance(cursor, str) or cursor in seen:
                 # A server ignoring after_id would otherwise make the listing endless.
-                raise RemoteError.for_request(
-                    "GET", self._base_path + path, "pagination cursor did not advance"
-                )
+                raise RemoteError.for_request("GET", display, "pagination cursor did not advance")
             seen.add(cursor)
             items.extend(page)
+            if first_total is None:
+                first_total = total
+            # `total` counts either the whole list or (after a cursor) what is left of it.
+            if total is not None and (
+                len(page) == total or (total == first_total and len(items) == total)
+            ):
+                return items
             params = {"limit": str(_PAGE_SIZE), "after_id": cursor}
 
     def create_container(self, kind: Kind, body: Mapping[str, Any]) -> str:

@@ -43,8 +43,9 @@ def sh(*argv: str | Path) -> str:
     return out.stdout
 
 
-# The root: /groups and /projects side by side, each paged until an empty page.
-ROOT_CALLS = [("GET", "/api/groups")] * 2 + [("GET", "/api/projects")] * 2
+# The root: /groups and /projects side by side, each one page (asked with the `pagination`
+# feature, whose `total` proves the page is the whole list): 2 requests, 1 round trip.
+ROOT_CALLS = [("GET", "/api/groups"), ("GET", "/api/projects")]
 
 
 def calls(entries: list[dict[str, Any]]) -> list[tuple[str, str]]:

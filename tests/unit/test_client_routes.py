@@ -45,6 +45,7 @@ def query(call: responses.Call) -> dict[str, list[str]]:
 def test_top_level_lists_page_by_250_until_an_empty_page(
     server: responses.RequestsMock, client: FlywheelClient, method: str, path: str
 ) -> None:
+    # A core without the `pagination` feature answers bare lists: only an empty page ends.
     page1 = [{"_id": f"g{i:03}"} for i in range(250)]
     server.get(f"{API}/{path}", json=page1)
     server.get(f"{API}/{path}", json=[{"_id": "g250"}])
@@ -55,6 +56,89 @@ def test_top_level_lists_page_by_250_until_an_empty_page(
     assert all(q["limit"] == ["250"] for q in asked)
     assert "after_id" not in asked[0]
     assert asked[1]["after_id"] == ["g249"] and asked[2]["after_id"] == ["g250"]
+
+
+def page(ids: list[str], total: int) -> dict[str, object]:
+    return {"count": len(ids), "total": total, "results": [{"_id": i} for i in ids]}
+
+
+def ids(n: int, start: int = 0) -> list[str]:
+    return [f"g{i:04}" for i in range(start, start + n)]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("list_groups", "groups"),
+        ("list_projects", "projects"),
+        ("list_children", "projects/p1/analyses"),
+    ],
+)
+def test_a_page_that_holds_its_total_is_the_whole_list_in_one_request(
+    server: responses.RequestsMock, client: FlywheelClient, method: str, path: str
+) -> None:
+    server.get(f"{API}/{path}", json=page(ids(7), total=7))
+    args = ("project", "p1", "analysis") if method == "list_children" else ()
+    items = getattr(client, method)(*args)
+    assert [g["_id"] for g in items] == ids(7)
+    (call,) = server.calls
+    features = call.request.headers["x-accept-feature"].split(",")
+    assert "pagination" in features and "subject-container" in features
+    assert query(call) == {"limit": ["250"]}
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        # `total` counts the whole list on every page (the sandbox).
+        ((ids(250), 300), (ids(50, 250), 300)),
+        # `total` counts what is left after the cursor.
+        ((ids(250), 300), (ids(50, 250), 50)),
+        # A site capping pages at 100 whatever the limit.
+        ((ids(100), 150), (ids(50, 100), 150)),
+    ],
+    ids=["whole-total", "remaining-total", "capped-pages"],
+)
+def test_pages_stop_as_soon_as_their_totals_prove_the_list_complete(
+    server: responses.RequestsMock,
+    client: FlywheelClient,
+    first: tuple[list[str], int],
+    second: tuple[list[str], int],
+) -> None:
+    server.get(f"{API}/groups", json=page(*first))
+    server.get(f"{API}/groups", json=page(*second))
+    items = client.list_groups()
+    assert [g["_id"] for g in items] == first[0] + second[0]
+    assert len(server.calls) == 2  # no empty page asked for
+    assert query(server.calls[1])["after_id"] == [first[0][-1]]
+
+
+def test_a_page_short_of_its_total_keeps_paging(
+    server: responses.RequestsMock, client: FlywheelClient
+) -> None:
+    # 750 items, `total` counting what is left: 500 after the first page is not the end.
+    server.get(f"{API}/groups", json=page(ids(250), 750))
+    server.get(f"{API}/groups", json=page(ids(250, 250), 500))
+    server.get(f"{API}/groups", json=page(ids(250, 500), 250))
+    assert len(client.list_groups()) == 750
+    assert len(server.calls) == 3
+
+
+def test_a_malformed_page_is_an_error(
+    server: responses.RequestsMock, client: FlywheelClient
+) -> None:
+    server.get(f"{API}/groups", json={"count": 1, "total": 1, "results": {"_id": "g"}})
+    with pytest.raises(RemoteError, match="array of objects") as caught:
+        client.list_groups()
+    assert caught.value.errno == errno.EIO
+
+
+def test_only_list_calls_ask_for_pages(
+    server: responses.RequestsMock, client: FlywheelClient
+) -> None:
+    server.get(f"{API}/projects/p1", json={"_id": "p1"})
+    client.get("project", "p1")
+    assert "pagination" not in server.calls[0].request.headers["x-accept-feature"]
 
 
 def test_a_site_that_ignores_after_id_is_an_error_not_an_endless_list(
