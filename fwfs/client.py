@@ -493,6 +493,14 @@ def _read_page(resp: requests.Response) -> tuple[list[Json], int | None]:
     return value, total
 
 
+def _signed_mode(site: Json) -> bool:
+    """Whether a ``/config`` answer asks for the signed-URL upload flow."""
+    features = site.get("features")
+    return bool(
+        (isinstance(features, dict) and features.get("signed_url")) or site.get("signed_url")
+    )
+
+
 def _detail_text(detail: Any) -> str:
     """A FastAPI ``detail``: a string, or a list of {loc, msg} validation errors."""
     if isinstance(detail, str):
@@ -1209,13 +1217,15 @@ class FlywheelClient:
         cached = self._upload_mode
         if cached is not None and now - cached[1] < _CONFIG_TTL:
             return cached[0]
-        site = self.site_config()
-        features = site.get("features")
-        signed = bool(
-            (isinstance(features, dict) and features.get("signed_url")) or site.get("signed_url")
-        )
+        signed = _signed_mode(self.site_config())
         self._upload_mode = (signed, now)
         return signed
+
+    def note_site_config(self, doc: Json, asked_at: float) -> None:
+        """Hand over the site's ``/config`` answer, fetched elsewhere at ``asked_at``
+        (``time.monotonic()``, e.g. by the mount's connect): uploads within a few minutes
+        of it then need no ``/config`` request of their own."""
+        self._upload_mode = (_signed_mode(doc), asked_at)
 
     def _upload_signed(
         self,

@@ -120,6 +120,9 @@ class _Facts(NamedTuple):
 
     user_id: str | None
     audit_trail: bool
+    # `/config` and when it was asked (time.monotonic()): the client's first upload
+    # then needs no `/config` of its own. None when the site did not answer it.
+    site_config: tuple[Json, float] | None = None
 
 
 def _connect(client_config: ClientConfig) -> tuple[_Facts, str | None]:
@@ -134,6 +137,7 @@ def _connect(client_config: ClientConfig) -> tuple[_Facts, str | None]:
     quick = dataclasses.replace(
         client_config, total_timeout=min(client_config.total_timeout, _CONNECT_BUDGET)
     )
+    asked_at = time.monotonic()
     with FlywheelClient(quick) as client, ThreadPoolExecutor(3) as pool:
         asked = [
             pool.submit(call) for call in (client.auth_status, client.version, client.site_config)
@@ -143,6 +147,7 @@ def _connect(client_config: ClientConfig) -> tuple[_Facts, str | None]:
         except FwfsError as err:
             return _Facts(None, False), f"cannot use the site at {client_config.base_url}: {err}"
         version, site = (_informative(future) for future in asked[1:])
+        answered = asked[2].exception() is None
     user = status.get("user_id")
     origin = status.get("origin")
     if not isinstance(user, str) and isinstance(origin, dict) and origin.get("type") == "user":
@@ -158,7 +163,7 @@ def _connect(client_config: ClientConfig) -> tuple[_Facts, str | None]:
         release,
         "; deletes need a reason (audit trail)" if audit else "",
     )
-    return _Facts(user_id, audit), None
+    return _Facts(user_id, audit, (site, asked_at) if answered else None), None
 
 
 def _informative(future: Future[Json]) -> Json:
@@ -193,7 +198,7 @@ def run_mount(args: argparse.Namespace) -> int:
     options = fuse_options(args.fuse_options)
     if args.read_only:
         options["ro"] = True
-    site = _Site(client_config, facts.user_id)
+    site = _Site(client_config, facts.user_id, facts.site_config)
     if args.foreground:
         return _serve(site, config, mountpoint, options, on_ready=None)
     return _daemonize(lambda ready: _serve(site, config, mountpoint, options, ready))
@@ -221,6 +226,7 @@ def _limit_malloc_arenas() -> None:
 class _Site(NamedTuple):
     config: ClientConfig
     user_id: str | None
+    site_config: tuple[Json, float] | None = None  # `_Facts.site_config`
 
 
 def _trim_memory(stop: threading.Event, every: float = 5.0) -> None:
@@ -244,6 +250,8 @@ def _serve(
 ) -> int:
     _limit_malloc_arenas()
     client = FlywheelClient(site.config)
+    if site.site_config is not None:
+        client.note_site_config(*site.site_config)
     try:
         fs = FlywheelFS(client, config, site.user_id)
     except FwfsError as err:
@@ -438,6 +446,7 @@ def run_demo(args: argparse.Namespace) -> int:
         if problem:
             print(f"fwfs: {problem}", file=sys.stderr)
             return 1
-        return _serve(_Site(client_config, facts.user_id), config, mountpoint, {}, ready)
+        site_facts = _Site(client_config, facts.user_id, facts.site_config)
+        return _serve(site_facts, config, mountpoint, {}, ready)
     finally:
         site.stop()

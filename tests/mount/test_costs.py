@@ -347,3 +347,22 @@ def test_an_alias_not_yet_listed_costs_one_lookup(fresh: Callable[..., Mount], s
         ("POST", "/api/lookup"),
         ("POST", "/api/resolve"),
     ]
+
+
+def test_the_first_upload_asks_no_config_the_mount_asked_at_connect(
+    fresh: Callable[..., Mount], site: Any, tmp_path: Path
+) -> None:
+    fw = site.client()
+    gid = f"costs-{uuid.uuid4().hex[:8]}"
+    fw.add_group(flywheel.Group(gid, "Costs"))
+    project = fw.get_group(gid).add_project(label="Uploads")
+    mount = fresh()
+    assert os.listdir(mount / gid / "Uploads") == []
+    source = tmp_path / "notes.txt"
+    source.write_bytes(b"first upload\n")
+    mark = quiet_mark(site)
+    sh("cp", source, mount / gid / "Uploads" / "notes.txt")
+    log = calls(requests_since(site, mark))
+    assert ("GET", "/api/config") not in log
+    assert ("POST", f"/api/projects/{project.id}/files") in log
+    assert (mount / gid / "Uploads" / "notes.txt").read_bytes() == b"first upload\n"

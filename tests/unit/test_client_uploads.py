@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from email.message import Message
 from email.parser import BytesParser
@@ -168,3 +169,28 @@ def test_signed_upload_retries_a_failed_part_with_the_whole_part(
     assert caplog.records
     for record in caplog.records:
         assert TICKET not in record.getMessage() and SECRET not in record.getMessage()
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_config_handed_over_spares_the_first_upload_its_own_request(
+    server: responses.RequestsMock, client: FlywheelClient, signed: bool
+) -> None:
+    # The mount asks /config when it connects; the client starts with that answer.
+    client.note_site_config({"features": {"signed_url": signed}}, time.monotonic())
+    if signed:
+        url = "https://bucket.storage.example.net/up/k?sig=1"
+        server.post(FILES, json={"ticket": TICKET, "urls": {"a.txt": url}})
+        server.put(url.split("?")[0], body="")
+    server.post(FILES, json=[{"name": "a.txt"}])
+    assert client.upload_file("project", "p1", "a.txt", io.BytesIO(b"abc"), 3)
+    assert [c.request.method for c in server.calls] == ["POST", "PUT", "POST"][: 1 + 2 * signed]
+
+
+def test_a_config_handed_over_is_asked_again_once_stale(
+    server: responses.RequestsMock, client: FlywheelClient
+) -> None:
+    client.note_site_config({"features": {"signed_url": True}}, time.monotonic() - 301)
+    server.get(f"{API}/config", json={"features": {"signed_url": False}})
+    server.post(FILES, json=[{"name": "a.txt"}])
+    assert client.upload_file("project", "p1", "a.txt", io.BytesIO(b"abc"), 3)
+    assert [c.request.method for c in server.calls] == ["GET", "POST"]
