@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections import deque
@@ -35,7 +36,11 @@ from typing import IO
 
 log = logging.getLogger("fwfs.sandbox.link")
 
-MIN_WINDOW = 4 << 20
+# Slack above the bandwidth-delay product: timer lateness and whole chunks in the pipe. Small,
+# because every byte of window beyond the pipe waits in the link's queue, in front of the
+# other connections' bytes (bufferbloat).
+WINDOW_SLACK = 2 << 20
+UNLIMITED_WINDOW = 16 << 20  # no rate: latency only; 16 MiB per RTT is 400 MB/s at 40 ms
 _EOF = b""  # a queued chunk of no bytes: the sender closed its side
 
 
@@ -55,10 +60,11 @@ class LinkSpec:
 
     @property
     def window(self) -> int:
-        """Bytes a connection may have in flight per direction: twice the bandwidth-delay
-        product (never what limits one connection), at least a few MB."""
-        rate = self.rate or 0.0
-        return max(MIN_WINDOW, int(2 * rate * self.rtt_ms / 1000))
+        """Bytes a connection may have in flight per direction: the bandwidth-delay product
+        and a little (one connection fills the link), not more (few bytes queue)."""
+        if self.rate is None:
+            return UNLIMITED_WINDOW
+        return int(self.rate * self.rtt_ms / 1000) + WINDOW_SLACK
 
     def announce(self) -> dict[str, float | None]:
         return {"rtt_ms": self.rtt_ms, "bandwidth_mbit": self.bandwidth_mbit}
@@ -149,6 +155,22 @@ class Half:
             self.src.resume_reading()
 
 
+SOCKET_BUFFER = 4 << 20
+READ_SIZE = 1 << 20
+
+
+def _tune(transport: asyncio.Transport) -> None:
+    """Big kernel buffers and reads: the loop wakes per MiB, not per few KiB, which keeps
+    the link's CPU low at 1 Gbit/s (bytes in kernel buffers are delivered, as a real
+    receiver's kernel would hold them; the window counts the link's own bytes only)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+    if hasattr(transport, "max_size"):  # asyncio's selector transports: bytes per recv()
+        transport.max_size = READ_SIZE
+
+
 class _Side(asyncio.Protocol):
     """One socket of a proxied connection: its bytes go out through `out`."""
 
@@ -204,6 +226,7 @@ class _Conn:
     def connected(self, transport: asyncio.Transport) -> None:
         link = self.link
         link.transports.add(transport)
+        _tune(transport)
         self.client.transport = transport
         window = link.spec.window
         # The handshake: the client's first byte leaves one RTT after its connect.
@@ -225,6 +248,7 @@ class _Conn:
             up.close()
             return
         link.transports.add(up)
+        _tune(up)
         self.site.transport = up
         self.site.out = Half(self, link.down, up, window, 0.0)
         self.site.out.dst = transport
