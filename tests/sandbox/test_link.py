@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,24 @@ def test_parallel_downloads_share_the_link(linked: Any) -> None:
     # Two downloads over one link take as long as both in a row: the sum is M, not 2M.
     assert total >= 2 * BIG_SECONDS * 0.95
     assert max(times) < 6 * BIG_SECONDS + SLACK
+
+
+def test_an_upload_is_capped_at_the_bandwidth(linked: Any, tmp_path: Path) -> None:
+    import flywheel
+
+    fw = linked.client()
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    fw.add_group(flywheel.Group(group, "Link"))
+    project = fw.get_group(group).add_project(label="Uploads")
+    local = tmp_path / "up.bin"
+    local.write_bytes(os.urandom(10 << 20))
+    start = time.perf_counter()
+    project.upload_file(str(local))
+    elapsed = time.perf_counter() - start
+    # The client-to-site direction is a link of its own, at the same rate.
+    seconds = (10 << 20) * 8 / (MBIT * 1e6)
+    assert seconds <= elapsed < 3 * seconds + 4 * RTT + SLACK
+    assert fw.download_file_from_project_as_data(project.id, "up.bin") == local.read_bytes()
 
 
 def test_sdk_and_redirected_downloads_cross_the_link(
