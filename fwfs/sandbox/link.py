@@ -126,7 +126,7 @@ class Half:
         # Timers with equal deadlines may fire in any order: deliver every chunk that is due.
         now = self.loop.time()
         while self.queue and self.queue[0][0] <= now:
-            _, data = self.queue.popleft()
+            when, data = self.queue.popleft()
             dst = self.dst
             if dst is None or dst.is_closing():
                 continue
@@ -136,7 +136,9 @@ class Half:
                 self.conn.check()
                 continue
             dst.write(data)
-            self.loop.call_later(self.direction.half_rtt, self._acked, len(data))
+            # From when it was due, not from now: a late timer (a busy machine) must not
+            # shrink the window, or the link would run below its rate.
+            self.loop.call_at(when + self.direction.half_rtt, self._acked, len(data))
         self._throttle()
 
     def _acked(self, n: int) -> None:
