@@ -80,13 +80,13 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     link = p.add_argument_group("emulated network link (docs/SANDBOX.md)")
     link.add_argument(
         "--rtt-ms",
-        type=float,
+        type=_non_negative,
         default=0.0,
         help="round trip added to every connection's bytes, and to its handshake",
     )
     link.add_argument(
         "--bandwidth-mbit",
-        type=float,
+        type=_non_negative,
         help="rate of the link each way, shared by all connections (default: no limit)",
     )
     p.add_argument("-v", "--verbose", action="store_true")
@@ -102,6 +102,16 @@ def _size(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M)") from None
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text!r}")
+    return value
 
 
 def _mount_args(p: argparse.ArgumentParser) -> None:
