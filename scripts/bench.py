@@ -896,8 +896,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             pass_started = time.time()
             try:
-                bench.start()
-                run_cases(bench, spec["cases"])
+                try:
+                    bench.start()
+                except KeyboardInterrupt:
+                    raise
+                except Exception as err:
+                    # A pass that cannot start (a broken site or mount) loses only itself.
+                    bench.failed["(start of the pass)"] = f"{type(err).__name__}: {err}"[-1500:]
+                    kit.log(f"  pass {spec['name']} FAILED to start: {err}")
+                else:
+                    run_cases(bench, spec["cases"])
                 results = report.build(bench, mode, time.time() - pass_started)
                 # Profiles sample CPU: the loopback pass is where CPU decides the figures.
                 if profile != "none" and bench.link is None:
@@ -918,6 +926,8 @@ def main(argv: list[str] | None = None) -> int:
             results["duration_s"] = round(time.time() - pass_started)
             runs.append(results)
             failed = failed or bool(bench.failed)
+            # What is measured so far is saved at once: a later pass may fail or be stopped.
+            report.write_runs(runs, out, plots_too=False, update_doc=False)
     report.write_runs(
         runs,
         out,

@@ -81,6 +81,8 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "fwfs": __version__,
         "commit": (commit or "unknown") + ("+changes" if dirty else ""),
+        # Where the fwfs that ran was imported from (a snapshot via PYTHONPATH, or the tree).
+        "fwfs_path": str(Path(sys.modules["fwfs"].__file__ or "").parent),
         "dcm2niix": (_run_text(["dcm2niix", "-v"]) or "").splitlines()[-1:],
         "curl": ((_run_text(["curl", "--version"]) or "").splitlines() or [""])[0],
         "root": os.geteuid() == 0,

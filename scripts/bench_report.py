@@ -518,7 +518,9 @@ def describe(results: dict[str, Any]) -> str:
         f"- Date: {m['date']}; mode: {results['mode']}; {results['reps']} repetitions of every "
         f"case, variants interleaved; run took {results.get('duration_s', '?')} s.",
         f"- Machine: {m['cpu']}, {m['nproc']} cores, {m['memory_gib']} GiB, Linux "
-        f"{m['kernel']}, Python {m['python']}; fwfs {m['fwfs']} ({m['commit']}).",
+        f"{m['kernel']}, Python {m['python']}; fwfs {m['fwfs']} ({m['commit']}"
+        + (f"; imported from {m['fwfs_path']}" if "fwfs_path" in m else "")
+        + ").",
         f"- Data: big.bin {_bytes(d['big_file_bytes'])}; project `Scale {d['scale']}`; "
         f"{d['nifti_count']} .nii.gz of ~{d['nifti_mb']} MiB ({_bytes(d['nifti_bytes_total'])} "
         f"in all); a zip of {d['zip_members']} DICOM slices of {d['zip_matrix']}x"
