@@ -114,7 +114,7 @@ def test_macos_and_windows_use_the_platform_verifier(monkeypatch: pytest.MonkeyP
     import certifi
     import truststore
 
-    from fwfs.client import _ssl_context
+    from fwfs.client.session import _ssl_context
 
     monkeypatch.setattr(platform, "system", lambda: "Darwin")
     assert isinstance(_ssl_context(TrustConfig()), truststore.SSLContext)

@@ -20,7 +20,8 @@ import requests
 import responses
 import urllib3.exceptions
 
-from fwfs.client import FlywheelClient, _StreamBody
+from fwfs.client import FlywheelClient
+from fwfs.client.wire import _StreamBody
 from fwfs.config import ClientConfig
 from fwfs.errors import InvalidArgument
 
