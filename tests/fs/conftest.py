@@ -97,3 +97,10 @@ def private_scratch(start_site: Callable[..., Any], unique: Callable[[str], str]
     site-wide."""
     site = start_site(demo=False)
     return make_scratch(site, site.client()).with_acquisition(unique("acq"))
+
+
+@pytest.fixture
+def audited(start_site: Callable[..., Any], unique: Callable[[str], str]) -> Scratch:
+    """A private site that keeps an audit trail (`--audit-trail`), with a scratch tree."""
+    site = start_site(demo=False, audit_trail=True)
+    return make_scratch(site, site.client()).with_acquisition(unique("acq"))

@@ -8,23 +8,15 @@ docs/SEMANTICS.md, *Deleting*.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
-from conftest import make_scratch
 from writekit import MakeFs, Scratch, changes, errno_of, names, uploads, write_file
 
 pytestmark = pytest.mark.timeout(120)
 
 REASON = "test_data"
-
-
-@pytest.fixture
-def audited(start_site: Callable[..., Any], unique: Callable[[str], str]) -> Scratch:
-    site = start_site(demo=False, audit_trail=True)
-    return make_scratch(site, site.client()).with_acquisition(unique("acq"))
 
 
 def deletes(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
