@@ -393,7 +393,8 @@ class Doctor:
                 NOTE,
                 "download",
                 f"downloads redirect (HTTP {res.redirect_status}) to {res.redirect_host}"
-                f"{valid}: fwfs follows them without the key; each block costs two round trips",
+                f"{valid}: fwfs follows them without the key, and reads a file's later"
+                " blocks from the same signed URL while it is valid",
             )
         else:
             self._add(OK, "download", "downloads are served by the API host itself")
