@@ -553,7 +553,9 @@ def pass_title(results: dict[str, Any]) -> str:
 
 
 def _norm_path(path: str) -> str:
-    return re.sub(r"[0-9a-f]{24}", "{id}", path or "")
+    """Ids elided; a file's name too, so that reads of many files make one line."""
+    path = re.sub(r"[0-9a-f]{24}", "{id}", path or "")
+    return re.sub(r"/files/[^/]+", "/files/*", path)
 
 
 def condense(log: list[list[Any]], limit: int = 26) -> list[str]:
@@ -566,8 +568,9 @@ def condense(log: list[list[Any]], limit: int = 26) -> list[str]:
         keys = ",".join(sorted({kv.split("=", 1)[0] for kv in query.split("&") if kv}))
         kind = (listener, method, _norm_path(path), keys, (status or 0) >= 400)
         if not groups or groups[-1]["kind"] != kind:
-            groups.append({"kind": kind, "spans": [], "bytes": 0, "status": status})
+            groups.append({"kind": kind, "spans": [], "bytes": 0, "status": status, "names": set()})
         groups[-1]["spans"].append((start, dur))
+        groups[-1]["names"].add(path)
         groups[-1]["bytes"] += nbytes
     lines = []
     for g in groups:
@@ -590,7 +593,9 @@ def condense(log: list[list[Any]], limit: int = 26) -> list[str]:
         if err:
             text += f" status {g['status']}"
         if n > 1:
-            text += f" x{n}, {1000 * durs[n // 2]:.0f} ms each at the site"
+            files = len(g["names"])
+            text += f" x{n}" + (f" ({files} files)" if "/files/*" in path and files > 1 else "")
+            text += f", {1000 * durs[n // 2]:.0f} ms each at the site"
             text += f", up to {inflight} at once" if inflight > 1 else ", one after another"
             if end is not None:
                 text += f", last ends {end:.3f} s"
@@ -833,7 +838,8 @@ def comparison_md(runs: list[dict[str, Any]]) -> str:
     order: list[str] = []
     text: dict[str, str] = {}
     cells: dict[tuple[str, str], str] = {}
-    for r in runs:
+    # Rows in the order of the pass with the most targets (the WAN pass has the link's).
+    for r in sorted(runs, key=lambda r: -len(r["targets"])):
         for t in r["targets"]:
             if t.get("measured") is None and r["pass"] == "wan-redirect":
                 continue

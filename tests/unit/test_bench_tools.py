@@ -51,4 +51,11 @@ def test_condense_tells_serial_from_concurrent_requests() -> None:
     lines = bench_report.condense(log)
     assert len(lines) == 2
     assert "POST /api/resolve [core] x3" in lines[0] and "one after another" in lines[0]
-    assert "/api/acquisitions/{id}/files/a?view" in lines[1] and "up to 2 at once" in lines[1]
+    assert "/api/acquisitions/{id}/files/*?view" in lines[1] and "up to 2 at once" in lines[1]
+    # Reads of many files, one after another, make one line that says so.
+    files = [
+        [1.0 + i, 0.001, "core", "GET", f"/api/acquisitions/{fid}/files/f{i}", "", 200, 1]
+        for i in range(3)
+    ]
+    (line,) = bench_report.condense(files)
+    assert "x3 (3 files)" in line and "one after another" in line
