@@ -244,19 +244,26 @@ def _whole_body(resp: requests.Response) -> bytes:
     return data
 
 
+def _parse_json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise _BodyError("response is not valid JSON", transient=False) from None
+
+
+def _objects(value: Any) -> bool:
+    """A list of JSON objects: every list endpoint fwfs uses returns objects; anything
+    else is not Flywheel."""
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
 def _json_reader(expect: type[_J], allow_empty: bool) -> Callable[[requests.Response], _J]:
     def read(resp: requests.Response) -> _J:
         data = _whole_body(resp)
         if allow_empty and not data.strip():
             return expect()
-        try:
-            value = json.loads(data)
-        except ValueError:
-            raise _BodyError("response is not valid JSON", transient=False) from None
-        # Every list endpoint fwfs uses returns objects; anything else is not Flywheel.
-        if not isinstance(value, expect) or (
-            isinstance(value, list) and not all(isinstance(item, dict) for item in value)
-        ):
+        value = _parse_json(data)
+        if not isinstance(value, expect) or (isinstance(value, list) and not _objects(value)):
             what = "array of objects" if expect.__name__ == "list" else "object"
             raise _BodyError(f"expected a JSON {what}", transient=False)
         return value
@@ -266,10 +273,7 @@ def _json_reader(expect: type[_J], allow_empty: bool) -> Callable[[requests.Resp
 
 def _read_page(resp: requests.Response) -> tuple[list[Json], int | None]:
     """A list answer and its ``total``: a ``pagination`` Page, or a bare list (None)."""
-    try:
-        value = json.loads(_whole_body(resp))
-    except ValueError:
-        raise _BodyError("response is not valid JSON", transient=False) from None
+    value = _parse_json(_whole_body(resp))
     total: int | None = None
     if isinstance(value, dict) and "results" in value:
         count = value.get("total")
@@ -277,7 +281,7 @@ def _read_page(resp: requests.Response) -> tuple[list[Json], int | None]:
         if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
             total = count
         value = value["results"]
-    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+    if not _objects(value):
         raise _BodyError("expected a JSON array of objects or a page of them", transient=False)
     return value, total
 

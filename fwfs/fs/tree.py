@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TypeGuard
 
@@ -189,32 +189,31 @@ class Tree:
         document is fetched (`GET …/files/{name}/info`, `GET /{kind}s/{id}`), once per
         listing TTL.
         """
+        fetch: Callable[[], Json]
         if isinstance(node, File):
-            raw = node.info.raw
+            f, p = node.info, node.info.parent
+            raw = f.raw
+            key: tuple[str, ...] = ("file", p.id, f.file_group, f.name, f.file_id)
+
+            def fetch() -> Json:
+                return self._client.file_info(
+                    p.kind, p.id, f.name, group=f.file_group, file_id=f.file_id or None
+                )
         elif node.container is not None:
-            raw = node.container.raw
+            c = node.container
+            raw, key = c.raw, ("container", c.id)
+
+            def fetch() -> Json:
+                return self._client.get(c.kind, c.id)
         else:
             return {}
         if wanted in raw:
             return raw
-        if isinstance(node, File):
-            f = node.info
-            key: tuple[str, ...] = ("file", f.parent.id, f.file_group, f.name, f.file_id)
-        else:
-            assert node.container is not None
-            key = ("container", node.container.id)
         with self._lock:
             hit = self._details.get(key)
             if hit is not None and self._clock() - hit[1] < self._ttl:
                 return hit[0]
-        if isinstance(node, File):
-            p = f.parent
-            doc = self._client.file_info(
-                p.kind, p.id, f.name, group=f.file_group, file_id=f.file_id or None
-            )
-        else:
-            assert node.container is not None
-            doc = self._client.get(node.container.kind, node.container.id)
+        doc = fetch()
         with self._lock:
             now = self._clock()
             if len(self._details) > 4096:
@@ -436,27 +435,16 @@ class Tree:
         directory's own listing fetches the group itself.
         """
         # The two lists are independent: page through both at once.
-        projects: list[Json] = []
-        failed: list[BaseException] = []
-
-        def list_projects() -> None:
-            try:
-                projects.extend(self._client.list_projects())
-            except BaseException as err:  # re-raised by the caller's thread below
-                failed.append(err)
-
-        other = threading.Thread(target=list_projects, name="fwfs-root-projects", daemon=True)
-        other.start()
-        try:
+        with ThreadPoolExecutor(1, thread_name_prefix="fwfs-root") as pool:
+            asked = pool.submit(self._client.list_projects)
             listed = self._client.list_groups()
-        finally:
-            other.join()
-        if failed and not isinstance(failed[0], FwfsError):
-            raise failed[0]
-        if failed:
+        try:
+            projects = asked.result()
+        except FwfsError as err:
             # Some keys may not list projects: the root is then `/groups` alone, and a
             # group name it lacks is still looked up (`child`).
-            log.warning("GET /projects failed, the root shows /groups only: %s", failed[0])
+            log.warning("GET /projects failed, the root shows /groups only: %s", err)
+            projects = []
         groups = {g.id: g for g in map(_group, listed) if g is not None}
         for doc in projects:
             gid = doc.get("group") if isinstance(doc, dict) else None
