@@ -157,34 +157,10 @@ class Sandbox:
         store = self.store
         if store.meta_get("created") is None:
             store.meta_set("created", now_iso())
-            store.meta_set("admin_key", secrets.token_urlsafe(24))
-            store.meta_set("reader_key", secrets.token_urlsafe(24))
             from fwfs.sandbox.seed import ADMIN_USER, READER_USER
 
-            store.add_user(
-                ADMIN_USER,
-                store.meta_get("admin_key") or "",
-                True,
-                {
-                    "firstname": "Ada",
-                    "lastname": "Lovelace",
-                    "email": ADMIN_USER,
-                    "roles": ["user", "site_admin"],
-                    "created": now_iso(),
-                },
-            )
-            store.add_user(
-                READER_USER,
-                store.meta_get("reader_key") or "",
-                False,
-                {
-                    "firstname": "Rosalind",
-                    "lastname": "Franklin",
-                    "email": READER_USER,
-                    "roles": ["user"],
-                    "created": now_iso(),
-                },
-            )
+            self._add_user("admin_key", ADMIN_USER, True, "Ada", "Lovelace", site_admin=True)
+            self._add_user("reader_key", READER_USER, False, "Rosalind", "Franklin")
         # Imported here: seeding needs the sandbox extra (pydicom, nibabel), serving does not.
         if self.opts.demo and store.meta_get("demo") is None:
             from fwfs.sandbox.seed import seed_demo
@@ -209,22 +185,27 @@ class Sandbox:
         (the project-only member of audit D3). On a site without the demo, of nothing."""
         from fwfs.sandbox.seed import GROUP, PROJECT
 
-        store = self.store
-        projects = [p.id for p in store.children(GROUP, "project") if p.label == PROJECT][:1]
-        store.meta_set("member_key", secrets.token_urlsafe(24))
-        store.add_user(
-            MEMBER_USER,
-            store.meta_get("member_key") or "",
-            True,
-            {
-                "firstname": "Grace",
-                "lastname": "Hopper",
-                "email": MEMBER_USER,
-                "roles": ["user"],
-                "created": now_iso(),
-                PROJECTS_KEY: projects,
-            },
-        )
+        projects = [p.id for p in self.store.children(GROUP, "project") if p.label == PROJECT]
+        extra = {PROJECTS_KEY: projects[:1]}
+        self._add_user("member_key", MEMBER_USER, True, "Grace", "Hopper", extra=extra)
+
+    def _add_user(
+        self,
+        key_name: str,
+        user_id: str,
+        can_write: bool,
+        first: str,
+        last: str,
+        *,
+        site_admin: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """A user and a new API key, kept in the site's metadata as `key_name`."""
+        key = secrets.token_urlsafe(24)
+        self.store.meta_set(key_name, key)
+        roles = ["user", "site_admin"] if site_admin else ["user"]
+        doc = {"firstname": first, "lastname": last, "email": user_id, "roles": roles}
+        self.store.add_user(user_id, key, can_write, {**doc, "created": now_iso(), **(extra or {})})
 
     def api_key(self, which: str = "admin_key") -> str:
         secret = self.store.meta_get(which) or ""
