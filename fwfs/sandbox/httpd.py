@@ -198,6 +198,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         started = time.monotonic()
+        # Wall-clock, so a test can order requests in time across the site's two listeners
+        # and tell requests sent side by side from requests that waited on each other.
+        started_at = time.time()
         split = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         req = Request(
@@ -243,6 +246,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "range": self.headers.get("Range"),
                     "status": status,
                     "bytes": sent,
+                    "start": round(started_at, 6),
                     "duration": round(time.monotonic() - started, 6),
                 }
             )

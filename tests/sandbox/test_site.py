@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import os
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -442,7 +443,7 @@ def test_access_log_records_every_request(demo_site: Any, anxiety: Any) -> None:
     assert missing.status_code == 404
 
     entries = demo_site.wait_for_log(lambda e: marker in e["query"], count=2)
-    fields = {"method", "path", "query", "range", "status", "bytes", "duration"}
+    fields = {"method", "path", "query", "range", "status", "bytes", "start", "duration"}
     assert len(entries) == 2
     assert all(fields <= set(e) for e in entries)
     ranged, not_found = entries
@@ -451,6 +452,7 @@ def test_access_log_records_every_request(demo_site: Any, anxiety: Any) -> None:
     assert ranged["query"] == f"marker={marker}"
     assert (ranged["range"], ranged["status"], ranged["bytes"]) == ("bytes=0-3", 206, 4)
     assert isinstance(ranged["duration"], float) and 0 <= ranged["duration"] < 10
+    assert abs(ranged["start"] - time.time()) < 60 and ranged["start"] <= not_found["start"]
     assert not_found["path"].endswith("/files/no such file.txt")
     assert (not_found["range"], not_found["status"]) == (None, 404)
     assert not_found["bytes"] == len(missing.content)

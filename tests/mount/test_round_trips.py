@@ -1,0 +1,163 @@
+"""What each operation costs in round trips: the requests a program waits on one after
+another (docs/SEMANTICS.md, "Cost of each operation", column "round trips").
+
+The site sits behind the sandbox's link emulator with a long round trip (`RTT`), so two
+requests that waited on each other arrive at the site at least a round trip apart, while
+requests sent side by side arrive together. The site's access log stamps each request's
+start and duration; `round_trips` counts the longest chain of requests in which each one
+started at least half a round trip after the previous one ended. Counting, not timing: a
+slow machine stretches the gaps, it does not close them. A request on a new connection
+pays the connection's handshake first, which can make a request sent side by side look
+one round trip later; the bounds below are what a program waits for at most.
+
+Every test mounts privately (empty caches), against the default sandbox and its `--strict`
+twin (HTTPS, downloads redirected to storage, resolve answers without the children's
+files), both behind the same link.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mountkit import DEMO_PROJECT, DEMO_SES, Mount, quiet_mark, requests_since
+
+pytestmark = pytest.mark.timeout(120)
+
+RTT_MS = 150
+# A request that waited on another arrives at least one round trip after the other ended:
+# its answer's way back and the next request's way out.
+GAP = RTT_MS / 1000 / 2
+
+PROFILES = ("default", "strict")
+
+
+def round_trips(entries: list[dict[str, Any]]) -> int:
+    """The longest chain of requests each starting at least GAP after the one before it
+    ended: the round trips the program waited for."""
+    spans = sorted((e["start"], e["start"] + e["duration"]) for e in entries)
+    depth: list[int] = []
+    for i, (start, _end) in enumerate(spans):
+        before = [depth[j] for j in range(i) if spans[j][1] + GAP <= start]
+        depth.append(1 + max(before, default=0))
+    return max(depth, default=0)
+
+
+def sh(*argv: str | Path) -> str:
+    out = subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.fixture(scope="module", params=PROFILES)
+def linked(request: pytest.FixtureRequest, start_shared_site: Callable[..., Any]) -> Any:
+    """The demo site (default or `--strict`) behind a link of RTT_MS, 1 Gbit/s."""
+    strict = request.param == "strict"
+    return start_shared_site(strict=strict, rtt_ms=RTT_MS, bandwidth_mbit=1000)
+
+
+@pytest.fixture
+def strict(linked: Any) -> bool:
+    return "--strict" in linked.argv
+
+
+@pytest.fixture
+def fresh(linked: Any, mount_site: Callable[..., Mount]) -> Callable[..., Mount]:
+    return lambda **options: mount_site(linked, **options)
+
+
+def waited(site: Any, action: Callable[[], object]) -> tuple[int, list[dict[str, Any]]]:
+    mark = quiet_mark(site)
+    action()
+    entries = requests_since(site, mark, settle=0.3)
+    return round_trips(entries), entries
+
+
+def test_the_chain_counter_tells_side_by_side_from_one_after_another() -> None:
+    def at(start: float, duration: float = 0.001) -> dict[str, Any]:
+        return {"start": start, "duration": duration}
+
+    assert round_trips([]) == 0
+    assert round_trips([at(0.0), at(0.005), at(0.01)]) == 1
+    assert round_trips([at(0.0), at(0.16), at(0.165), at(0.33)]) == 3
+    assert round_trips([at(0.0, 0.2), at(0.05), at(0.3)]) == 2
+
+
+def test_listing_the_root_is_one_round_trip(fresh: Callable[..., Mount], linked: Any) -> None:
+    mount = fresh()
+    trips, entries = waited(linked, lambda: os.listdir(mount.path))
+    assert len(entries) == 2  # /groups and /projects
+    assert trips == 1
+
+
+def test_a_deep_path_on_a_fresh_mount_costs_one_round_trip_per_level(
+    fresh: Callable[..., Mount], linked: Any, strict: bool
+) -> None:
+    mount = fresh()
+    trips, entries = waited(linked, lambda: os.stat(mount / DEMO_SES / "DWI/DWI.nii.gz"))
+    # The root, then a resolve per level: group, project, subject and session (the
+    # session's answer carries its acquisitions' files); a real core's session listing
+    # lacks those, so the acquisition is one level more.
+    assert trips <= (6 if strict else 5), entries
+    assert len(entries) == trips + 1  # the root's two lists share their round trip
+
+
+def test_a_header_read_is_one_round_trip_and_two_on_a_real_core(
+    fresh: Callable[..., Mount], linked: Any, strict: bool
+) -> None:
+    mount = fresh()
+    path = mount / DEMO_SES / "DWI/DWI.nii.gz"
+    os.stat(path)
+
+    def head() -> None:
+        with open(path, "rb") as f:
+            assert len(f.read(352)) == 352
+
+    trips, entries = waited(linked, head)
+    # A real core answers the download with a 302 to storage: the URL, then the bytes.
+    assert trips == (2 if strict else 1), entries
+
+
+def test_mkdir_is_two_round_trips(fresh: Callable[..., Mount], linked: Any) -> None:
+    mount = fresh()
+    os.listdir(mount / DEMO_PROJECT)
+    name = f"rt-{uuid.uuid4().hex[:8]}"
+    trips, entries = waited(linked, lambda: os.mkdir(mount / DEMO_PROJECT / name))
+    # The creation, then the parent listed again, so the new directory shows what the
+    # site made of it (its id, its label as stored).
+    assert trips == 2, entries
+    assert [e["method"] for e in entries] == ["POST", "POST"]
+
+
+def test_cp_of_a_small_file_costs_one_round_trip_after_close(
+    fresh: Callable[..., Mount], linked: Any, tmp_path: Path
+) -> None:
+    mount = fresh()
+    target = mount / DEMO_SES / "DWI"
+    os.listdir(target)
+    source = tmp_path / "notes.txt"
+    source.write_bytes(b"round trips\n" * 100)
+    name = f"rt-{uuid.uuid4().hex[:8]}.txt"
+    trips, entries = waited(linked, lambda: sh("cp", source, target / name))
+    # The upload itself: the mount learnt from /config at connect which way to upload.
+    assert trips == 1, entries
+    assert (target / name).read_bytes() == source.read_bytes()
+
+
+def test_mv_to_a_free_name_is_one_round_trip(
+    fresh: Callable[..., Mount], linked: Any, tmp_path: Path
+) -> None:
+    mount = fresh()
+    target = mount / DEMO_SES / "DWI"
+    name = f"rt-{uuid.uuid4().hex[:8]}.txt"
+    (target / name).write_bytes(b"moved\n")
+    os.listdir(target)
+    trips, entries = waited(linked, lambda: os.rename(target / name, target / f"{name}.moved"))
+    assert trips == 1, entries
