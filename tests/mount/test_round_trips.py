@@ -161,3 +161,32 @@ def test_mv_to_a_free_name_is_one_round_trip(
     os.listdir(target)
     trips, entries = waited(linked, lambda: os.rename(target / name, target / f"{name}.moved"))
     assert trips == 1, entries
+
+
+def test_a_walk_waits_for_fewer_round_trips_than_it_lists_directories(
+    fresh: Callable[..., Mount], linked: Any
+) -> None:
+    mount = fresh()
+    os.listdir(mount / DEMO_PROJECT)
+    trips, entries = waited(linked, lambda: sh("ls", "-lR", mount / DEMO_PROJECT))
+    listings = [e for e in entries if e["path"] == "/api/resolve"]
+    # Once a second subdirectory is listed, the walk's next directories are listed ahead,
+    # side by side (demo project: 11 listings in 10 round trips; strict, 32 in 24).
+    assert trips < len(listings), entries
+
+
+def test_rm_and_rmdir_cost_one_and_two_round_trips(
+    fresh: Callable[..., Mount], linked: Any
+) -> None:
+    mount = fresh(args=["--allow-delete", "--delete-reason", "test_data"])
+    target = mount / DEMO_SES / "DWI"
+    name = f"rt-{uuid.uuid4().hex[:8]}"
+    (target / f"{name}.txt").write_bytes(b"gone\n")
+    os.mkdir(mount / DEMO_PROJECT / name)
+    os.listdir(target)
+    os.listdir(mount / DEMO_PROJECT)
+    trips, entries = waited(linked, lambda: os.unlink(target / f"{name}.txt"))
+    assert trips == 1, entries
+    trips, entries = waited(linked, lambda: os.rmdir(mount / DEMO_PROJECT / name))
+    # Whether it is empty (its listing), then the delete.
+    assert trips == 2, entries
