@@ -21,6 +21,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cachetools import LRUCache
@@ -52,6 +53,9 @@ _IDLE_READERS = 16
 # of its own region (the central directory is already cached from the index), the same
 # round trip as `?member=` without the server's trip to object storage.
 _LOCAL_FIRST = ArchiveConfig(scan_members=0)
+# Threads of the bulk fetches (ArchiveConfig.bulk_span): one archive's parts, and the part
+# in front of the member being read, all in flight together.
+_BULK_THREADS = _LOCAL_FIRST.bulk_parts + 1
 
 
 @dataclass
@@ -82,6 +86,9 @@ class Archives:
         self._directories: LRUCache[tuple[str, int], CentralDirectory] = LRUCache(_DIRECTORIES)
         # Archives whose site ignores Range: their members come from `?member=` too.
         self._site_served: LRUCache[tuple[str, int], bool] = LRUCache(index_entries)
+        # Not the ranged readers' pool: a bulk part waits on its reader, which may wait on
+        # readahead queued on that pool.
+        self._prefetch = ThreadPoolExecutor(_BULK_THREADS, thread_name_prefix="fwfs-archive")
 
     def index(self, info: FileInfo) -> ZipIndex:
         key = info.cache_key
@@ -183,6 +190,7 @@ class Archives:
                     self._cache,
                     _LOCAL_FIRST,
                     self._directories.pop(key, None),
+                    self._prefetch,
                 )
                 if key in self._site_served:
                     reader.use_site_members()
@@ -209,3 +217,4 @@ class Archives:
             self._readers.clear()
         for reader in readers:
             reader.close()
+        self._prefetch.shutdown(wait=False, cancel_futures=True)

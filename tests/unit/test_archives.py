@@ -640,6 +640,75 @@ def test_scan_switches_on_the_bytes_fetched_too() -> None:
     assert reader.stats().members_local == 2
 
 
+def bulk_reader(site: Site, config: ArchiveConfig = LOCAL) -> ArchiveReader:
+    """A reader with a prefetch pool, as the mount makes them (parts run inline here)."""
+    return ArchiveReader(
+        KEY,
+        site.size,
+        site.fetch_member,
+        site.open_archive,
+        site.cache,
+        config,
+        None,
+        InlineExecutor(),
+    )
+
+
+def test_a_second_member_brings_the_rest_of_the_archive_in_a_few_parts() -> None:
+    data, index = scan_archive("sorted")
+    site = Site(data)
+    reader = bulk_reader(site)
+    files = list(index.files)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert read_all(reader, files[0]) == zf.read(files[0].path)
+        # One member alone: its own region (and the central directory), nothing ahead.
+        one = site.archive_bytes
+        assert one <= len(data) - zf.start_dir + files[0].size + 4 * READ.block_size
+        calls = len(site.range_calls)
+        assert read_all(reader, files[1]) == zf.read(files[1].path)
+        parts = site.range_calls[calls:]
+        # The members' bytes not yet fetched, cut on 1 MiB boundaries into parts of at
+        # most a quarter of them (rounded up to 1 MiB), at least 1 MiB each but the last.
+        assert 2 <= len(parts) <= 5, parts
+        step = -(-len(data) // 4 // MiB) * MiB
+        assert all(end - start <= step for start, end in parts), parts
+        assert all(end % MiB == 0 for _, end in sorted(parts)[:-1]), parts
+        calls = len(site.range_calls)
+        for member in files[2:]:
+            assert read_all(reader, member) == zf.read(member.path)
+    assert site.range_calls[calls:] == []  # every later member was already here
+    assert site.archive_bytes <= len(data) + READ.block_size
+    assert reader.stats().members_local == len(files)
+
+
+def test_the_bulk_fetch_stays_within_a_quarter_of_the_cache() -> None:
+    data, index = scan_archive("sorted")
+    cache = BlockCache(4 * MiB)  # a quarter: 1 MiB, well short of the archive's ~7 MB
+    site = Site(data, cache=cache)
+    reader = bulk_reader(site)
+    files = list(index.files)
+    read_all(reader, files[0])
+    calls = len(site.range_calls)
+    read_all(reader, files[1])
+    fetched = sum(end - start for start, end in site.range_calls[calls:])
+    assert fetched <= 1 * MiB + 2 * READ.block_size, site.range_calls[calls:]
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        for member in files[2:]:
+            assert read_all(reader, member) == zf.read(member.path)
+
+
+def test_no_bulk_fetch_without_a_pool_or_when_turned_off() -> None:
+    data, index = scan_archive("sorted")
+    for site, reader in [
+        (s := Site(data), s.reader(LOCAL)),
+        (t := Site(data), bulk_reader(t, ArchiveConfig(scan_members=0, bulk_span=0))),
+    ]:
+        for member in index.files[:2]:
+            read_all(reader, member)
+        # The two regions, one after the other, and the readahead they started: no more.
+        assert site.archive_bytes < 1.5 * MiB, site.range_calls
+
+
 def large_archive(method: int, size: int = 4 * MiB) -> tuple[bytes, MemberFile, bytes]:
     rng = random.Random(13)
     payload = rng.randbytes(size)
