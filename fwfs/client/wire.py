@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
@@ -84,24 +85,47 @@ class _StreamBody:
         return 0
 
     def read(self, n: int = -1) -> bytes:
-        out = bytearray()
-        while self._index < len(self._pieces) and (n < 0 or len(out) < n):
-            piece, left = self._pieces[self._index], self._sizes[self._index] - self._offset
-            want = left if n < 0 else min(left, n - len(out))
-            if isinstance(piece, bytes):
-                chunk = piece[self._offset : self._offset + want]
-            else:
-                fileobj, start, _ = piece
-                fileobj.seek(start + self._offset)
-                chunk = fileobj.read(want)
-                if not chunk and want:
-                    raise InvalidArgument("file to upload is shorter than its declared size")
-            out += chunk
+        # urllib3 reads _SEND_BLOCK at a time, each read within one piece: that read is the
+        # one copy of the bytes (a pread), handed on as it is. Gathering into a buffer and
+        # copying it out again took a third of the sender's CPU, and at 1 GiB/s that is
+        # the upload's ceiling on a small machine.
+        chunks: list[bytes] = []
+        got = 0
+        while self._index < len(self._pieces) and (n < 0 or got < n):
+            left = self._sizes[self._index] - self._offset
+            want = left if n < 0 else min(left, n - got)
+            chunk = self._piece_read(self._pieces[self._index], self._offset, want)
+            chunks.append(chunk)
+            got += len(chunk)
             self._offset += len(chunk)
             self._pos += len(chunk)
             if self._offset == self._sizes[self._index]:
                 self._index, self._offset = self._index + 1, 0
-        return bytes(out)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    @staticmethod
+    def _piece_read(piece: _Piece, offset: int, want: int) -> bytes:
+        if isinstance(piece, bytes):
+            return piece[offset : offset + want]
+        fileobj, start, _ = piece
+        try:
+            fd = fileobj.fileno()
+        except (AttributeError, OSError):
+            fd = -1  # an in-memory file
+        if fd >= 0:
+            # A pread skips the buffered reader's copy, and the file position is not ours.
+            chunk = b""
+            while len(chunk) < want:
+                more = os.pread(fd, want - len(chunk), start + offset + len(chunk))
+                if not more:
+                    break
+                chunk = more if not chunk else chunk + more
+        else:
+            fileobj.seek(start + offset)
+            chunk = fileobj.read(want)
+        if len(chunk) < want:
+            raise InvalidArgument("file to upload is shorter than its declared size")
+        return chunk
 
     def __iter__(self) -> Iterator[bytes]:
         # Being iterable puts requests on its streaming path, which records the start

@@ -9,10 +9,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from email.message import Message
 from email.parser import BytesParser
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +23,7 @@ import responses
 import urllib3.exceptions
 
 from fwfs.client import FlywheelClient
-from fwfs.client.wire import _StreamBody
+from fwfs.client.wire import _SEND_BLOCK, _StreamBody
 from fwfs.config import ClientConfig
 from fwfs.errors import InvalidArgument
 
@@ -88,6 +90,23 @@ def test_stream_body_reads_exactly_the_slice_in_any_chunking() -> None:
     assert b"".join(chunks) == expected
     body.seek(0)
     assert body.read() == expected
+
+
+def test_stream_body_of_a_file_on_disk_sends_its_slice_byte_for_byte(tmp_path: Path) -> None:
+    # The staged file the Uploader hands over: read by offset, past several send blocks.
+    data = os.urandom(2 * _SEND_BLOCK + 12_345)
+    (tmp_path / "staged.data").write_bytes(data)
+    with open(tmp_path / "staged.data", "rb") as source:
+        body = _StreamBody([b"head|", (source, 100, len(data) - 200), b"|tail"])
+        expected = b"head|" + data[100:-100] + b"|tail"
+        for size in (777, _SEND_BLOCK, -1):
+            body.seek(0)
+            source.seek(5)  # where the file stands is not where the slice starts
+            chunks = []
+            while chunk := body.read(size):
+                chunks.append(chunk)
+            assert b"".join(chunks) == expected
+        assert len(body) == len(expected)
 
 
 def test_stream_body_refuses_a_file_shorter_than_declared() -> None:
