@@ -135,10 +135,10 @@ class ArchiveConfig:
     1 MiB and doubles costs an 11 MB archive six round trips one after another; this costs
     one. Only with a ``prefetch`` pool; 0 turns it off.
     ``inflate_ahead``: once the bulk fetch has run, each read of a member also has the
-    next this many members (in listing order, among those the bulk fetch brought) decompressed
-    into the cache on the ``prefetch`` pool, so that a program reading them one by one
-    finds them ready instead of waiting for zlib at each open (a DICOM slice: ~0.5 ms).
-    0 turns it off.
+    next this many members (in listing order, among those the bulk fetch brought, and no
+    more bytes than a sixteenth of the cache) decompressed into the cache on the
+    ``prefetch`` pool, so that a program reading them one by one finds them ready instead
+    of waiting for zlib at each open (a DICOM slice: ~0.5 ms). 0 turns it off.
     """
 
     scan_members: int = 8
@@ -558,11 +558,21 @@ class ArchiveReader:
         """After a read of ``member``, have the next members decompressed into the cache
         (``ArchiveConfig.inflate_ahead``)."""
         cfg = self._config
+        directory = self._directory
+        if self._bulk_span is None or cfg.inflate_ahead == 0 or directory is None:
+            return
+        # At most inflate_ahead members, and no more bytes than a sixteenth of the cache:
+        # what is inflated ahead must not push out what the program is reading.
+        infos = directory.infos
+        until, budget = member.index + 1, self._cache.max_bytes // 16
+        while until < min(len(infos), member.index + 1 + cfg.inflate_ahead):
+            budget -= infos[until].file_size
+            if budget < 0:
+                break
+            until += 1
         with self._lock:
-            if self._bulk_span is None or cfg.inflate_ahead == 0:
-                return
             self._ahead_next = max(self._ahead_next, member.index + 1)
-            self._ahead_until = max(self._ahead_until, member.index + 1 + cfg.inflate_ahead)
+            self._ahead_until = max(self._ahead_until, until)
             if self._ahead_running or self._ahead_next >= self._ahead_until:
                 return
             self._ahead_running = True

@@ -673,6 +673,9 @@ def test_a_second_member_brings_the_rest_of_the_archive_in_a_few_parts() -> None
         step = -(-len(data) // 4 // MiB) * MiB
         assert all(end - start <= step for start, end in parts), parts
         assert all(end % MiB == 0 for _, end in sorted(parts)[:-1]), parts
+        # ...and the next members are decompressed ahead of the reader, each once.
+        ahead = ArchiveConfig().inflate_ahead
+        assert reader.stats().members_local == 2 + ahead
         calls = len(site.range_calls)
         for member in files[2:]:
             assert read_all(reader, member) == zf.read(member.path)
