@@ -171,6 +171,14 @@ def _mount_args(p: argparse.ArgumentParser) -> None:
         help="memory for cached file blocks (default 256M)",
     )
     p.add_argument(
+        "--walk-ahead",
+        type=int,
+        default=16,
+        metavar="N",
+        help="when a program reads a directory's files in order, fetch the next N ahead "
+        "(0: never; default 16)",
+    )
+    p.add_argument(
         "--list-archives",
         action="store_true",
         help="list each zip's member directory <name>.d (it is always reachable)",

@@ -248,6 +248,29 @@ DELETE_REASONS = (
 
 
 @dataclass(frozen=True)
+class WalkAheadConfig:
+    """Fetching the next files of a directory whose files a program reads in listing
+    order (`fwfs.fs.walkahead`). ``files``: how many files fetched ahead and not yet
+    opened, over all the walks going on (0 turns it off). ``budget``: how many bytes, the
+    same way (at most an eighth of the cache). ``file_bytes``: files up to this size are
+    fetched whole, of larger ones at most this much. ``threads``: parallel fetches.
+    ``idle``: seconds after its last in-order open that a walk still has the directories
+    it lists fetched ahead."""
+
+    files: int = 16
+    budget: int = 16 << 20
+    file_bytes: int = 1 << 20
+    threads: int = 16
+    idle: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.files < 0 or self.budget < 0 or self.file_bytes < 0 or self.idle < 0:
+            raise InvalidArgument("walk-ahead settings must not be negative")
+        if self.threads < 1:
+            raise InvalidArgument("walk-ahead threads must be at least 1")
+
+
+@dataclass(frozen=True)
 class MountConfig:
     """Settings of the filesystem model, independent of FUSE and of HTTP.
 
@@ -278,6 +301,7 @@ class MountConfig:
     # reason the user gave (--delete-reason), and whether the site said it needs one.
     delete_reason: str | None = None
     audit_trail: bool = False
+    walk_ahead: WalkAheadConfig = field(default_factory=WalkAheadConfig)
 
     @property
     def kernel_ttl(self) -> float:

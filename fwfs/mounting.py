@@ -33,6 +33,7 @@ from fwfs.config import (
     ClientConfig,
     MountConfig,
     TrustConfig,
+    WalkAheadConfig,
     load_api_key,
     tls_verify_from_env,
 )
@@ -93,6 +94,7 @@ def mount_config(
         retry_recovery=args.retry_failed_uploads,
         delete_reason=args.delete_reason,
         audit_trail=audit_trail,
+        walk_ahead=WalkAheadConfig(files=getattr(args, "walk_ahead", 16)),
     )
 
 

@@ -15,7 +15,7 @@ import posixpath
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -25,6 +25,7 @@ from fwfs.blockcache import BlockCache
 from fwfs.client import FlywheelClient
 from fwfs.config import MountConfig
 from fwfs.errors import (
+    FwfsError,
     InvalidArgument,
     IsADirectory,
     NameTooLong,
@@ -48,7 +49,8 @@ from fwfs.fs.nodes import (
     file_attr,
     is_archive,
 )
-from fwfs.fs.tree import NAME_SHARED, ROOT, Tree
+from fwfs.fs.tree import NAME_SHARED, ROOT, Listing, Tree
+from fwfs.fs.walkahead import WalkAhead
 from fwfs.fs.writes import Pending, WriteHandle, Writes, is_write
 from fwfs.models import FileInfo
 from fwfs.rangedfile import RangedReader, ReadConfig
@@ -213,6 +215,10 @@ class FlywheelFS:
             max_request=min(window, 8 << 20),
         )
         self.archives = Archives(client, self.cache, lambda info: self._ranged(info, stream=False))
+        # The next files of a directory a program reads in order: see fs/walkahead.py.
+        self.walk = WalkAhead(
+            config.walk_ahead, self.cache, self._fetcher, self.tree.listing, config.block_size
+        )
         self.mount_time = time.time()
         self._lock = threading.Lock()
         self._handles: dict[int, Handle] = {}
@@ -245,6 +251,7 @@ class FlywheelFS:
         if self.writes is not None:
             self.writes.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.walk.close()
         self.list_pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- metadata ---------------------------------------------------------------------
@@ -363,7 +370,10 @@ class FlywheelFS:
         if isinstance(node, ArchiveDir):
             entries = dict(self.archives.listdir(node))
         elif isinstance(node, Dir):
-            entries = dict(self.tree.listdir(node).entries)
+            listing = self.tree.listdir(node)
+            if self.walk.reading():
+                self._walk_listed(path, node, listing)
+            entries = dict(listing.entries)
             if self.config.archives and self.config.list_archives:
                 for name, child in list(entries.items()):
                     if isinstance(child, File) and is_archive(child.info):
@@ -466,6 +476,26 @@ class FlywheelFS:
         archive, which then asks the site for its index and members instead)."""
         p, group, file_id = info.parent, info.file_group, info.file_id
 
+        def whole() -> Iterator[bytes]:
+            return self.client.stream_file(
+                p.kind, p.id, info.name, version=info.version, group=group, file_id=file_id
+            )
+
+        return RangedReader(
+            info.cache_key,
+            info.size,
+            self._fetcher(info),
+            self.cache,
+            self.pool,
+            self.read_config,
+            stream=whole if stream else None,
+        )
+
+    def _fetcher(self, info: FileInfo) -> Callable[[int, int], bytes]:
+        """`fetch(start, end)` of `info`'s listed version: what its readers and the walk
+        read-ahead fetch with."""
+        p, group, file_id = info.parent, info.file_group, info.file_id
+
         def fetch(start: int, end: int) -> bytes:
             return self.client.read_range(
                 p.kind,
@@ -478,20 +508,28 @@ class FlywheelFS:
                 file_id=file_id,
             )
 
-        def whole() -> Iterator[bytes]:
-            return self.client.stream_file(
-                p.kind, p.id, info.name, version=info.version, group=group, file_id=file_id
-            )
+        return fetch
 
-        return RangedReader(
-            info.cache_key,
-            info.size,
-            fetch,
-            self.cache,
-            self.pool,
-            self.read_config,
-            stream=whole if stream else None,
-        )
+    def _walk_opened(self, path: str, info: FileInfo, reader: RangedReader) -> None:
+        """Tell the walk read-ahead that `path` was opened for reading."""
+        try:
+            parent = self.lookup_site(posixpath.dirname(path))
+            if isinstance(parent, Dir):
+                # Fresh: the lookup of `path` just used it.
+                listing = self.tree.listing(parent)
+                self.walk.opened(parent, listing, info, lambda: reader.stats().bytes_read)
+        except FwfsError as err:
+            log.debug("walk read-ahead: %s: %s", path, err)
+
+    def _walk_listed(self, path: str, node: Dir, listing: Listing) -> None:
+        """Tell the walk read-ahead that `path` was enumerated while files are being read."""
+        parent: Node | None = None
+        if path.strip("/"):
+            try:
+                parent = self.lookup_site(posixpath.dirname(path.rstrip("/")))
+            except FwfsError as err:
+                log.debug("walk read-ahead: %s: %s", path, err)
+        self.walk.listed(node, listing, parent if isinstance(parent, Dir) else None)
 
     def open(self, path: str, flags: int) -> Opened:
         node = self.lookup(path)
@@ -515,8 +553,10 @@ class FlywheelFS:
             reader = _MemberReads(self.archives, node)
             key: tuple[str, ...] = (*map(str, node.archive.cache_key), node.member.path)
         else:
-            reader = self._ranged(node.info)
+            ranged = reader = self._ranged(node.info)
             key = tuple(map(str, node.info.cache_key))
+            if self.walk.enabled:
+                self._walk_opened(path, node.info, ranged)
         fh = next(self._next_fh)
         attr = self.attr(node)
         with self._lock:
