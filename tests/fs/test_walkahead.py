@@ -19,7 +19,6 @@ from typing import Any
 
 import flywheel
 import pytest
-from conftest import make_scratch
 from writekit import Scratch, read_all
 
 from fwfs.errors import FwfsError
@@ -30,9 +29,10 @@ pytestmark = pytest.mark.timeout(120)
 KiB = 1 << 10
 
 
-@pytest.fixture(scope="module")
-def tree(demo_site: Any, fw: Any) -> Scratch:
-    return make_scratch(demo_site, fw)
+@pytest.fixture
+def tree(scratch_tree: Scratch) -> Scratch:
+    """The module's scratch group (tests/fs/conftest.py): project / subject / session."""
+    return scratch_tree
 
 
 def fill(tree: Scratch, label: str, sizes: list[int]) -> tuple[Scratch, dict[str, bytes]]:
