@@ -114,6 +114,16 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text!r}")
+    return value
+
+
 def _mount_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--api-key", help="Flywheel API key (visible in `ps`: prefer FWFS_API_KEY or `fw login`)"
@@ -172,7 +182,7 @@ def _mount_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--walk-ahead",
-        type=int,
+        type=_count,
         default=16,
         metavar="N",
         help="when a program reads a directory's files in order, fetch the next N ahead "
