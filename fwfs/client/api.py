@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,6 +42,7 @@ from fwfs.client.wire import (
     _whole_body,
 )
 from fwfs.errors import (
+    FwfsError,
     InvalidArgument,
     RemoteError,
 )
@@ -57,6 +59,12 @@ class FlywheelClient(Transport):
 
     # Whether the site wants signed-URL uploads, and when that was learnt (None: not yet).
     _upload_mode: tuple[bool, float] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._mode_lock = threading.Lock()
+        # Set when prepare_upload's /config request is answered (or failed); None: none out.
+        self._mode_asked: threading.Event | None = None
 
     def __repr__(self) -> str:
         return f"FlywheelClient({self._base!r})"
@@ -455,13 +463,45 @@ class FlywheelClient(Transport):
         content = f"multipart/form-data; boundary={boundary}"
         return self._json_call("POST", path, data=body, content_type=content, expect=list)
 
+    def prepare_upload(self) -> None:
+        """A program started writing a file that is uploaded at its close: if the site's
+        upload mode is unknown or too old to use, ask for it now, in the background, so the
+        close costs only the upload's own requests (a round trip less after close())."""
+        with self._mode_lock:
+            if self._mode_fresh() is not None or self._mode_asked is not None:
+                return
+            asked = self._mode_asked = threading.Event()
+
+        def ask() -> None:
+            started = time.monotonic()
+            try:
+                self._upload_mode = (_signed_mode(self.site_config()), started)
+            except FwfsError as err:  # the close asks again, and its program gets the errno
+                log.debug("upload mode not learnt ahead of the upload: %s", err)
+            finally:
+                with self._mode_lock:
+                    self._mode_asked = None
+                asked.set()
+
+        threading.Thread(target=ask, name="fwfs-upload-mode", daemon=True).start()
+
+    def _mode_fresh(self) -> bool | None:
+        cached = self._upload_mode
+        if cached is not None and time.monotonic() - cached[1] < _CONFIG_TTL:
+            return cached[0]
+        return None
+
     def _signed_uploads(self) -> bool:
         """Whether the site wants the signed-URL flow. Asked once per client and remembered
         for a few minutes: `cp -r` of a thousand files should not ask a thousand times."""
+        with self._mode_lock:
+            asked = self._mode_asked
+        if asked is not None:
+            asked.wait()  # prepare_upload's answer is on its way: not a second request
+        fresh = self._mode_fresh()
+        if fresh is not None:
+            return fresh
         now = time.monotonic()
-        cached = self._upload_mode
-        if cached is not None and now - cached[1] < _CONFIG_TTL:
-            return cached[0]
         signed = _signed_mode(self.site_config())
         self._upload_mode = (signed, now)
         return signed

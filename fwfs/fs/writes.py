@@ -303,6 +303,7 @@ class Writes:
     def _stage(
         self, path: str, parent: Dir, target: UploadTarget, source: BinaryIO | None
     ) -> Pending:
+        self.client.prepare_upload()  # what the upload asks of the site, while bytes arrive
         staged = self.spool.create(target, source)
         p = Pending(path, parent, staged)
         with self._lock:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,28 @@ def test_created_file_is_shown_from_the_spool_and_uploaded_once_at_close(
     assert [(e["method"], e["path"]) for e in after] == [("POST", "/api/resolve")]
     assert listing["notes.txt"].size == 11
     assert (file_id, version) == (scratch.files()["notes.txt"].file_id.encode(), b"1")
+
+
+def test_a_close_long_after_the_last_config_costs_only_the_upload(
+    scratch: Scratch, make_fs: MakeFs
+) -> None:
+    # The site's upload mode (GET /api/config) is trusted for 5 minutes; older than that,
+    # it is asked again while the program writes, not after its close().
+    fs = make_fs()
+    site, path = scratch.site, f"{scratch.acq_path}/late.txt"
+    fs.readdir(scratch.acq_path)
+    fs.client.note_site_config({}, time.monotonic() - 3600)
+    mark = site.quiet_mark()
+    fh = fs.create(path).fh
+    fs.write(fh, 0, b"written an hour after the mount asked")
+    asked = site.wait_for_log(lambda e: e["path"] == "/api/config", since=mark, timeout=10)
+    assert len(asked) == 1  # asked at the create, before any close
+    mark = site.quiet_mark()
+    close(fs, fh)
+    assert [(e["method"], e["path"]) for e in site.requests_since(mark)] == [
+        ("POST", f"/api/acquisitions/{scratch.acq.id}/files")
+    ]
+    assert scratch.data("late.txt") == b"written an hour after the mount asked"
 
 
 def test_empty_created_file_uploads_at_release_not_at_flush(
