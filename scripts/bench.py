@@ -630,6 +630,10 @@ class Bench:
 
         for rep in range(self.reps):
             name = f"cp-{rep}.bin"
+            # Every variant starts with no dirty pages to write back: the download of the
+            # local copy, or the previous variant's spool, would otherwise slow the next
+            # writer's disk.
+            os.sync()
             with self.m.mount() as mnt:
                 self.measure(
                     "upload",
@@ -640,6 +644,7 @@ class Bench:
                     mount=mnt,
                     cold=False,
                 )
+            os.sync()
             with self.m.mount() as mnt:
                 self.measure(
                     "upload",
@@ -653,6 +658,7 @@ class Bench:
             link = staging / f"sdk-{rep}.bin"
             link.unlink(missing_ok=True)
             link.symlink_to(self.local_big)
+            os.sync()
             self.measure(
                 "upload",
                 "SDK upload_file",
