@@ -5,19 +5,25 @@ and lets whatever that raises propagate unchanged. Bytes are fetched and cached 
 blocks keyed by ``(key, block_index)``, so ``key`` must pin the content, e.g.
 ``(file_id, version)``.
 
-Readahead follows mountpoint-s3's prefetcher. The first read of a stream fetches only its
-own blocks, so probing a header costs one block (a file no larger than ``initial_window``
-is fetched whole instead: one request rather than one per kernel read). When a read
-continues exactly where the previous one ended, its fetch also takes the next
-``initial_window`` bytes, in the same request. Later batches double, up to ``max_window``,
-each issued once the reader is halfway through the previous one, as requests of at most
-``max_request`` bytes running in parallel on the pool. A read outside the stream (further
-back than ``reorder_window``, or past what was requested) starts a new stream; readahead
-already in flight is never discarded, because the reader may well come back to it.
+Readahead starts like mountpoint-s3's prefetcher. The first read of a stream fetches only
+its own blocks, so probing a header costs one block (a file no larger than
+``initial_window`` is fetched whole instead: one request rather than one per kernel read).
+When a read continues exactly where the previous one ended, its fetch also takes the next
+``initial_window`` bytes, in the same request. From then on readahead is a sliding
+window: up to ``max_parallel`` requests of at most ``max_request`` bytes run on the pool,
+covering at most the window's bytes past the furthest read, and each one that lands is
+replaced at once by the next range, not when a whole batch has landed. The window
+doubles, up to ``max_window``, each time the reader has read half of it. Parallel
+requests share the link and land together if asked for together, so requests that go out
+at the same moment get graded sizes (see ``_fill``): their landings, and so their
+replacements, are spread out, and there is no wave of landings followed by a round trip
+with nothing on the wire. A read outside the stream (further back than ``reorder_window``,
+or past what was requested) starts a new stream; readahead already in flight is never
+discarded, because the reader may well come back to it.
 
-Readahead lands in the shared cache, up to about 1.5 * ``max_window`` ahead of each
-sequential reader. A cache smaller than that times the number of concurrent sequential
-readers evicts readahead before it is read; ``bytes_fetched > bytes_read`` shows it.
+Readahead lands in the shared cache, up to ``max_window`` ahead of each sequential reader.
+A cache smaller than that times the number of concurrent sequential readers evicts
+readahead before it is read; ``bytes_fetched > bytes_read`` shows it.
 
 Some sites answer a ranged request with the whole file (a proxy, or object storage behind
 a redirect that drops Range). ``fetch`` says so by raising an exception whose
@@ -30,6 +36,7 @@ has passed and the cache has since evicted opens the stream again, from the star
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import functools
@@ -59,17 +66,21 @@ class ReadConfig:
     ``block_size``: the unit of caching and of demand fetches. 128 KiB is the size of the
     kernel's default FUSE readahead and read requests, so one kernel request touches one
     or two blocks and a 352-byte header read transfers 128 KiB, not megabytes.
-    ``initial_window`` / ``max_window``: the first readahead batch and the cap of the
-    doubling; 1 MiB wastes little when a "stream" turns out to be two reads, and 64 MiB
-    keeps several requests busy on a fast link.
+    ``initial_window`` / ``max_window``: the first readahead and the cap of the doubling
+    window (bytes requested past the furthest read); 1 MiB wastes little when a "stream"
+    turns out to be two reads, and 64 MiB keeps several requests busy on a fast link.
     ``reorder_window``: how far behind the furthest read of a stream a read may start and
     still belong to it. The kernel sends its readahead as parallel requests (1 MiB each
     when its readahead is 1 MiB) that reach fwfs in any order; ending the stream on each
     of them would restart readahead from ``initial_window`` every few MiB.
-    ``max_request``: the largest readahead fetch; a batch runs as parallel requests of this
-    size. 8 MiB is mountpoint-s3's part size, large enough that request latency is noise.
+    ``max_request``: the largest readahead fetch, and at most ``max_window / max_parallel``
+    so that a small window still holds ``max_parallel`` requests. 8 MiB is mountpoint-s3's
+    part size, large enough that request latency is noise.
     ``max_parallel``: readahead requests one reader may have pending, which bounds its
     in-flight readahead to ``max_parallel * max_request`` bytes (32 MiB). 0 disables it.
+    Over a 40 ms, 1 Gbit/s link (a bandwidth-delay product of 5 MB) the requests still on
+    their way when one lands hold about 1.5 requests' worth, 12 MiB, so the link stays busy
+    while its replacement waits a round trip for its first byte.
     Windows and requests are rounded up to whole blocks.
     """
 
@@ -121,11 +132,12 @@ class RangedReader:
 
     Dependencies (never change): ``key``, ``size``, ``_fetch``, ``_cache``, ``_pool``,
     ``_config`` and the block counts derived from it.
-    Guarded by ``_lock``: the stream state (``_last_end``, ``_ahead``, ``_batch_end``,
-    ``_trigger``, ``_window``), ``_pending``, ``_futures``, ``_closed`` and the counters.
+    Guarded by ``_lock``: the stream state (``_last_end``, ``_ahead``, ``_trigger``,
+    ``_window``), ``_pending``, ``_futures``, ``_closed`` and the counters.
     Invariants: every block of the current stream below ``_ahead`` has been requested,
     by a read or by readahead; ``_pending`` (readahead requests submitted and not yet
-    finished) never exceeds ``max_parallel``. Fetching, waiting and submitting happen
+    finished) never exceeds ``max_parallel``; readahead never asks for blocks past the
+    furthest read's end block plus ``_window``. Fetching, waiting and submitting happen
     without ``_lock`` held, and it is never held together with the cache's lock.
 
     ``read`` must not be called from a task of ``pool``: it may wait for readahead queued
@@ -161,13 +173,14 @@ class RangedReader:
         self._initial_blocks = _blocks_needed(config.initial_window, bs)
         self._max_window_blocks = _blocks_needed(config.max_window, bs)
         self._request_blocks = _blocks_needed(config.max_request, bs)
+        self._request_cap = self._max_window_blocks // max(1, config.max_parallel)
 
         self._lock = threading.Lock()
         self._last_end: int | None = None  # end of the furthest read of the stream
         self._ahead = 0  # first block the stream has not yet read or requested
-        self._batch_end = 0  # the readahead batch being issued ends before this block
-        self._trigger = 0  # a read ending at or past this offset starts the next batch
-        self._window = 0  # blocks in the next batch; 0 until the stream proves sequential
+        self._trigger = 0  # a read ending at or past this block doubles the window
+        self._window = 0  # blocks readahead may request past the furthest read; 0 until
+        # the stream proves sequential
         self._pending = 0
         self._futures: set[Future[None]] = set()
         self._closed = False
@@ -193,8 +206,7 @@ class RangedReader:
             if offset >= end:
                 return b""
             upto, parts = self._advance(offset, end)
-        for first, last in parts:
-            self._start_readahead(first, last)
+        self._issue(parts)
         data = self._read_range(offset, end, upto)
         with self._lock:
             self._bytes_read += len(data)
@@ -258,48 +270,76 @@ class RangedReader:
                 # A small file (a DICOM slice) costs one request, not one per block read.
                 upto = self._nblocks
             self._last_end = end
-            self._ahead = self._batch_end = upto
+            self._ahead = upto
             self._window = 0
             return upto, []
         if offset == last and self._window == 0 and self._config.max_parallel > 0:
-            # The stream has proved sequential. Its first batch goes out in the same
+            # The stream has proved sequential. Its first readahead goes out in the same
             # request as this read's blocks, like mountpoint's first 1 MiB + 128 KiB.
             start = max(self._ahead, end_block)
             upto = min(self._nblocks, start + self._initial_blocks)
             self._last_end = end
-            self._ahead = self._batch_end = upto
-            self._trigger = (start + upto) * bs // 2
+            self._ahead = upto
             self._window = min(2 * self._initial_blocks, self._max_window_blocks)
+            self._trigger = end_block + self._window // 2
             return upto, []
         self._last_end = max(last, end)
         self._ahead = max(self._ahead, end_block)
         if self._window == 0 or offset < last:
             return end_block, []
-        if self._batch_end <= self._ahead and end >= self._trigger:
-            start = self._ahead
-            self._batch_end = min(self._nblocks, start + self._window)
-            self._trigger = (start + self._batch_end) * bs // 2
+        return end_block, self._fill()
+
+    def _fill(self) -> list[tuple[int, int]]:
+        """Readahead ranges to issue now, counted in ``_pending``; ``_lock`` held.
+
+        Requests go out one by one as room opens, not in batches: whenever a request
+        lands or the reader moves on, the next range is asked for, so the link never
+        waits for a whole batch to land before more is requested (one idle round trip
+        per batch). The window doubles each time the reader has read half of it.
+        """
+        pos = _blocks_needed(self._last_end or 0, self._config.block_size)
+        if pos >= self._trigger and self._window < self._max_window_blocks:
             self._window = min(2 * self._window, self._max_window_blocks)
+            self._trigger = pos + self._window // 2
+        # A small window (a small cache) is still split in max_parallel requests, so that
+        # requests overlap and the reader does not wait for one to land whole.
+        request = max(1, min(self._request_blocks, self._window // 2, self._request_cap))
+        # Ranges asked for together land together (they share the link), and would then be
+        # replaced together, in waves, each wave waiting a round trip. Sizes graded 1/m,
+        # 2/m, ..., 1 of a request spread their landings evenly instead, and replacing one
+        # range per landing keeps them spread.
+        room = min(self._nblocks, pos + self._window) - self._ahead
+        slots = self._config.max_parallel - self._pending
+        count = min(slots, room // request)
+        if count == 0 and slots > 0 and 0 < room == self._nblocks - self._ahead:
+            count = 1  # the file's tail, shorter than a request
         parts: list[tuple[int, int]] = []
-        while self._ahead < self._batch_end and self._pending < self._config.max_parallel:
-            stop = min(self._batch_end, self._ahead + self._request_blocks)
+        for k in range(1, count + 1):
+            stop = min(self._nblocks, self._ahead + max(1, request * k // count))
             parts.append((self._ahead, stop))
             self._ahead = stop
-            self._pending += 1
-        return end_block, parts
+        self._pending += len(parts)
+        return parts
 
-    def _start_readahead(self, first: int, last: int) -> None:
+    def _issue(self, parts: list[tuple[int, int]]) -> None:
+        # A loop, not recursion: ranges already cached finish at once and make room for
+        # the next ones, a whole window's worth when re-reading a cached file.
+        todo = collections.deque(parts)
+        while todo:
+            todo.extend(self._start_readahead(*todo.popleft()))
+
+    def _start_readahead(self, first: int, last: int) -> list[tuple[int, int]]:
+        """Submit readahead of blocks ``[first, last)``; returns ranges to issue next."""
         claim = self._cache.reserve([(self.key, i) for i in range(first, last)])
         if not claim.keys:
-            self._readahead_finished(None)
-            return
+            return self._readahead_finished(None)
         try:
             future = self._pool.submit(self._readahead, claim)
         except RuntimeError:
             # The pool is shut down because the mount is stopping; reads go on without it.
             claim.release()
-            self._readahead_finished(None)
-            return
+            self._readahead_finished(None, refill=False)
+            return []
         with self._lock:
             closed = self._closed
             if not closed:
@@ -307,6 +347,7 @@ class RangedReader:
         if closed:
             future.cancel()
         future.add_done_callback(functools.partial(self._readahead_done, claim))
+        return []
 
     def _readahead(self, claim: Reservation[BlockKey]) -> None:
         # Errors reach readers through the claim: whoever waits for these blocks re-raises
@@ -322,13 +363,24 @@ class RangedReader:
         if future.cancelled():
             # Never ran: let anyone waiting for these blocks fetch them instead.
             claim.release()
-        self._readahead_finished(future)
+        self._issue(self._readahead_finished(future))
 
-    def _readahead_finished(self, future: Future[None] | None) -> None:
+    def _readahead_finished(
+        self, future: Future[None] | None, *, refill: bool = True
+    ) -> list[tuple[int, int]]:
+        """Count a readahead request as finished; returns the ranges to issue in its place.
+
+        A landing frees a slot, and the next range goes out now rather than at the
+        reader's next read: with requests landing one by one, one by one is also how they
+        are replaced, so the link always has requests on their way (see ``_fill``).
+        """
         with self._lock:
             self._pending -= 1
             if future is not None:
                 self._futures.discard(future)
+            if self._closed or self._stream_mode or not self._window or not refill:
+                return []
+            return self._fill()
 
     def _read_range(self, offset: int, end: int, upto: int) -> bytes:
         bs = self._config.block_size

@@ -89,6 +89,12 @@ class ManualExecutor(Executor):
             if future.set_running_or_notify_cancel():
                 future.set_result(task())
 
+    def run_oldest(self) -> None:
+        """Run the task submitted first; what it submits when done joins the queue."""
+        future, task = self.queue.pop(0)
+        if future.set_running_or_notify_cancel():
+            future.set_result(task())
+
 
 def wait_until(condition: Callable[[], bool]) -> None:
     """Wait for another thread to reach a state; pytest-timeout ends a test that never does."""
@@ -430,8 +436,10 @@ def test_a_small_forward_seek_keeps_the_readahead_and_the_stream() -> None:
     assert b"".join(rest) == source.slice(3 * MiB, 64 * MiB)
     assert min(start for start, _ in source.calls) == requested
     assert source.bytes_fetched == 64 * MiB - requested
-    # Batches keep doubling from where they were: no restart at the initial window.
-    assert source.calls[0] == (requested, requested + 4 * MiB)
+    # Readahead goes on growing from where it was: no restart at the initial window (a
+    # restart would fetch one block, then one block and the initial window).
+    first_start, first_end = source.calls[0]
+    assert first_end - first_start > ReadConfig().initial_window
 
 
 def test_reordered_kernel_requests_do_not_end_the_stream() -> None:
@@ -473,6 +481,35 @@ def test_inflight_readahead_is_bounded_per_reader() -> None:
     assert source.bytes_fetched == 1000
 
 
+def test_each_landing_readahead_is_replaced_at_once_not_per_wave() -> None:
+    # Requests asked for together share the link and land together; if the next ones
+    # went out only when a whole wave had landed, the link would idle a round trip per
+    # wave. Each landing must be replaced while the others are still on their way.
+    size = 256 * MiB
+    source = Source(size=size)
+    pool = ManualExecutor()
+    cache = BlockCache(256 * MiB)
+    config = ReadConfig()
+    reader = reader_for(source, config=config, cache=cache, pool=pool)
+    bs = config.block_size
+    pending_after_landing: list[tuple[int, int]] = []
+    for offset in range(0, size, bs):
+        # A landing: the oldest readahead request completes, before the reader needs it.
+        while cache.get((KEY, offset // bs)) is None and pool.queue:
+            pool.run_oldest()
+            pending_after_landing.append((offset, len(pool.queue)))
+        assert reader.read(offset, bs) == source.slice(offset, offset + bs)
+        assert len(pool.queue) <= config.max_parallel
+    assert source.bytes_fetched == size
+    # Once the window is full, and until it reaches the end of the file, every landing
+    # leaves max_parallel requests pending: the landed one was replaced immediately.
+    full = [n for o, n in pending_after_landing if o < size - config.max_window]
+    assert config.max_parallel in full[:10]
+    steady = full[full.index(config.max_parallel) :]
+    assert len(steady) >= 15
+    assert steady == [config.max_parallel] * len(steady)
+
+
 def test_close_cancels_pending_readahead_and_frees_its_blocks() -> None:
     source = Source(size=64 * MiB)
     pool = ManualExecutor()
@@ -498,14 +535,16 @@ def test_close_stops_a_running_readahead_between_requests() -> None:
     source = Source(RANDOM_DATA)
     pool = ManualExecutor()
     cache = BlockCache(1 * MiB)
-    config = ReadConfig(block_size=16, initial_window=64, max_window=128, max_request=64)
+    config = ReadConfig(
+        block_size=16, initial_window=64, max_window=128, max_request=64, max_parallel=2
+    )
     reader = reader_for(source, config=config, cache=cache, pool=pool)
     cache.put((KEY, 7), RANDOM_DATA[112:128])  # splits the readahead of blocks 6-9 in two
-    for offset in range(0, 64, 16):  # the fourth read starts readahead of blocks 6-13
+    for offset in range(0, 64, 16):  # the third read starts readahead of blocks 6-9
         reader.read(offset, 16)
-    assert len(pool.queue) == 2
-    (future, task), _ = pool.queue
-    pool.queue = pool.queue[1:]
+    assert len(pool.queue) == 1
+    ((future, task),) = pool.queue
+    pool.queue = []
     future.set_running_or_notify_cancel()
     source.calls.clear()
     source.gate = threading.Event()
@@ -516,8 +555,8 @@ def test_close_stops_a_running_readahead_between_requests() -> None:
     reader.close()
     source.gate.set()
     thread.join()
-    pool.run_all()
-    assert source.calls == [(96, 112)]  # neither block 8-9 nor the second request went out
+    assert pool.queue == []  # its landing asked for no more readahead after close
+    assert source.calls == [(96, 112)]  # blocks 8-9 did not go out
     source.gate = None
     assert reader_for(source, config=config, cache=cache).read(128, 96) == RANDOM_DATA[128:224]
 
