@@ -55,7 +55,7 @@ import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Hashable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from fwfs.archives.central import ArchiveIO, CentralDirectory, NotAZip, read_directory
@@ -312,10 +312,13 @@ class ArchiveReader:
         try:
             if member.size > self._config.large_member:
                 return self._read_large(member, offset, end)
-            if local and self._prefetch is not None:
+            if not (local and self._prefetch is not None):
+                return self._read_small(member, offset, end, local)
+            if self._bulk_due(member):
                 self._bulk(member)
-                self._inflate_ahead(member)
-            return self._read_small(member, offset, end, local)
+            data = self._read_small(member, offset, end, local)
+            self._inflate_ahead(member)
+            return data
         except FwfsError:
             raise
         except Exception as err:
@@ -514,45 +517,51 @@ class ArchiveReader:
 
     # ---- the bulk fetch ------------------------------------------------------------------
 
-    def _bulk(self, member: MemberFile) -> None:
-        """At the second distinct member read from the archive bytes, fetch the members'
-        bytes in parallel parts (``ArchiveConfig.bulk_span``); once per reader.
-
-        Waits for the part that holds ``member`` itself, so that its read finds the bytes
-        cached instead of racing the parts for them; the others land while the program
-        works on it.
-        """
-        cfg = self._config
+    def _bulk_due(self, member: MemberFile) -> bool:
+        """True at the second distinct member read from the archive bytes (once)."""
         with self._lock:
-            if self._bulk_started or self._whole_only or cfg.bulk_span == 0:
-                return
+            if self._bulk_started or self._whole_only or self._config.bulk_span == 0:
+                return False
             if self._bulk_first is None or self._bulk_first == member.index:
                 # One member alone costs its own region only.
                 self._bulk_first = member.index
-                return
+                return False
             self._bulk_started = True
+            return True
+
+    def _bulk(self, member: MemberFile) -> None:
+        """Fetch the members' bytes in parallel parts (``ArchiveConfig.bulk_span``) for a
+        read of ``member``, the second one read.
+
+        The read waits only for its own head: its member up to the next 1 MiB boundary, in
+        a request of its own sent with the parts (as small as the scan's first request
+        with its readahead). Waiting for a part instead would wait for it to share the
+        link with the others; reading the member with the scan's reader would start
+        readahead into the first part, and wait for all of it.
+        """
         try:
             info = self._info(member)
             directory = self._load_directory()
         except FwfsError:
             return  # the read itself reports it
         here = info.header_offset
-        parts = self._bulk_parts(directory, here)
+        limit = directory.bounds[-1]
+        head = min(
+            max(limit, here), -(-directory.region_end(info, self.size) // _BULK_ALIGN) * _BULK_ALIGN
+        )
+        parts = self._bulk_parts(directory, here, head)
         with self._lock:
-            self._bulk_span = (min(p[0] for p in parts), max(p[1] for p in parts))
+            self._bulk_span = (
+                min([here, *(p[0] for p in parts)]),
+                max([head, *(p[1] for p in parts)]),
+            )
         assert self._prefetch is not None
-        waits: list[Future[None]] = []
         for start, end in parts:
             try:
-                future = self._prefetch.submit(self._fetch_part, start, end)
+                self._prefetch.submit(self._fetch_part, start, end)
             except RuntimeError:
                 return  # the pool is shut down: the mount is stopping
-            if start <= here < end:
-                waits.append(future)
-        for future in waits:
-            # Only a hint: whoever needs a block a part failed to fetch fetches it again.
-            with contextlib.suppress(Exception):
-                future.result()
+        self._fetch_part(here, head)
 
     def _inflate_ahead(self, member: MemberFile) -> None:
         """After a read of ``member``, have the next members decompressed into the cache
@@ -625,16 +634,16 @@ class ArchiveReader:
             with contextlib.suppress(Exception):
                 self._read_small(member, 0, member.size, local=True, ahead=True)
 
-    def _bulk_parts(self, directory: _Directory, here: int) -> list[tuple[int, int]]:
+    def _bulk_parts(self, directory: _Directory, here: int, head: int) -> list[tuple[int, int]]:
         """The ``[start, end)`` ranges of the bulk fetch for a read of the member whose
-        local header is at ``here``: the member's part first."""
+        local header is at ``here``, which fetches ``[here, head)`` itself."""
         cfg = self._config
         span = min(cfg.bulk_span, self._cache.max_bytes // 4)
         first, limit = directory.bounds[0], directory.bounds[-1]
         if limit - first <= span:
-            ranges = [(here, limit), (first, here)]
+            ranges = [(head, limit), (first, here)]
         else:
-            ranges = [(here, min(limit, here + span))]
+            ranges = [(head, min(limit, here + span))]
         total = sum(end - start for start, end in ranges)
         # Parts on 1 MiB boundaries: two parts never share a ranged reader's block (one
         # would wait for the other's request), and none is smaller than a round trip's worth.
@@ -650,10 +659,12 @@ class ArchiveReader:
 
     def _fetch_part(self, start: int, end: int) -> None:
         # A reader of its own for each part: its first read fetches exactly the blocks not
-        # yet cached, in one request, and starts no readahead.
+        # yet cached, in one request, and starts no readahead. Only a hint: whoever needs
+        # a block a part failed to fetch fetches it again.
         reader = self._open_reader()
         try:
-            reader.read(start, end - start)
+            with contextlib.suppress(Exception):
+                reader.read(start, end - start)
         finally:
             reader.close()
 
