@@ -20,26 +20,16 @@ from typing import Any
 
 import flywheel
 import pytest
+from linkkit import round_trips
 
 from fwfs.fs import FlywheelFS
 
 pytestmark = pytest.mark.timeout(120)
 
 RTT_MS = 100
-GAP = RTT_MS / 1000 / 2
+GAP = RTT_MS / 1000 / 2  # requests closer than this were sent side by side
 BLOCK = 128 * 1024  # the ranged reader's block: reads are rounded out to whole blocks
 COUNT = 200
-
-
-def round_trips(entries: list[dict[str, Any]]) -> int:
-    """The longest chain of requests each starting at least GAP after the one before it
-    ended: the round trips the program waited for."""
-    spans = sorted((e["start"], e["start"] + e["duration"]) for e in entries)
-    depth: list[int] = []
-    for i, (start, _end) in enumerate(spans):
-        before = [depth[j] for j in range(i) if spans[j][1] + GAP <= start]
-        depth.append(1 + max(before, default=0))
-    return max(depth, default=0)
 
 
 def series_zip() -> bytes:
@@ -98,11 +88,13 @@ def test_one_member_moves_its_region_and_all_members_one_round_of_requests(
     gets = data_gets(entries)
     moved = sum(e["bytes"] for e in gets)
     starts = sorted(e["start"] for e in gets)
-    print(f"{len(gets)} ranged GETs, {moved} of {len(data)} bytes, {round_trips(gets)} deep")
+    print(
+        f"{len(gets)} ranged GETs, {moved} of {len(data)} bytes, {round_trips(gets, RTT_MS)} deep"
+    )
     # The rest of the archive at the second member: four parts of >= 1 MiB, in flight
     # together (readahead from 1 MiB, doubling, takes four requests one after another).
     assert len(entries) == len(gets), entries  # nothing but the archive's bytes
     assert 2 <= len(gets) <= 5, gets
     assert moved <= len(data) - first.compress_size + BLOCK
-    assert round_trips(gets) <= 2, gets
+    assert round_trips(gets, RTT_MS) <= 2, gets
     assert starts[1] - starts[0] < GAP, gets  # at least two of them side by side

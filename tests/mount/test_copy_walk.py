@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from linkkit import round_trips
 from mountkit import Mount, quiet_mark, requests_since
-from test_round_trips import round_trips
 
 pytestmark = pytest.mark.timeout(180)
 
-RTT_MS = 150  # as test_round_trips.py's GAP assumes
+RTT_MS = 150
 
 KiB = 1 << 10
 
@@ -73,5 +73,5 @@ def test_cp_r_of_small_files_is_identical_and_fetches_each_file_once(
     # more; a real core's 302 doubles the files': 78 in all with --walk-ahead 0). Fetched
     # ahead, about one per directory of files, listings included (17; 35 on a real core,
     # whose HTTPS handshakes for the new parallel connections add some).
-    trips = round_trips(entries)
+    trips = round_trips(entries, RTT_MS)
     assert trips <= (40 if strict else 24), f"cp -r waited {trips} round trips"

@@ -1,12 +1,8 @@
 """What each operation costs in round trips: the requests a program waits on one after
 another (docs/SEMANTICS.md, "Cost of each operation", column "round trips").
 
-The site sits behind the sandbox's link emulator with a long round trip (`RTT`), so two
-requests that waited on each other arrive at the site at least a round trip apart, while
-requests sent side by side arrive together. The site's access log stamps each request's
-start and duration; `round_trips` counts the longest chain of requests in which each one
-started at least half a round trip after the previous one ended. Counting, not timing: a
-slow machine stretches the gaps, it does not close them. A request on a new connection
+The site sits behind the sandbox's link emulator with a long round trip (`RTT_MS`), and
+tests/linkkit.py counts the round trips in its access log. A request on a new connection
 pays the connection's handshake first, which can make a request sent side by side look
 one round trip later; the bounds below are what a program waits for at most.
 
@@ -25,27 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from linkkit import round_trips as chain
 from mountkit import DEMO_PROJECT, DEMO_SES, Mount, quiet_mark, requests_since
 
 pytestmark = pytest.mark.timeout(120)
 
 RTT_MS = 150
-# A request that waited on another arrives at least one round trip after the other ended:
-# its answer's way back and the next request's way out.
-GAP = RTT_MS / 1000 / 2
 
 PROFILES = ("default", "strict")
-
-
-def round_trips(entries: list[dict[str, Any]]) -> int:
-    """The longest chain of requests each starting at least GAP after the one before it
-    ended: the round trips the program waited for."""
-    spans = sorted((e["start"], e["start"] + e["duration"]) for e in entries)
-    depth: list[int] = []
-    for i, (start, _end) in enumerate(spans):
-        before = [depth[j] for j in range(i) if spans[j][1] + GAP <= start]
-        depth.append(1 + max(before, default=0))
-    return max(depth, default=0)
 
 
 def sh(*argv: str | Path) -> str:
@@ -78,6 +61,10 @@ def waited(site: Any, action: Callable[[], object]) -> tuple[int, list[dict[str,
     action()
     entries = requests_since(site, mark, settle=0.3)
     return round_trips(entries), entries
+
+
+def round_trips(entries: list[dict[str, Any]]) -> int:
+    return chain(entries, RTT_MS)
 
 
 def test_the_chain_counter_tells_side_by_side_from_one_after_another() -> None:
