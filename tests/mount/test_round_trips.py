@@ -177,3 +177,34 @@ def test_rm_and_rmdir_cost_one_and_two_round_trips(
     trips, entries = waited(linked, lambda: os.rmdir(mount / DEMO_PROJECT / name))
     # Whether it is empty (its listing), then the delete.
     assert trips == 2, entries
+
+
+def test_mv_onto_an_existing_file_is_three_round_trips_and_four_on_a_real_core(
+    fresh: Callable[..., Mount], linked: Any, strict: bool
+) -> None:
+    mount = fresh(args=["--allow-delete", "--delete-reason", "test_data"])
+    target = mount / DEMO_SES / "DWI"
+    name = f"rt-{uuid.uuid4().hex[:8]}"
+    (target / f"{name}.new").write_bytes(b"new\n")
+    (target / f"{name}.txt").write_bytes(b"old\n")
+    os.listdir(target)
+    trips, entries = waited(
+        linked, lambda: os.rename(target / f"{name}.new", target / f"{name}.txt")
+    )
+    # The source's bytes (a 302 and storage on a real core), their upload under the new
+    # name, then the source's delete: each waits for the one before.
+    assert trips == (4 if strict else 3), entries
+    assert (target / f"{name}.txt").read_bytes() == b"new\n"
+
+
+def test_mv_of_a_container_directory_is_one_round_trip(
+    fresh: Callable[..., Mount], linked: Any
+) -> None:
+    mount = fresh()
+    name = f"rt-{uuid.uuid4().hex[:8]}"
+    os.mkdir(mount / DEMO_PROJECT / name)
+    os.listdir(mount / DEMO_PROJECT)
+    trips, entries = waited(
+        linked, lambda: os.rename(mount / DEMO_PROJECT / name, mount / DEMO_PROJECT / f"{name}-b")
+    )
+    assert trips == 1, entries
