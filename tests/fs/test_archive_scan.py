@@ -88,9 +88,6 @@ def test_one_member_moves_its_region_and_all_members_one_round_of_requests(
     gets = data_gets(entries)
     moved = sum(e["bytes"] for e in gets)
     starts = sorted(e["start"] for e in gets)
-    print(
-        f"{len(gets)} ranged GETs, {moved} of {len(data)} bytes, {round_trips(gets, RTT_MS)} deep"
-    )
     # The rest of the archive at the second member: four parts of >= 1 MiB, in flight
     # together (readahead from 1 MiB, doubling, takes four requests one after another).
     assert len(entries) == len(gets), entries  # nothing but the archive's bytes
