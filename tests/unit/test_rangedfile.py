@@ -212,6 +212,8 @@ def test_config_is_validated() -> None:
     with pytest.raises(ValueError):
         ReadConfig(block_size=1 * MiB, max_request=64 * KiB)
     with pytest.raises(ValueError):
+        ReadConfig(block_size=1 * MiB, wire_window=64 * KiB)
+    with pytest.raises(ValueError):
         ReadConfig(max_parallel=-1)
 
 
@@ -348,6 +350,11 @@ def scan(reader: RangedReader, size: int, chunk: int) -> bytes:
     return b"".join(reader.read(offset, chunk) for offset in range(0, size, chunk))
 
 
+# Fetches of a sequential scan of 64 MiB: two by the reads, at most six while readahead
+# grows, then one per wire_window (4 MiB).
+FEW_LARGE_FETCHES = 2 + 6 + 64 // 4
+
+
 def test_a_sequential_scan_makes_few_large_fetches() -> None:
     size = 64 * MiB
     source = Source(size=size)
@@ -355,12 +362,11 @@ def test_a_sequential_scan_makes_few_large_fetches() -> None:
     reader = reader_for(source, config=config)
     assert scan(reader, size, 128 * KiB) == source.slice(0, size)
     # The first read fetches its block; the second fetches its own and the first 1 MiB
-    # batch in one request. Later batches double from 2 MiB and reach the end within six
-    # (2 + 4 + ... + 64 MiB), each split into requests of at most 8 MiB: 1+1+1+2+4+8.
-    assert len(source.calls) <= 2 + 17
-    assert source.bytes_fetched <= size + config.max_window
+    # in one request. Readahead requests then grow from 1 MiB to wire_window (4 MiB) as
+    # the window doubles: a handful while it grows, then one per 4 MiB.
+    assert len(source.calls) <= FEW_LARGE_FETCHES
     assert source.bytes_fetched == size  # nothing fetched twice, nothing past EOF
-    assert max(end - start for start, end in source.calls) == config.max_request
+    assert max(end - start for start, end in source.calls) == config.wire_window
     assert reader.stats() == ReaderStats(size, size, len(source.calls), 0)
 
 
@@ -449,7 +455,7 @@ def test_reordered_kernel_requests_do_not_end_the_stream() -> None:
     for block in order:
         reader.read(block * 128 * KiB, 128 * KiB)
     assert source.bytes_fetched == 64 * MiB
-    assert len(source.calls) <= 2 + 17
+    assert len(source.calls) <= FEW_LARGE_FETCHES
 
 
 def test_reordered_1mib_kernel_requests_keep_large_fetches() -> None:
@@ -463,8 +469,8 @@ def test_reordered_1mib_kernel_requests_keep_large_fetches() -> None:
         assert reader.read(m * MiB, MiB) == source.slice(m * MiB, (m + 1) * MiB)
     assert source.bytes_fetched == 64 * MiB
     # Ending the stream at each swap would fetch 1 MiB at a time: 60 requests or more.
-    assert len(source.calls) <= 2 + 17
-    assert max(end - start for start, end in source.calls) == 8 * MiB
+    assert len(source.calls) <= FEW_LARGE_FETCHES
+    assert max(end - start for start, end in source.calls) == ReadConfig().wire_window
 
 
 def test_inflight_readahead_is_bounded_per_reader() -> None:
