@@ -302,7 +302,7 @@ def test_a_sequential_read_uses_few_large_ranged_requests(
         first, last = (int(x) for x in e["range"].removeprefix("bytes=").split("-"))
         spans.append((first, last + 1))
         assert e["bytes"] == last + 1 - first
-        assert e["bytes"] <= 8 << 20  # requests of at most 8 MiB
+        assert e["bytes"] <= 4 << 20  # requests of at most 4 MiB
     # Every byte once: no block is fetched twice, and nothing is missing.
     spans.sort()
     assert spans[0][0] == 0 and spans[-1][1] == BIG
