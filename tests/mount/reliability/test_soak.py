@@ -45,11 +45,12 @@ CACHE = 32 * MiB
 RSS_MARGIN = 64 * MiB
 # docs/SEMANTICS.md "Time bounds": a listing fails or succeeds in about 100 s at most.
 DOCUMENTED_BOUND = 100.0
-# Threads that may outlive the load, each from a pool bounded whatever the load:
-# MountConfig.read_threads (8) and the listing pool (4) are created on first use and
-# kept; libfuse's multithreaded loop keeps at most 10 worker threads (its defaults).
-# A thread made per request, open file or upload and never ended would exceed this.
-POOL_THREADS = 8 + 4 + 10
+# Threads that may outlive the load, each from a pool bounded whatever the load, created
+# on first use and kept: MountConfig.read_threads (8), the listing pool (4), the walk
+# read-ahead's (WalkAheadConfig.threads, 16) and the archives' bulk fetch (5); libfuse's
+# multithreaded loop keeps at most 10 worker threads (its defaults). A thread made per
+# request, open file or upload and never ended would exceed this.
+POOL_THREADS = 8 + 4 + 16 + 5 + 10
 
 
 def status(pid: int) -> dict[str, int]:
