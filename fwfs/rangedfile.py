@@ -124,7 +124,7 @@ def _blocks_needed(size: int, block_size: int) -> int:
     return -(-size // block_size)
 
 
-def _runs(indices: list[int]) -> list[tuple[int, int]]:
+def block_runs(indices: list[int]) -> list[tuple[int, int]]:
     """Ascending indices as maximal ``[first, last)`` runs of consecutive numbers."""
     runs: list[tuple[int, int]] = []
     for i in indices:
@@ -362,7 +362,7 @@ class RangedReader:
         # Errors reach readers through the claim: whoever waits for these blocks re-raises
         # the error, and later reads fetch them afresh. Leftovers after close are released.
         with contextlib.suppress(Exception), claim:
-            for first, last in _runs([i for _, i in claim.keys]):
+            for first, last in block_runs([i for _, i in claim.keys]):
                 if self._closed:
                     break
                 for i, data in enumerate(self._fetch_blocks(first, last), first):
@@ -409,7 +409,7 @@ class RangedReader:
 
     def _fetch_keys(self, keys: list[BlockKey]) -> list[memoryview]:
         blocks: list[memoryview] = []
-        for first, last in _runs([i for _, i in keys]):
+        for first, last in block_runs([i for _, i in keys]):
             blocks.extend(self._fetch_blocks(first, last))
         return blocks
 

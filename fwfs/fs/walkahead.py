@@ -42,6 +42,7 @@ from fwfs.config import WalkAheadConfig
 from fwfs.fs.nodes import Dir, File
 from fwfs.fs.tree import NAME_SHARED, Listing
 from fwfs.models import FileInfo
+from fwfs.rangedfile import block_runs
 
 log = logging.getLogger("fwfs.walkahead")
 
@@ -291,7 +292,7 @@ class WalkAhead:
         claim = self._cache.reserve([(key, i) for i in range(-(-size // bs))])
         try:
             fetch = self._fetcher(info)
-            for first, last in _runs([i for _, i in claim.keys]):
+            for first, last in block_runs([i for _, i in claim.keys]):
                 start, stop = first * bs, min(last * bs, info.size)
                 data = fetch(start, stop)
                 if len(data) != stop - start:
@@ -307,13 +308,3 @@ class WalkAhead:
             log.debug("fetching %s ahead of a walk failed: %s", info.name, err)
         finally:
             claim.release()
-
-
-def _runs(indices: list[int]) -> list[tuple[int, int]]:
-    runs: list[tuple[int, int]] = []
-    for i in indices:
-        if runs and runs[-1][1] == i:
-            runs[-1] = (runs[-1][0], i + 1)
-        else:
-            runs.append((i, i + 1))
-    return runs
