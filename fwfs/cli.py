@@ -252,6 +252,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # urllib3 logs whole URLs at DEBUG, download tickets included.
     logging.getLogger("urllib3").setLevel(logging.INFO)
+    if args.command in ("serve", "demo"):
+        missing = _missing_extra(args, demo=args.command == "demo" or args.demo)
+        if missing:
+            print(
+                f"fwfs {args.command} needs the sandbox extra, which is not installed "
+                f"(missing: {', '.join(missing)}): pip install 'fwfs[sandbox]'",
+                file=sys.stderr,
+            )
+            return 1
     if args.command == "serve":
         return _serve(args, demo=args.demo)
     if args.command == "demo":
@@ -275,6 +284,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return unmount(args.mountpoint, lazy=args.lazy, timeout=args.timeout)
     return 2
+
+
+# The sandbox extra's modules, and what needs each: checked before the site starts, so a
+# missing one is a line naming the extra, not a traceback from deep in the seeding.
+_EXTRA_FOR_SERVING = ("python_multipart",)
+_EXTRA_FOR_DEMO = ("pydicom", "nibabel", "numpy")
+_EXTRA_FOR_TLS = ("trustme",)
+
+
+def _missing_extra(args: argparse.Namespace, demo: bool) -> list[str]:
+    import importlib
+
+    wanted = list(_EXTRA_FOR_SERVING)
+    if demo:
+        wanted += _EXTRA_FOR_DEMO
+    if getattr(args, "private_ca", False) or getattr(args, "strict", False):
+        wanted += _EXTRA_FOR_TLS
+    missing = []
+    for name in wanted:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
 
 
 def _serve(args: argparse.Namespace, demo: bool) -> int:

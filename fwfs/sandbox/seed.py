@@ -14,12 +14,8 @@ from typing import Any
 
 from fwfs.sandbox import demodata
 from fwfs.sandbox.files import file_type, mimetype, zip_member_count
+from fwfs.sandbox.names import ADMIN_USER, GROUP, PROJECT
 from fwfs.sandbox.store import Container, FileRec, Store, iso
-
-GROUP = "flywheel"
-PROJECT = "Anxiety Study"
-ADMIN_USER = "ada@fwfs.example"
-READER_USER = "rosalind@fwfs.example"
 
 # (series label, file stem, modality, shape (slices, rows, cols), voxel mm)
 _SERIES = {

@@ -19,11 +19,10 @@ from fwfs.sandbox.fidelity import Fidelity
 from fwfs.sandbox.files import FileApi
 from fwfs.sandbox.httpd import AccessLog, Router, SandboxHTTPServer
 from fwfs.sandbox.link import LinkProcess, LinkSpec
+from fwfs.sandbox.names import ADMIN_USER, GROUP, MEMBER_USER, PROJECT, READER_USER
 from fwfs.sandbox.storage import Storage
 from fwfs.sandbox.store import Store, now_iso
 from fwfs.sandbox.uploads import UploadApi
-
-MEMBER_USER = "grace@fwfs.example"
 
 log = logging.getLogger("fwfs.sandbox")
 
@@ -157,8 +156,6 @@ class Sandbox:
         store = self.store
         if store.meta_get("created") is None:
             store.meta_set("created", now_iso())
-            from fwfs.sandbox.seed import ADMIN_USER, READER_USER
-
             self._add_user("admin_key", ADMIN_USER, True, "Ada", "Lovelace", site_admin=True)
             self._add_user("reader_key", READER_USER, False, "Rosalind", "Franklin")
         # Imported here: seeding needs the sandbox extra (pydicom, nibabel), serving does not.
@@ -183,8 +180,6 @@ class Sandbox:
     def _add_project_member(self) -> None:
         """Grace: read-write member of the demo's Anxiety Study only, not of its group
         (the project-only member of audit D3). On a site without the demo, of nothing."""
-        from fwfs.sandbox.seed import GROUP, PROJECT
-
         projects = [p.id for p in self.store.children(GROUP, "project") if p.label == PROJECT]
         extra = {PROJECTS_KEY: projects[:1]}
         self._add_user("member_key", MEMBER_USER, True, "Grace", "Hopper", extra=extra)
