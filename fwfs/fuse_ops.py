@@ -1,14 +1,14 @@
 """The FUSE adapter: translates kernel calls into FlywheelFS calls. No policy, no HTTP.
 
-The only module that imports mfusepy. Every callback goes through `_errors`, the one place
-where exceptions become errnos: an FwfsError gives its errno, an OSError with an int errno
-passes through, anything else is logged once with its traceback and becomes EIO (mfusepy
-would answer EINVAL, and fusepy would end the mount).
+It reaches mfusepy only through fuse_compat, which owns the binding and its patches.
+Every callback goes through `_errors`, the one place where exceptions become errnos: an
+FwfsError gives its errno, an OSError with an int errno passes through, anything else is
+logged once with its traceback and becomes EIO (mfusepy would answer EINVAL, and fusepy
+would end the mount).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import itertools
@@ -18,23 +18,16 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-import mfusepy
-
 from fwfs.config import MountConfig
 from fwfs.errors import FwfsError, NotPermitted, NotSupported
 from fwfs.fs import Attr, FlywheelFS
+from fwfs.fuse_compat import ENOATTR, FuseOSError, Operations, PatchedFUSE, check_version
 
 log = logging.getLogger("fwfs.fuse")
 
 F = TypeVar("F", bound=Callable[..., Any])
 _LOOKUPS = frozenset({"getattr", "getxattr", "listxattr", "access", "readdir", "readdir_plus"})
-_READDIR_PLUS = 1  # libfuse's FUSE_READDIR_PLUS flag of readdir
-_FILL_DIR_PLUS = 2  # and FUSE_FILL_DIR_PLUS of its filler
 _PlusEntry = tuple[str, dict[str, int] | None]
-_PYBUF_READ = 0x100
-_memory_view = ctypes.pythonapi.PyMemoryView_FromMemory
-_memory_view.restype = ctypes.py_object
-_memory_view.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int)
 # Where a failure means bytes did not reach the site: worth more than an INFO line.
 _UPLOADS = frozenset({"flush", "fsync", "release", "truncate", "rename"})
 
@@ -54,22 +47,22 @@ def _errors(func: F) -> F:
                 where = args[0] if args and isinstance(args[0], str) else "(open file)"
                 code = errno.errorcode.get(err.errno)
                 log.log(level, "%s %r: %s (%s)", func.__name__, where, err, code)
-            raise mfusepy.FuseOSError(err.errno) from None
-        except mfusepy.FuseOSError:
+            raise FuseOSError(err.errno) from None
+        except FuseOSError:
             raise
         except OSError as err:
             if isinstance(err.errno, int) and err.errno > 0:
-                raise mfusepy.FuseOSError(err.errno) from None
+                raise FuseOSError(err.errno) from None
             log.exception("%s failed", func.__name__)
-            raise mfusepy.FuseOSError(errno.EIO) from None
+            raise FuseOSError(errno.EIO) from None
         except Exception:
             log.exception("%s failed", func.__name__)
-            raise mfusepy.FuseOSError(errno.EIO) from None
+            raise FuseOSError(errno.EIO) from None
 
     return cast(F, wrapper)
 
 
-class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
+class FuseOperations(Operations):  # type: ignore[misc]
     use_ns = True
 
     def __init__(
@@ -265,7 +258,7 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
         except FwfsError as err:
             if err.errno == errno.ENOENT:
                 # "No such attribute" is ENODATA, not "no such file".
-                raise mfusepy.FuseOSError(mfusepy.ENOATTR) from None
+                raise FuseOSError(ENOATTR) from None
             raise
 
     @_errors
@@ -280,7 +273,7 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
     def access(self, path: str, amode: int) -> int:
         self.fs.lookup(path)
         if amode & os.W_OK and self.config.read_only:
-            raise mfusepy.FuseOSError(errno.EROFS)
+            raise FuseOSError(errno.EROFS)
         return 0
 
 
@@ -291,7 +284,8 @@ def mount(
     foreground: bool = True,
     options: dict[str, Any] | None = None,
 ) -> None:
-    """Blocks until unmounted."""
+    """Blocks until unmounted; RuntimeError if the installed mfusepy is not one fwfs patches."""
+    check_version()
     opts: dict[str, Any] = {"fsname": "fwfs", "subtype": "fwfs", "default_permissions": True}
     # libfuse would turn the unlink of an open file into a rename to `.fuse_hiddenNNN`,
     # which on Flywheel is an upload under that name: remove it now, keep the handle.
@@ -333,54 +327,4 @@ def mount(
             log.debug("kernel readahead left as it is: %s", err)
 
     threading.Thread(target=raise_readahead, name="fwfs-readahead", daemon=True).start()
-    _Fuse(ops, mountpoint, foreground=foreground, raw_fi=True, nothreads=False, **opts)
-
-
-class _Fuse(mfusepy.FUSE):  # type: ignore[misc]
-    """mfusepy drops rename's flags; RENAME_NOREPLACE (`mv -n`) must not replace a file."""
-
-    def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
-        # mfusepy copies every write into a bytes object first (ctypes.string_at), the
-        # largest cost of a write; the kernel's buffer is valid for the whole callback, so
-        # hand the staged file a view of it instead.
-        # (Not a ctypes array view: ctypes keeps one new array type per distinct size for
-        # good, 5.7 KB each, a leak for programs that write in varying sizes.)
-        address = ctypes.cast(buf, ctypes.c_void_p).value or 0
-        view = _memory_view(address, size, _PYBUF_READ)
-        result: int = self.operations.write(
-            None if path is None else path.decode(self.encoding, self.errors),
-            view,
-            offset,
-            fip.contents,
-        )
-        return result
-
-    def readdir_fuse_3(
-        self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
-    ) -> int:
-        # mfusepy ignores FUSE_READDIR_PLUS (a TODO in its readdir_fuse_3) and passes only
-        # each entry's mode, so the kernel sent a LOOKUP for every entry listed.
-        if not flags & _READDIR_PLUS:
-            result: int = super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
-            return result
-        # Entries go out with their offsets (index + 1): libfuse 3.14 only passes a
-        # PLUS entry's attributes on to the kernel in that mode, not when it buffers a whole
-        # directory given at offset 0.
-        decoded = None if path is None else path.decode(self.encoding, self.errors)
-        entries = self.operations.readdir_plus(decoded, fip.contents.fh, offset)
-        for index in range(offset, len(entries)):
-            name, attrs = entries[index]
-            st = mfusepy.c_stat()
-            fill = 0
-            if attrs is not None:
-                mfusepy.set_st_attrs(st, attrs, use_ns=True)
-                fill = _FILL_DIR_PLUS
-            if filler(buf, name.encode(self.encoding, self.errors), st, index + 1, fill) != 0:
-                break
-        return 0
-
-    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
-        result: int = self.operations.rename(
-            old.decode(self.encoding, self.errors), new.decode(self.encoding, self.errors), flags
-        )
-        return result
+    PatchedFUSE(ops, mountpoint, foreground=foreground, raw_fi=True, nothreads=False, **opts)
