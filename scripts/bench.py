@@ -26,6 +26,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,7 @@ class Bench:
                 scale=self.spec.scale,
                 extra=self.site_flags,
             )
+            assert self.site is not None
             ca = self.site.info.get("ca_cert")
             if ca:
                 # --strict serves HTTPS with its own CA: the SDK, requests and the mount
@@ -326,6 +328,7 @@ class Bench:
         def curl() -> None:
             # -L: a site that redirects downloads to storage answers 302; curl drops the
             # Authorization header on the way to another host, as the signed URL wants.
+            assert self.site is not None
             ca = self.site.info.get("ca_cert")
             trust = ["--cacert", str(ca)] if ca else []
             run(["curl", "-sSfL", *trust, "-o", "/dev/null", "-H", f"@{headers}", url])
@@ -404,7 +407,7 @@ class Bench:
 
         for rep in range(self.reps):
             with self.m.mount() as mnt:
-                self.measure("headers", "mount", rep, lambda mnt=mnt: via_mount(mnt), mount=mnt)
+                self.measure("headers", "mount", rep, partial(via_mount, mnt), mount=mnt)
             self.measure("headers", "SDK download_file", rep, via_sdk)
 
     def case_tree(self) -> None:
@@ -436,9 +439,9 @@ class Bench:
 
         for rep in range(self.reps):
             with self.m.mount() as mnt:
-                r = self.measure("tree", "mount: ls -lR", rep, lambda mnt=mnt: ls(mnt), mount=mnt)
+                r = self.measure("tree", "mount: ls -lR", rep, partial(ls, mnt), mount=mnt)
             with self.m.mount() as mnt:
-                f = self.measure("tree", "mount: find", rep, lambda mnt=mnt: find(mnt), mount=mnt)
+                f = self.measure("tree", "mount: find", rep, partial(find, mnt), mount=mnt)
             s = self.measure("tree", "SDK walk", rep, sdk)
             r["directories"] = f["directories"]
             self.checks["tree_files_match"] = f["files"] == s["files"]
@@ -483,9 +486,7 @@ class Bench:
 
         for rep in range(self.reps):
             with self.m.mount() as mnt:
-                self.measure(
-                    "archive_member", "mount", rep, lambda mnt=mnt: member_mount(mnt), mount=mnt
-                )
+                self.measure("archive_member", "mount", rep, partial(member_mount, mnt), mount=mnt)
             with self.m.mount() as mnt:
                 # The same read once the directories on the way are listed (as after an `ls`):
                 # what the archive itself costs.
@@ -494,7 +495,7 @@ class Bench:
                     "archive_member",
                     "mount, directories listed",
                     rep,
-                    lambda mnt=mnt: member_mount(mnt),
+                    partial(member_mount, mnt),
                     mount=mnt,
                 )
             self.measure("archive_member", "SDK download + unzip", rep, member_sdk)
@@ -504,7 +505,7 @@ class Bench:
                     "dcm2niix",
                     "mount",
                     rep,
-                    lambda src=src: dcm2niix(src, self.work / "nii-mount"),
+                    partial(dcm2niix, src, self.work / "nii-mount"),
                     mount=mnt,
                 )
             self.measure("dcm2niix", "SDK download + unzip + dcm2niix", rep, dcm2niix_sdk)
@@ -542,7 +543,7 @@ class Bench:
                     "dcm2niix_200",
                     "mount",
                     rep,
-                    lambda src=src: self._dcm2niix(src, self.work / "nii200-mount", zsize),
+                    partial(self._dcm2niix, src, self.work / "nii200-mount", zsize),
                     mount=mnt,
                 )
             self.measure("dcm2niix_200", "SDK download + unzip + dcm2niix", rep, sdk)
@@ -583,7 +584,7 @@ class Bench:
         for rep in range(self.reps):
             with self.m.mount() as mnt:
                 r = self.measure(
-                    "copy_tree", "mount: cp -r", rep, lambda mnt=mnt: via_mount(mnt), mount=mnt
+                    "copy_tree", "mount: cp -r", rep, partial(via_mount, mnt), mount=mnt
                 )
             s = self.measure("copy_tree", "SDK walk + download_file each", rep, via_sdk)
             self.checks["copy_tree_counts"] = {
@@ -639,7 +640,7 @@ class Bench:
                     "upload",
                     "mount: cp",
                     rep,
-                    lambda mnt=mnt, name=name: cp_and_wait(mnt, self.local_big, name),
+                    partial(cp_and_wait, mnt, self.local_big, name),
                     payload=size,
                     mount=mnt,
                     cold=False,
@@ -650,7 +651,7 @@ class Bench:
                     "upload",
                     "mount: cp of a file 8x smaller",
                     rep,
-                    lambda mnt=mnt, rep=rep: cp_and_wait(mnt, small, f"cp-small-{rep}.bin"),
+                    partial(cp_and_wait, mnt, small, f"cp-small-{rep}.bin"),
                     payload=small.stat().st_size,
                     mount=mnt,
                     cold=False,
@@ -663,7 +664,7 @@ class Bench:
                 "upload",
                 "SDK upload_file",
                 rep,
-                lambda link=link: acq.upload_file(str(link)),
+                partial(acq.upload_file, str(link)),
                 payload=size,
                 cold=False,
             )

@@ -467,7 +467,8 @@ def make_nifti_gz(path: Path, size_mb: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 4096, size=(*NIFTI_SHAPE, frames), dtype=np.int16)
     affine = np.diag([3.0, 3.0, 3.5, 1.0])
-    image: Any = nib.Nifti1Image(data, affine)
+    # nibabel ships no type hints for its image classes.
+    image: Any = nib.Nifti1Image(data, affine)  # type: ignore[no-untyped-call]
     image.header.set_xyzt_units("mm", "sec")
     image.header["pixdim"][4] = 2.0
     image.header["descrip"] = f"fwfs bench run {seed}".encode()

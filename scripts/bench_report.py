@@ -167,7 +167,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     for r in rows:
         if r["case"] == "warm_read" and r["variant"] == "mount, re-read":
             cold = _find(rows, "cold_read", "mount")
-            t = {"id": "warm-vs-cold", "text": "warm re-read vs cold read through the mount"}
+            t: dict[str, Any] = {
+                "id": "warm-vs-cold",
+                "text": "warm re-read vs cold read through the mount",
+            }
             t.update(needed=">= 5x", profile=None, need=5, op=">=")
             if cold:
                 value = r["median"] / cold["median"]
@@ -246,7 +249,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         invert=True,
     )
     out[-1]["informational"] = not wan
-    if wan:
+    if link is not None:
         mount = [r for r in records if r["case"] == "cold_read" and r["variant"] == "mount"]
         rate = float(link["mbit"]) / 8  # MB/s
         t = {"id": "cold-vs-link", "text": f"cold read: mount vs the link's rate ({rate:g} MB/s)"}
