@@ -1,4 +1,4 @@
-"""The mfusepy version guard: fwfs patches mfusepy internals only on the versions they were written for."""
+"""The mfusepy version guard: fwfs patches mfusepy internals only on the versions it knows."""
 
 import importlib.metadata
 
