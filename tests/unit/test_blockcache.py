@@ -124,7 +124,7 @@ def test_fetch_runs_without_the_lock_held() -> None:
     cache = BlockCache(100)
     cache.put("other", b"o")
     # A fetch that uses the cache would deadlock if the cache's lock were held around it.
-    assert cache.get_or_fetch("k", lambda: (cache.get("other") or b"") + b"k") == b"ok"
+    assert cache.get_or_fetch("k", lambda: bytes(cache.get("other") or b"") + b"k") == b"ok"
 
 
 def test_concurrent_callers_of_a_missing_key_share_one_fetch() -> None:

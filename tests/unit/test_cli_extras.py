@@ -64,6 +64,7 @@ def test_serve_without_demo_data_does_not_need_the_imaging_libraries(tmp_path: P
         deadline = time.monotonic() + 30
         while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert proc.stderr is not None
         assert ready.exists(), proc.stderr.read() if proc.poll() is not None else "not ready"
     finally:
         proc.terminate()
