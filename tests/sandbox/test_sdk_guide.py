@@ -340,6 +340,7 @@ FILTER_CASES = [
 def test_filter_syntax(
     fw: Any, anxiety: Any, finder: str, filters: list[str], expected: Any
 ) -> None:
+    found: list[Any]
     if finder == "jobs":
         found = sorted((j.gear_info.name, job_state(j)) for j in fw.jobs.find(*filters))
     elif finder == "projects":
