@@ -3,7 +3,6 @@ exactly, typed failures, and the rules for retrying them."""
 
 from __future__ import annotations
 
-import email.utils
 import io
 import json
 import logging
@@ -11,12 +10,12 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, TypeVar
 from urllib.parse import quote
 
 import requests
 import urllib3.exceptions
+from urllib3.util.retry import Retry
 
 if TYPE_CHECKING:
     pass
@@ -43,6 +42,9 @@ _PLURAL: Final[Mapping[str, str]] = {
 _FEATURES: Final = "Safe-Redirect,multipart_signed_url,subject-container"
 _PAGED_HEADERS: Final = {"x-accept-feature": f"{_FEATURES},pagination"}
 _RETRY_STATUSES: Final = frozenset({429, 502, 503, 504})
+# Used for its Retry-After parser only (delay-seconds or HTTP-date, RFC 9110); our own
+# cap (backoff_max) is applied where the wait is taken, in Transport._pause.
+_RETRY_AFTER: Final = Retry(0)
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _PAGE_SIZE: Final = 250  # the SDK finders' page size
 _ERROR_BODY_LIMIT: Final = 64 * 1024
@@ -335,20 +337,14 @@ def _detail_text(detail: Any) -> str:
 
 
 def _retry_after(resp: requests.Response) -> float | None:
-    value = resp.headers.get("Retry-After", "").strip()
-    if not value:
+    """Seconds the site asks us to wait (not yet capped), or None for no usable header."""
+    value = resp.headers.get("Retry-After", "")
+    if not value.strip():
         return None
     try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - datetime.now(timezone.utc)).total_seconds()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
+        return _RETRY_AFTER.parse_retry_after(value)
+    except urllib3.exceptions.InvalidHeader:
+        return None
 
 
 def _never_sent(exc: Exception) -> bool:

@@ -164,6 +164,15 @@ def test_retry_after_http_date_is_capped_at_backoff_max(
     assert clock.sleeps == [15.0]
 
 
+def test_unusable_retry_after_falls_back_to_the_backoff(
+    server: responses.RequestsMock, client: FlywheelClient, clock: FakeTime
+) -> None:
+    server.get(PROJECT, status=503, headers={"Retry-After": "soon"})
+    server.get(PROJECT, json={"_id": "p1"})
+    client.get("project", "p1")
+    assert clock.sleeps == [0.5]
+
+
 def test_rate_limit_that_never_lifts_becomes_eio(
     server: responses.RequestsMock, clock: FakeTime
 ) -> None:
