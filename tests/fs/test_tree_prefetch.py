@@ -58,7 +58,9 @@ def resolves(site: Any, mark: int) -> int:
 
 def project_of(tree: Tree) -> Dir:
     """The project as `ls -R …/flywheel/Anxiety Study` reaches it: by lookups on the way."""
-    node = tree.child(tree.child(ROOT, GROUP), PROJECT)
+    group = tree.child(ROOT, GROUP)
+    assert isinstance(group, Dir)
+    node = tree.child(group, PROJECT)
     assert isinstance(node, Dir)
     return node
 
@@ -72,6 +74,7 @@ def subject_walked_into(tree: Tree, name: str) -> Dir:
         node = entries[step]
         assert isinstance(node, Dir)
         tree.listdir(node)
+    assert isinstance(node, Dir)
     return node
 
 
