@@ -40,6 +40,7 @@ from fwfs.config import (
 from fwfs.errors import FwfsError
 from fwfs.fs import FlywheelFS, check_spool, running_uploads
 from fwfs.fuse_ops import FuseOperations, mount
+from fwfs.site import SiteClient
 
 log = logging.getLogger("fwfs")
 
@@ -243,6 +244,11 @@ def _trim_memory(stop: threading.Event, every: float = 5.0) -> None:
         trim(0)
 
 
+def _as_site(client: FlywheelClient) -> SiteClient:
+    """Where mypy proves that ``FlywheelClient`` keeps the contract ``fs/`` is written to."""
+    return client
+
+
 def _serve(
     site: _Site,
     config: MountConfig,
@@ -255,7 +261,7 @@ def _serve(
     if site.site_config is not None:
         client.note_site_config(*site.site_config)
     try:
-        fs = FlywheelFS(client, config, site.user_id)
+        fs = FlywheelFS(_as_site(client), config, site.user_id)
     except FwfsError as err:
         log.error("cannot mount %s: %s", mountpoint, err)
         client.close()

@@ -37,11 +37,11 @@ from fwfs.archives import (
     read_directory,
 )
 from fwfs.blockcache import BlockCache
-from fwfs.client import FlywheelClient
 from fwfs.errors import FwfsError, InvalidArgument, NotFound
 from fwfs.fs.nodes import ArchiveDir, ArchiveFile
 from fwfs.models import FileInfo
 from fwfs.rangedfile import RangedReader
+from fwfs.site import SiteClient
 
 log = logging.getLogger("fwfs.archives")
 
@@ -69,7 +69,7 @@ class Archives:
 
     def __init__(
         self,
-        client: FlywheelClient,
+        client: SiteClient,
         cache: BlockCache,
         open_ranged: Callable[[FileInfo], RangedReader],
         index_entries: int = 256,

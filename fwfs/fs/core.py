@@ -22,7 +22,6 @@ from typing import Any, NamedTuple, Protocol
 
 from fwfs import paths
 from fwfs.blockcache import BlockCache
-from fwfs.client import FlywheelClient
 from fwfs.config import MountConfig
 from fwfs.errors import (
     FwfsError,
@@ -54,6 +53,7 @@ from fwfs.fs.walkahead import WalkAhead
 from fwfs.fs.writes import Pending, WriteHandle, Writes, is_write
 from fwfs.models import FileInfo
 from fwfs.rangedfile import RangedReader, ReadConfig
+from fwfs.site import SiteClient
 from fwfs.uploads import Spool
 
 log = logging.getLogger("fwfs.fs")
@@ -195,9 +195,7 @@ class FlywheelFS:
     which decides whether the kernel may keep its page cache).
     """
 
-    def __init__(
-        self, client: FlywheelClient, config: MountConfig, user_id: str | None = None
-    ) -> None:
+    def __init__(self, client: SiteClient, config: MountConfig, user_id: str | None = None) -> None:
         self.client = client
         self.config = config
         # Listings fetched ahead of a walk (`ls -R`, `find`): see Tree.listdir.

@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 from typing import TypeGuard
 
 from fwfs import paths
-from fwfs.client import FlywheelClient
 from fwfs.errors import FwfsError, NotFound, PermissionDenied, RemoteError
 from fwfs.fs.nodes import ANALYSES_DIR, INPUT_DIR, OUTPUT_DIR, Dir, File, Node
 from fwfs.models import (
@@ -33,6 +32,7 @@ from fwfs.models import (
     parse_file,
     resolver_path,
 )
+from fwfs.site import SiteClient
 
 log = logging.getLogger("fwfs.tree")
 
@@ -74,7 +74,7 @@ class Tree:
 
     def __init__(
         self,
-        client: FlywheelClient,
+        client: SiteClient,
         ttl: float,
         negative_ttl: float,
         clock: Callable[[], float] = time.monotonic,

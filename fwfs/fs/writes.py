@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from fwfs import paths
-from fwfs.client import FlywheelClient
 from fwfs.config import MountConfig
 from fwfs.errors import (
     AlreadyExists,
@@ -39,6 +38,7 @@ from fwfs.errors import (
 from fwfs.fs.nodes import ANALYSES_DIR, ArchiveDir, ArchiveFile, Dir, File, Node
 from fwfs.fs.tree import Tree
 from fwfs.models import CHILD_KIND, Container, FileInfo, Json, Kind, write_access
+from fwfs.site import SiteClient
 from fwfs.uploads import (
     RecoveryReport,
     Spool,
@@ -97,7 +97,7 @@ class Writes:
 
     def __init__(
         self,
-        client: FlywheelClient,
+        client: SiteClient,
         config: MountConfig,
         tree: Tree,
         lookup: Callable[[str], Node | Pending],

@@ -13,18 +13,21 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {"sandbox", "mounting", "doctor", "config"},
     # `fwfs doctor`: beside mounting, below the CLI; HTTP only through FlywheelClient.probe.
     "doctor": {"client", "config", "errors", "models"},
-    "mounting": {"client", "config", "errors", "fs", "fuse_ops", "sandbox"},
+    "mounting": {"client", "config", "errors", "fs", "fuse_ops", "sandbox", "site"},
     "fuse_ops": {"config", "errors", "fs"},
+    # The model reaches the site only through the SiteClient protocol, never fwfs.client:
+    # it must run over any object that keeps the contract (an in-process site, a fault
+    # injector), not only over HTTP.
     "fs": {
         "archives",
         "blockcache",
-        "client",
         "config",
         "errors",
         "fs",
         "models",
         "paths",
         "rangedfile",
+        "site",
         "uploads",
     },
     "uploads": {"config", "errors", "models"},
@@ -32,6 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "rangedfile": {"blockcache"},
     "blockcache": set(),
     "client": {"config", "errors", "models"},
+    "site": {"models"},
     "models": set(),
     "paths": set(),
     "errors": set(),
