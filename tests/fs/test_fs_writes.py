@@ -34,6 +34,7 @@ from writekit import (
     uploads,
 )
 
+from fwfs.client import FlywheelClient
 from fwfs.errors import FwfsError
 from fwfs.fs import FlywheelFS
 
@@ -86,7 +87,10 @@ def test_a_close_long_after_the_last_config_costs_only_the_upload(
     fs = make_fs()
     site, path = scratch.site, f"{scratch.acq_path}/late.txt"
     fs.readdir(scratch.acq_path)
-    fs.client.note_site_config({}, time.monotonic() - 3600)
+    # The model holds the site as a SiteClient; this test ages the real client's memory.
+    client = fs.client
+    assert isinstance(client, FlywheelClient)
+    client.note_site_config({}, time.monotonic() - 3600)
     mark = site.quiet_mark()
     fh = fs.create(path).fh
     fs.write(fh, 0, b"written an hour after the mount asked")
