@@ -124,6 +124,18 @@ class CrossDevice(FwfsError):
     errno = _errno.EXDEV
 
 
+class SpoolFull(FwfsError):
+    """The spool's disk is full (or over quota): the write fails, the bytes so far stay."""
+
+    errno = _errno.ENOSPC
+
+
+class SpoolBusy(FwfsError):
+    """Another fwfs process holds the spool directory; two would recover each other's files."""
+
+    errno = _errno.EBUSY
+
+
 class ErrnoRow(NamedTuple):
     """One row of the published mapping. ``trigger`` is an HTTP status or a condition."""
 
@@ -189,6 +201,16 @@ ERRNO_TABLE: tuple[ErrnoRow, ...] = (
     _row("removing a non-empty container", NotEmpty, "fwfs never deletes recursively"),
     _row("name longer than 255 bytes", NameTooLong, "the kernel's NAME_MAX"),
     _row("file changed remotely under an open handle", StaleFile, "cached data no longer valid"),
+    _row(
+        "the spool directory's disk is full (or over quota)",
+        SpoolFull,
+        "the write fails; the bytes written so far stay in the spool",
+    ),
+    _row(
+        "the spool directory is held by another fwfs process",
+        SpoolBusy,
+        "the mount does not start: two would recover each other's pending uploads",
+    ),
 )
 
 _BY_STATUS: dict[int, type[FwfsError]] = {

@@ -84,6 +84,8 @@ from fwfs.errors import (
     StaleFile,
     TooLarge,
 )
+from fwfs.errors import SpoolBusy as SpoolBusy  # re-exported: the spool raises them
+from fwfs.errors import SpoolFull as SpoolFull
 from fwfs.models import KINDS, Json, Kind
 
 log = logging.getLogger("fwfs.uploads")
@@ -97,18 +99,6 @@ UploadFn = Callable[["UploadTarget", BinaryIO, int], Json]
 _FORMAT = 1
 _ID = re.compile(r"[0-9a-f]{32}")
 _COPY_CHUNK = 1 << 20
-
-
-class SpoolFull(FwfsError):
-    """The spool's disk is full (or over quota): the write fails, the bytes so far stay."""
-
-    errno = _errno.ENOSPC
-
-
-class SpoolBusy(FwfsError):
-    """Another fwfs process holds the spool directory; two would recover each other's files."""
-
-    errno = _errno.EBUSY
 
 
 @dataclass(frozen=True)
