@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
+
+from cachetools import TLRUCache
 
 if TYPE_CHECKING:
     pass
@@ -75,24 +76,22 @@ _SignedKey = tuple[str, int]
 
 class _SignedUrls:
     """The storage URL of each ``(file, version)`` until shortly before it expires: an LRU
-    shared by all threads. Only a pinned version is kept, since a URL names one blob."""
+    shared by all threads. Only a pinned version is kept, since a URL names one blob.
+
+    Each entry is ``(url, seconds usable)``; the cache's time-to-use is its put time plus
+    those seconds, so each URL expires on its own clock. cachetools is not thread-safe,
+    hence the lock."""
 
     def __init__(self, clock: Callable[[], float], capacity: int = _SIGNED_CAPACITY) -> None:
-        self._clock = clock
-        self._capacity = capacity
-        self._urls: OrderedDict[_SignedKey, tuple[str, float]] = OrderedDict()
+        self._urls: TLRUCache[_SignedKey, tuple[str, float]] = TLRUCache(
+            capacity, ttu=lambda _key, entry, now: now + entry[1], timer=clock
+        )
         self._lock = threading.Lock()
 
     def get(self, key: _SignedKey) -> str | None:
         with self._lock:
             entry = self._urls.get(key)
-            if entry is None:
-                return None
-            if self._clock() >= entry[1]:
-                del self._urls[key]
-                return None
-            self._urls.move_to_end(key)
-            return entry[0]
+            return None if entry is None else entry[0]
 
     def put(self, key: _SignedKey, url: str) -> None:
         lifetime = _signed_lifetime(urlsplit(url).query, time.time())
@@ -102,10 +101,7 @@ class _SignedUrls:
         if usable <= 0:
             return
         with self._lock:
-            self._urls[key] = (url, self._clock() + usable)
-            self._urls.move_to_end(key)
-            while len(self._urls) > self._capacity:
-                self._urls.popitem(last=False)
+            self._urls[key] = (url, usable)
 
     def drop(self, key: _SignedKey, url: str) -> None:
         with self._lock:

@@ -12,6 +12,7 @@ import pytest
 import responses
 
 from fwfs.client import FlywheelClient
+from fwfs.client.signed import _SignedUrls
 from fwfs.config import ClientConfig
 from fwfs.errors import PermissionDenied
 
@@ -191,3 +192,26 @@ def test_a_stream_reuses_the_url_too(
     assert b"".join(whole) == b"whole"
     assert hosts(server) == [CORE, BUCKET, BUCKET]
     assert "Authorization" not in server.calls[-1].request.headers
+
+
+def test_the_url_cache_forgets_the_least_recently_used_file_beyond_its_capacity() -> None:
+    now = [0.0]
+    urls = _SignedUrls(lambda: now[0], capacity=2)
+    urls.put(("a", 1), "https://storage/a")
+    urls.put(("b", 1), "https://storage/b")
+    assert urls.get(("a", 1)) == "https://storage/a"  # now the most recently used
+    urls.put(("c", 1), "https://storage/c")
+    assert urls.get(("b", 1)) is None
+    assert urls.get(("a", 1)) == "https://storage/a"
+    assert urls.get(("c", 1)) == "https://storage/c"
+
+
+def test_a_url_without_a_stated_lifetime_is_kept_30_s_less_a_quarter() -> None:
+    now = [100.0]
+    urls = _SignedUrls(lambda: now[0])
+    urls.put(("a", 1), "https://storage/a")
+    now[0] = 122.4
+    assert urls.get(("a", 1)) == "https://storage/a"
+    now[0] = 122.5
+    assert urls.get(("a", 1)) is None
+    urls.drop(("a", 1), "https://storage/a")  # gone already: nothing to drop
