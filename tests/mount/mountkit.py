@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import requests
@@ -352,12 +352,13 @@ class SiteTree:
         container = container.reload()
         self.dirs.add(path)
         kind = container.container_type
-        children: list[Any] = {
+        listers: dict[str, Callable[[], list[Any]]] = {
             "project": lambda: list(container.subjects()),
             "subject": lambda: list(container.sessions()),
             "session": lambda: list(container.acquisitions()),
             "acquisition": lambda: [],
-        }[kind]()
+        }
+        children = listers[kind]()
         files = [f.name for f in container.files]
         named = entry_names(children, files, reserved=True)
         for name, item in named.items():
@@ -393,11 +394,12 @@ class SiteTree:
 
 
 def requests_since(site: Any, mark: int, settle: float = 0.1) -> list[dict[str, Any]]:
-    return site.requests_since(mark, settle)
+    # The access log is JSON-shaped; the site fixture is untyped here.
+    return cast(list[dict[str, Any]], site.requests_since(mark, settle))
 
 
 def quiet_mark(site: Any) -> int:
-    return site.quiet_mark()
+    return cast(int, site.quiet_mark())
 
 
 # ---- errnos and faults ----------------------------------------------------------------------
@@ -407,7 +409,9 @@ def errno_of(call: Callable[[], Any]) -> int:
     """The errno of the OSError `call()` raises (the test fails if it raises none)."""
     with pytest.raises(OSError) as info:
         call()
-    return int(info.value.errno)
+    code = info.value.errno
+    assert code is not None
+    return code
 
 
 def denied_by_mode(expected: int) -> int:

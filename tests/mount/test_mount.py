@@ -95,8 +95,8 @@ def test_ls_la(profile_mount: Mount, profile_tree: SiteTree) -> None:
     user = pwd.getpwuid(os.getuid()).pw_name
     entries = {}
     for line in out.stdout.splitlines()[1:]:  # after "total N"
-        mode, _links, owner, _group, size, _mtime, name = line.split(None, 6)
-        entries[name] = (mode, owner, int(size))
+        mode, _links, owner, _group, size_text, _mtime, name = line.split(None, 6)
+        entries[name] = (mode, owner, int(size_text))
     assert set(entries) == {".", ".."} | children(profile_tree, SES)
     for name, (mode, owner, size) in entries.items():
         path = f"{SES}/{name}"
@@ -178,7 +178,9 @@ def test_md5sum_of_every_demo_file(profile_mount: Mount, profile_tree: SiteTree)
     paths = sorted(profile_tree.files)
     out = run(["md5sum", "--", *paths], cwd=profile_mount.path, timeout=90)
     assert out.returncode == 0, out.stderr
-    sums = dict(reversed(line.split("  ", 1)) for line in out.stdout.splitlines())
+    sums = {
+        name: digest for digest, name in (line.split("  ", 1) for line in out.stdout.splitlines())
+    }
     assert sums == {p: hashlib.md5(profile_tree.files[p]).hexdigest() for p in paths}
 
 
@@ -315,11 +317,18 @@ def test_getfattr_dumps_the_flywheel_attributes(profile_mount: Mount, profile_fw
 # ---- imaging tools ------------------------------------------------------------------------
 
 
+def load_nifti(path: Path, use_mmap: bool = True) -> nib.Nifti1Image:
+    """`nib.load`, narrowed to the NIfTI-1 image every file here is."""
+    img = nib.load(path, mmap=use_mmap)
+    assert isinstance(img, nib.Nifti1Image)
+    return img
+
+
 def assert_same_image(mounted_file: Path, local_file: Path) -> None:
-    local = nib.load(local_file)
+    local = load_nifti(local_file)
     expected = np.asanyarray(local.dataobj)
     for use_mmap in (True, False):
-        img = nib.load(mounted_file, mmap=use_mmap)
+        img = load_nifti(mounted_file, use_mmap)
         assert img.header.binaryblock == local.header.binaryblock
         np.testing.assert_array_equal(np.asanyarray(img.dataobj), expected)
         np.testing.assert_array_equal(img.get_fdata(), local.get_fdata())
@@ -353,7 +362,7 @@ def imaging(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     data = rng.integers(-2000, 30000, size=(64, 64, 40), dtype=np.int16)
     affine = np.diag([1.5, 1.5, 3.0, 1.0])
     affine[:3, 3] = [-48.0, -48.0, -60.0]
-    nib.save(nib.Nifti1Image(data, affine), local / "T1w.nii")
+    nib.save(nib.Nifti1Image(data, affine), local / "T1w.nii")  # type: ignore[no-untyped-call]
 
     ds = pydicom.Dataset()
     ds.file_meta = pydicom.dataset.FileMetaDataset()
@@ -385,10 +394,10 @@ def test_nibabel_mmaps_an_uncompressed_nii(imaging: Any) -> None:
     _mount, local, acq = imaging
     assert_same_image(acq / "T1w.nii", local / "T1w.nii")
     # mmap=True really maps the mounted file (uncompressed NIfTI is mmap-able).
-    img = nib.load(acq / "T1w.nii", mmap=True)
+    img = load_nifti(acq / "T1w.nii", use_mmap=True)
     mapped = np.asanyarray(img.dataobj)
     assert isinstance(mapped, np.memmap)
-    np.testing.assert_array_equal(mapped, np.asanyarray(nib.load(local / "T1w.nii").dataobj))
+    np.testing.assert_array_equal(mapped, np.asanyarray(load_nifti(local / "T1w.nii").dataobj))
 
 
 def test_pydicom_reads_an_uploaded_dicom_file(imaging: Any) -> None:
@@ -610,7 +619,8 @@ def talk(proc: subprocess.Popen[str], line: str | None, timeout: float) -> dict[
         proc.stdin.write(line + "\n")
         proc.stdin.flush()
     result: list[str] = []
-    thread = threading.Thread(target=lambda: result.append(proc.stdout.readline()), daemon=True)
+    stdout = proc.stdout
+    thread = threading.Thread(target=lambda: result.append(stdout.readline()), daemon=True)
     thread.start()
     thread.join(timeout)
     if not result:

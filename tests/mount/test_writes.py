@@ -14,6 +14,7 @@ import os
 import stat
 import subprocess
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -392,7 +393,7 @@ def test_no_files_where_flywheel_keeps_none(scratch: Scratch, mount: Mount) -> N
     }
     for folder, expected in places.items():
         target = mount / folder / "nope.txt"
-        assert errno_of(lambda t=target: open_as(t, "xb")) == expected, folder
+        assert errno_of(partial(open_as, target, "xb")) == expected, folder
         assert "nope.txt" not in os.listdir(mount / folder), folder
     assert changes(requests_since(scratch.site, mark)) == []
     if ROOT:
@@ -405,9 +406,9 @@ def test_analysis_files_and_archive_members_are_read_only(scratch: Scratch, moun
     mark = quiet_mark(scratch.site)
     for path in (report, member):
         for how in ("r+b", "ab", "wb"):
-            code = errno_of(lambda p=path, h=how: open_as(p, h))
+            code = errno_of(partial(open_as, path, how))
             assert code == denied_by_mode(errno.EROFS), (path, how)
-        code = errno_of(lambda p=path: os.truncate(p, 0))
+        code = errno_of(partial(os.truncate, path, 0))
         assert code == denied_by_mode(errno.EROFS), path
     assert changes(requests_since(scratch.site, mark)) == []
     assert report.read_bytes() == Scratch.REPORT

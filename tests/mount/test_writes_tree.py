@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import flywheel
@@ -96,7 +97,7 @@ def test_mkdir_where_there_is_no_container_level(scratch: Scratch, mount: Mount)
         f"{ACQ}/scan.zip.d": denied_by_mode(errno.EPERM),
     }
     for folder, expected in places.items():
-        assert errno_of(lambda f=folder: os.mkdir(mount / f / "x")) == expected, folder
+        assert errno_of(partial(os.mkdir, mount / folder / "x")) == expected, folder
     assert changes(requests_since(scratch.site, mark)) == []
 
 
@@ -144,7 +145,7 @@ def test_rmdir_of_a_container_with_anything_in_it_is_enotempty(
     scratch.subject.add_session(label="with-analysis").add_analysis(label="a")
     mark = quiet_mark(scratch.site)
     for rel in (ACQ, SES, SUB, f"{SUB}/with-analysis", PROJECT):
-        assert errno_of(lambda r=rel: os.rmdir(mount / r)) == errno.ENOTEMPTY, rel
+        assert errno_of(partial(os.rmdir, mount / rel)) == errno.ENOTEMPTY, rel
     # Groups are not removed through the mount at all.
     assert errno_of(lambda: os.rmdir(mount / "g")) == errno.EPERM
     assert changes(requests_since(scratch.site, mark)) == []

@@ -30,7 +30,9 @@ SES = "flywheel/Anxiety Study/sub-01/ses-baseline"
 def errno_of(call: Callable[[], Any]) -> int:
     with pytest.raises(OSError) as info:
         call()
-    return int(info.value.errno)
+    code = info.value.errno
+    assert code is not None
+    return code
 
 
 def demo_archive(tree: SiteTree) -> tuple[str, zipfile.ZipFile]:
@@ -79,7 +81,7 @@ def test_dcm2niix_converts_straight_from_the_mount(
     rel, archive = demo_archive(demo_tree)
     local = tmp_path / "extracted"
     archive.extractall(local)
-    outputs = {}
+    outputs: dict[str, nib.Nifti1Image] = {}
     for name, source in (("mounted", mounted / (rel + ".d")), ("local", local)):
         out = tmp_path / name
         out.mkdir()
@@ -92,7 +94,9 @@ def test_dcm2niix_converts_straight_from_the_mount(
         )
         assert run.returncode == 0, run.stdout + run.stderr
         (nii,) = out.glob("*.nii")
-        outputs[name] = nib.load(nii)
+        image = nib.load(nii)
+        assert isinstance(image, nib.Nifti1Image)
+        outputs[name] = image
     np.testing.assert_array_equal(
         np.asanyarray(outputs["mounted"].dataobj), np.asanyarray(outputs["local"].dataobj)
     )
