@@ -14,7 +14,8 @@ ALLOWED: dict[str, set[str]] = {
     # `fwfs doctor`: beside mounting, below the CLI; HTTP only through FlywheelClient.probe.
     "doctor": {"client", "config", "errors", "models"},
     "mounting": {"client", "config", "errors", "fs", "fuse_ops", "sandbox", "site"},
-    "fuse_ops": {"config", "errors", "fs"},
+    "fuse_ops": {"config", "errors", "fs", "fuse_compat"},
+    "fuse_compat": set(),
     # The model reaches the site only through the SiteClient protocol, never fwfs.client:
     # it must run over any object that keeps the contract (an in-process site, a fault
     # injector), not only over HTTP.
@@ -43,7 +44,7 @@ ALLOWED: dict[str, set[str]] = {
     "sandbox": {"sandbox"},
 }
 # Third-party imports reserved to one layer.
-ONLY_IN = {"mfusepy": "fuse_ops", "requests": "client", "urllib3": "client"}
+ONLY_IN = {"mfusepy": "fuse_compat", "requests": "client", "urllib3": "client"}
 
 
 def _modules() -> list[Path]:
