@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,7 +102,7 @@ class Outcome:
 
 
 # What `content` means, as bytes.
-CONTENTS = {
+CONTENTS: dict[str, Callable[[], bytes]] = {
     "0 bytes": lambda: b"",
     "written": lambda: PAYLOAD,
     "old + written": lambda: ORIGINAL + PAYLOAD,

@@ -266,11 +266,11 @@ class SiteModel:
         if kind == "zdir":
             rec, prefix, key = state[1], state[2], state[3]
             assert rec.members is not None
-            path = prefix + part
-            if path in rec.members:
-                return [("member", rec, path, key)]
-            if any(m.startswith(path + "/") for m in rec.members):
-                return [("zdir", rec, path + "/", key)]
+            member = prefix + part
+            if member in rec.members:
+                return [("member", rec, member, key)]
+            if any(m.startswith(member + "/") for m in rec.members):
+                return [("zdir", rec, member + "/", key)]
             return [ENOENT]
         cid = state[1]
         out: list[Outcome] = []
@@ -311,8 +311,8 @@ class SiteModel:
         assert outcome[0] == "dir"
         found: dict[tuple[str, ...], list[str]] = {}
         for snap in self.views(outcome[1], t):
-            names = sorted(snap.content(outcome[1]))
-            found[tuple(names)] = names
+            listing = sorted(snap.content(outcome[1]))
+            found[tuple(listing)] = listing
         return list(found.values())
 
     # ---- what there is to look at -------------------------------------------------------

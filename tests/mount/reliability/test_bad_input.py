@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,10 @@ REFUSED_FILE_NAMES = ["a/b", ".", ".."]
 
 def content(name: str) -> bytes:
     return b"bytes of " + name.encode("utf-8", "surrogatepass") + b"\n"
+
+
+def create_file(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT))
 
 
 def utf8_len(text: str) -> int:
@@ -214,7 +219,7 @@ def add_many_files(store: Any, container_id: str, files: dict[str, bytes]) -> No
         blob = f"{file_id[-2:]}/{file_id}"
         (store.blob_dir / blob).parent.mkdir(exist_ok=True)
         (store.blob_dir / blob).write_bytes(data)
-        doc = {
+        doc: dict[str, Any] = {
             "hash": "v0-sha384-" + hashlib.sha384(data).hexdigest(),
             "mimetype": mimetype(name),
             "type": file_type(name),
@@ -273,8 +278,10 @@ def bad(
             ids[label] = seeder.container(
                 "acquisition", store.get_container(ses.id), label, when
             ).id
+        files_container = store.get_container(files.id)
+        assert files_container is not None
         for name in STORE_FILE_NAMES:
-            seeder.file(store.get_container(files.id), name, content(name), when)
+            seeder.file(files_container, name, content(name), when)
         add_many_files(
             store, many.id, {f"slice-{i:05d}.dcm": b"slice %d\n" % i for i in range(MANY)}
         )
@@ -290,7 +297,9 @@ def bad(
 def errno_of(call: Callable[[], Any]) -> int:
     with pytest.raises(OSError) as info:
         call()
-    return int(info.value.errno)
+    code = info.value.errno
+    assert code is not None
+    return code
 
 
 def healthy(mount: Mount) -> None:
@@ -390,16 +399,17 @@ def test_names_over_255_bytes_are_refused_and_255_bytes_work(
     got = {}
     for long in ("w" * 256, "脳" * 86, "z" * 300):  # 256, 258 and 300 bytes
         calls: dict[str, Callable[[], Any]] = {
-            "stat": lambda n=long: os.stat(folder / n),
-            "create": lambda n=long: os.close(os.open(folder / n, os.O_WRONLY | os.O_CREAT)),
-            "mkdir": lambda n=long: os.mkdir(session / n),
-            "rename": lambda n=long: os.rename(folder / name, folder / n),
+            "stat": partial(os.stat, folder / long),
+            "create": partial(create_file, folder / long),
+            "mkdir": partial(os.mkdir, session / long),
+            "rename": partial(os.rename, folder / name, folder / long),
         }
         for what, call in calls.items():
             try:
                 call()
                 got[f"{what} {utf8_len(long)}"] = "success"
             except OSError as err:
+                assert err.errno is not None
                 got[f"{what} {utf8_len(long)}"] = errno.errorcode[err.errno]
     assert got == dict.fromkeys(got, "ENAMETOOLONG")
     files = {f.name for f in bad.fw.get(bad.ids["files"]).files}
@@ -487,8 +497,8 @@ def test_id_aliases_that_name_nothing_or_the_wrong_thing_are_enoent(
         "unclosed": m / "g/P" / f"<id:{ids['sub']}",
     }
     for what, path in wrong.items():
-        assert errno_of(lambda p=path: os.stat(p)) == errno.ENOENT, what
-        assert errno_of(lambda p=path: os.listdir(p)) == errno.ENOENT, what
+        assert errno_of(partial(os.stat, path)) == errno.ENOENT, what
+        assert errno_of(partial(os.listdir, path)) == errno.ENOENT, what
     # The right ones work: a control for every shape above.
     assert os.getxattr(m / f"<id:{ids['g']}>", "user.flywheel.id").decode() == "g"
     assert (
@@ -539,7 +549,7 @@ def test_nasty_archives_show_sanely_or_fail_with_a_clear_errno(
     assert errno_of(lambda: os.listdir(folder / "cut.zip.d")) == errno.ENOENT
     # Corrupt members: EIO, and the good ones read.
     for name in BROKEN:
-        assert errno_of(lambda n=name: (folder / "broken.zip.d" / n).read_bytes()) == errno.EIO
+        assert errno_of((folder / "broken.zip.d" / name).read_bytes) == errno.EIO
     assert (folder / "broken.zip.d/first.txt").read_bytes() == b"first good member\n" * 50
     healthy(bad.mount)
     record("bad input: nasty archives", len(bad.zips))
@@ -555,7 +565,7 @@ def test_a_directory_of_20000_files_lists_and_stats(
     names = os.listdir(folder)
     assert len(names) == MANY
     assert sorted(names) == [f"slice-{i:05d}.dcm" for i in range(MANY)]
-    sizes = Counter()
+    sizes: Counter[int] = Counter()
     with os.scandir(folder) as entries:
         for entry in entries:
             st = entry.stat()

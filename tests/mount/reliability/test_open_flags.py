@@ -50,6 +50,7 @@ def attempt(path: Path, case: Case) -> tuple[str | None, bytes | None]:
     try:
         fd = os.open(path, case.flags, 0o644)
     except OSError as err:
+        assert err.errno is not None
         return errno.errorcode[err.errno], None
     seen = None
     try:

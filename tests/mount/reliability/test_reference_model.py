@@ -513,7 +513,7 @@ def machine(site: Any, mount: Mount, figures: Figures) -> type[RuleBasedStateMac
                     figures.bytes_verified += len(got)
             figures.checked["mmap"] += 1
 
-        def plan(self, data: Any) -> ReadPlan:
+        def plan(self, data: st.DataObject) -> ReadPlan:
             """What to read, drawn before the file is opened: the draws must not depend on
             the mount's answers, or Hypothesis cannot replay a run."""
             return data.draw(READ_PLANS, label="read plan")
