@@ -237,6 +237,23 @@ class RangedReader:
             finally:
                 self._stream_lock.release()
 
+    def prefetch(self, upto: int) -> None:
+        """Bytes ``[0, upto)`` into the cache now, in the calling thread, skipping blocks
+        cached or in flight: a guess made before the file is opened (the walk read-ahead).
+
+        On an error the claimed blocks are released, not failed, so a reader waiting for
+        them fetches them itself and meets its own error; this one goes to the caller.
+        """
+        bs = self._config.block_size
+        count = _blocks_needed(min(upto, self.size), bs)
+        claim = self._cache.reserve([(self.key, i) for i in range(count)])
+        try:
+            for first, last in block_runs([i for _, i in claim.keys]):
+                for i, data in enumerate(self._fetch_blocks(first, last), first):
+                    claim.fulfil((self.key, i), data)
+        finally:
+            claim.release()
+
     @property
     def closed(self) -> bool:
         return self._closed

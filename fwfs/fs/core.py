@@ -15,7 +15,7 @@ import posixpath
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -215,7 +215,11 @@ class FlywheelFS:
         self.archives = Archives(client, self.cache, lambda info: self._ranged(info, stream=False))
         # The next files of a directory a program reads in order: see fs/walkahead.py.
         self.walk = WalkAhead(
-            config.walk_ahead, self.cache, self._fetcher, self.tree.listing, config.block_size
+            config.walk_ahead,
+            self.cache,
+            lambda info: self._ranged(info, stream=False),
+            self.tree.listing,
+            config.block_size,
         )
         self.mount_time = time.time()
         self._lock = threading.Lock()
@@ -474,26 +478,6 @@ class FlywheelFS:
         archive, which then asks the site for its index and members instead)."""
         p, group, file_id = info.parent, info.file_group, info.file_id
 
-        def whole() -> Iterator[bytes]:
-            return self.client.stream_file(
-                p.kind, p.id, info.name, version=info.version, group=group, file_id=file_id
-            )
-
-        return RangedReader(
-            info.cache_key,
-            info.size,
-            self._fetcher(info),
-            self.cache,
-            self.pool,
-            self.read_config,
-            stream=whole if stream else None,
-        )
-
-    def _fetcher(self, info: FileInfo) -> Callable[[int, int], bytes]:
-        """`fetch(start, end)` of `info`'s listed version: what its readers and the walk
-        read-ahead fetch with."""
-        p, group, file_id = info.parent, info.file_group, info.file_id
-
         def fetch(start: int, end: int) -> bytes:
             return self.client.read_range(
                 p.kind,
@@ -506,7 +490,20 @@ class FlywheelFS:
                 file_id=file_id,
             )
 
-        return fetch
+        def whole() -> Iterator[bytes]:
+            return self.client.stream_file(
+                p.kind, p.id, info.name, version=info.version, group=group, file_id=file_id
+            )
+
+        return RangedReader(
+            info.cache_key,
+            info.size,
+            fetch,
+            self.cache,
+            self.pool,
+            self.read_config,
+            stream=whole if stream else None,
+        )
 
     def _walk_opened(self, path: str, info: FileInfo, reader: RangedReader) -> None:
         """Tell the walk read-ahead that `path` was opened for reading."""

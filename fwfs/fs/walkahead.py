@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -42,13 +42,13 @@ from fwfs.config import WalkAheadConfig
 from fwfs.fs.nodes import Dir, File
 from fwfs.fs.tree import NAME_SHARED, Listing
 from fwfs.models import FileInfo
-from fwfs.rangedfile import block_runs
+from fwfs.rangedfile import RangedReader
 
 log = logging.getLogger("fwfs.walkahead")
 
-Fetch = Callable[[int, int], bytes]
-# Per file, its ranged fetch (FlywheelFS's, the one RangedReader uses).
-Fetcher = Callable[[FileInfo], Fetch]
+# Per file, a reader of its listed version that never streams (FlywheelFS's): a site
+# that ignores Range makes a guess ahead fail, not download a whole file.
+OpenReader = Callable[[FileInfo], RangedReader]
 # What the program has read so far of a file it opened (its reader's bytes read).
 ReadSoFar = Callable[[], int]
 
@@ -93,7 +93,7 @@ class WalkAhead:
         self,
         config: WalkAheadConfig,
         cache: BlockCache,
-        fetcher: Fetcher,
+        open_reader: OpenReader,
         list_dir: Callable[[Dir], Listing],
         block_size: int,
         *,
@@ -101,7 +101,7 @@ class WalkAhead:
     ) -> None:
         self._config = config
         self._cache = cache
-        self._fetcher = fetcher
+        self._open_reader = open_reader
         self._list_dir = list_dir
         self._bs = block_size
         # A walk's bytes ahead sit in the cache until opened: an eighth of it at most, so
@@ -287,24 +287,13 @@ class WalkAhead:
         it itself and this finds nothing left to claim."""
         if self._closed:
             return
-        bs = self._bs
-        key: Hashable = info.cache_key
-        claim = self._cache.reserve([(key, i) for i in range(-(-size // bs))])
+        reader = self._open_reader(info)
         try:
-            fetch = self._fetcher(info)
-            for first, last in block_runs([i for _, i in claim.keys]):
-                start, stop = first * bs, min(last * bs, info.size)
-                data = fetch(start, stop)
-                if len(data) != stop - start:
-                    raise OSError(f"fetch({start}, {stop}) returned {len(data)} bytes")
-                with self._lock:
-                    self.fetched_files += 1
-                    self.fetched_bytes += len(data)
-                view = memoryview(data)
-                for i in range(first, last):
-                    claim.fulfil((key, i), view[(i - first) * bs : (i - first + 1) * bs])
+            reader.prefetch(size)
         except Exception as err:
             # A guess ahead: whoever waits for these blocks fetches them itself.
             log.debug("fetching %s ahead of a walk failed: %s", info.name, err)
-        finally:
-            claim.release()
+        stats = reader.stats()
+        with self._lock:
+            self.fetched_files += stats.fetch_calls - stats.fetch_errors
+            self.fetched_bytes += stats.bytes_fetched
