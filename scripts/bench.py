@@ -467,22 +467,13 @@ class Bench:
                 data = z.read(MEMBER)
             return {"member_bytes": len(data), "files_bytes": zsize}
 
-        def dcm2niix(src: Path, out: Path) -> dict[str, Any]:
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir(parents=True)
-            run(["dcm2niix", "-z", "n", "-f", "vol", "-o", str(out), str(src)])
-            nii = out / "vol.nii"
-            if not nii.is_file():
-                raise RuntimeError(f"dcm2niix wrote no {nii}")
-            return {"files_bytes": zsize, "nii_bytes": nii.stat().st_size}
-
         def dcm2niix_sdk() -> dict[str, Any]:
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir()
             self.fw.lookup(rel).download_file(kit.ZIP_NAME, str(scratch / kit.ZIP_NAME))
             with zipfile.ZipFile(scratch / kit.ZIP_NAME) as z:
                 z.extractall(scratch / "unzipped")
-            return dcm2niix(scratch / "unzipped", self.work / "nii-sdk")
+            return self._dcm2niix(scratch / "unzipped", self.work / "nii-sdk", zsize)
 
         for rep in range(self.reps):
             with self.m.mount() as mnt:
@@ -505,7 +496,7 @@ class Bench:
                     "dcm2niix",
                     "mount",
                     rep,
-                    partial(dcm2niix, src, self.work / "nii-mount"),
+                    partial(self._dcm2niix, src, self.work / "nii-mount", zsize),
                     mount=mnt,
                 )
             self.measure("dcm2niix", "SDK download + unzip + dcm2niix", rep, dcm2niix_sdk)
