@@ -311,14 +311,9 @@ def _missing_extra(args: argparse.Namespace, demo: bool) -> list[str]:
 
 
 def _serve(args: argparse.Namespace, demo: bool) -> int:
-    try:
-        from fwfs.sandbox.server import Sandbox, ServeOptions
-    except ImportError as err:
-        print(
-            f"fwfs serve needs the sandbox extra (pip install 'fwfs[sandbox]'): {err}",
-            file=sys.stderr,
-        )
-        return 1
+    # main() has checked the sandbox extra (_missing_extra) before any of it is imported.
+    from fwfs.sandbox.server import Sandbox, ServeOptions
+
     if bool(args.tls_cert) != bool(args.tls_key):
         print("--tls-cert and --tls-key go together", file=sys.stderr)
         return 2
