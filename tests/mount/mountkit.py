@@ -481,6 +481,20 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sh(*argv: str | Path) -> str:
+    """A command's stdout; it must succeed (its stderr is the failure's message)."""
+    out = subprocess.run(
+        [str(a) for a in argv],
+        capture_output=True,
+        encoding="utf-8",
+        errors="surrogateescape",
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def wait_for(
     predicate: Any, timeout: float = 30.0, what: str = "the condition", step: float = 0.05
 ) -> float:

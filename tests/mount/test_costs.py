@@ -20,7 +20,7 @@ from typing import Any
 
 import flywheel
 import pytest
-from mountkit import DEMO_PROJECT, DEMO_SES, Mount, big_path, quiet_mark, requests_since
+from mountkit import DEMO_PROJECT, DEMO_SES, Mount, big_path, quiet_mark, requests_since, sh
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -28,19 +28,6 @@ PROJECT = DEMO_PROJECT
 SES = DEMO_SES
 ANALYSIS = f"{SES}/analyses/dcm2niix 2018-09-12"
 BIG = 64 << 20
-
-
-def sh(*argv: str | Path) -> str:
-    out = subprocess.run(
-        [str(a) for a in argv],
-        capture_output=True,
-        encoding="utf-8",
-        errors="surrogateescape",
-        timeout=60,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 # The root: /groups and /projects side by side, each one page (asked with the `pagination`

@@ -14,7 +14,6 @@ files), both behind the same link.
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,21 +21,13 @@ from typing import Any
 
 import pytest
 from linkkit import round_trips as chain
-from mountkit import DEMO_PROJECT, DEMO_SES, Mount, quiet_mark, requests_since
+from mountkit import DEMO_PROJECT, DEMO_SES, Mount, quiet_mark, requests_since, sh
 
 pytestmark = pytest.mark.timeout(120)
 
 RTT_MS = 150
 
 PROFILES = ("default", "strict")
-
-
-def sh(*argv: str | Path) -> str:
-    out = subprocess.run(
-        [str(a) for a in argv], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 @pytest.fixture(scope="module", params=PROFILES)
