@@ -15,13 +15,19 @@ from __future__ import annotations
 from typing import Any
 
 
+def gap(rtt_ms: float) -> float:
+    """Seconds between a request's end and the start of one that waited for it, at least;
+    requests sent side by side start closer together than this."""
+    return rtt_ms / 1000 / 2
+
+
 def round_trips(entries: list[dict[str, Any]], rtt_ms: float) -> int:
-    """The longest chain of `entries` each starting at least half of `rtt_ms` after the
-    one before it ended."""
-    gap = rtt_ms / 1000 / 2
+    """The longest chain of `entries` each starting at least `gap(rtt_ms)` after the one
+    before it ended."""
+    least = gap(rtt_ms)
     spans = sorted((e["start"], e["start"] + e["duration"]) for e in entries)
     depth: list[int] = []
     for i, (start, _end) in enumerate(spans):
-        before = [depth[j] for j in range(i) if spans[j][1] + gap <= start]
+        before = [depth[j] for j in range(i) if spans[j][1] + least <= start]
         depth.append(1 + max(before, default=0))
     return max(depth, default=0)

@@ -20,14 +20,13 @@ from typing import Any
 
 import flywheel
 import pytest
-from linkkit import round_trips
+from linkkit import gap, round_trips
 
 from fwfs.fs import FlywheelFS
 
 pytestmark = pytest.mark.timeout(120)
 
 RTT_MS = 100
-GAP = RTT_MS / 1000 / 2  # requests closer than this were sent side by side
 BLOCK = 128 * 1024  # the ranged reader's block: reads are rounded out to whole blocks
 COUNT = 200
 
@@ -94,4 +93,4 @@ def test_one_member_moves_its_region_and_all_members_one_round_of_requests(
     assert 2 <= len(gets) <= 5, gets
     assert moved <= len(data) - first.compress_size + BLOCK
     assert round_trips(gets, RTT_MS) <= 2, gets
-    assert starts[1] - starts[0] < GAP, gets  # at least two of them side by side
+    assert starts[1] - starts[0] < gap(RTT_MS), gets  # at least two of them side by side
