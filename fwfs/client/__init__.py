@@ -13,6 +13,7 @@ and probes.
 
 from fwfs.client.api import FlywheelClient
 from fwfs.client.signed import ProbeResult
-from fwfs.client.wire import Json, Kind, RangeIgnored
+from fwfs.client.wire import RangeIgnored
+from fwfs.models import Json, Kind
 
 __all__ = ["FlywheelClient", "Json", "Kind", "ProbeResult", "RangeIgnored"]

@@ -26,8 +26,6 @@ from fwfs.client.wire import (
     _FILE_HEADERS,
     _PAGE_SIZE,
     _PAGED_HEADERS,
-    Json,
-    Kind,
     _by_id,
     _content_length,
     _plural,
@@ -46,6 +44,7 @@ from fwfs.errors import (
     InvalidArgument,
     RemoteError,
 )
+from fwfs.models import Json, Kind
 
 log = logging.getLogger("fwfs.client")
 

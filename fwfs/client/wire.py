@@ -10,24 +10,19 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, TypeVar
+from typing import Any, BinaryIO, Final, TypeVar
 from urllib.parse import quote
 
 import requests
 import urllib3.exceptions
 from urllib3.util.retry import Retry
 
-if TYPE_CHECKING:
-    pass
-
 from fwfs.errors import (
     FwfsError,
     InvalidArgument,
     RemoteError,
 )
-
-Kind = Literal["group", "project", "subject", "session", "acquisition", "analysis"]
-Json = dict[str, Any]
+from fwfs.models import Json
 
 _PLURAL: Final[Mapping[str, str]] = {
     "group": "groups",
