@@ -10,15 +10,18 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import posixpath
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
+
+from cachetools import TTLCache
 
 from fwfs import paths
 from fwfs.blockcache import BlockCache
@@ -189,18 +192,28 @@ class Opened(NamedTuple):
 
 
 class FlywheelFS:
-    """Dependencies: `client`, `config`, `tree`, `cache`, `pool` (never reassigned).
+    """Dependencies: `client`, `config`, `tree`, `cache`, `pool` (never reassigned), and
+    `clock`, which every TTL of the model reads (tests pass one they advance by hand).
 
     Guarded by `self._lock`: `_handles` and `_opened` (the version last opened per path,
     which decides whether the kernel may keep its page cache).
     """
 
-    def __init__(self, client: SiteClient, config: MountConfig, user_id: str | None = None) -> None:
+    def __init__(
+        self,
+        client: SiteClient,
+        config: MountConfig,
+        user_id: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
         self.config = config
+        self.clock = clock
         # Listings fetched ahead of a walk (`ls -R`, `find`): see Tree.listdir.
         self.list_pool = ThreadPoolExecutor(4, thread_name_prefix="fwfs-list")
-        self.tree = Tree(client, config.listing_ttl, config.negative_ttl, prefetch=self.list_pool)
+        self.tree = Tree(
+            client, config.listing_ttl, config.negative_ttl, clock, prefetch=self.list_pool
+        )
         self.cache = BlockCache(config.cache_size)
         self.pool = ThreadPoolExecutor(config.read_threads, thread_name_prefix="fwfs-read")
         # Readahead lands in the cache: a window larger than a quarter of it would evict its
@@ -220,16 +233,20 @@ class FlywheelFS:
             lambda info: self._ranged(info, stream=False),
             self.tree.listing,
             config.block_size,
+            clock=clock,
         )
         self.mount_time = time.time()
         self._lock = threading.Lock()
         self._handles: dict[int, Handle] = {}
         self._opened: dict[str, tuple[str, ...]] = {}
-        # Per path, the file whose attributes the kernel was given last, and when. The
-        # kernel keeps them for `kernel_ttl` and stops reads at that size, so an open in
-        # that time reads that version, not a newer one a fresher listing names.
-        self._told: dict[str, tuple[File | ArchiveFile, float]] = {}
-        self._told_pruned = 0.0
+        # Per path, the file whose attributes the kernel was given last. The kernel keeps
+        # them for `kernel_ttl` and stops reads at that size, so an open in that time reads
+        # that version, not a newer one a fresher listing names. Unbounded in size: an
+        # entry leaves when the kernel's copy expires (a listing of 20,000 entries tells
+        # them all at once; pruning by hand on each cost 3.9 s of CPU once).
+        self._told: TTLCache[str, File | ArchiveFile] = TTLCache(
+            math.inf, config.kernel_ttl, timer=clock
+        )
         self._next_fh = itertools.count(1)
         self.writes: Writes | None = None
         if not config.read_only:
@@ -336,14 +353,7 @@ class FlywheelFS:
 
     def _tell(self, path: str, node: File | ArchiveFile) -> None:
         """Caller holds self._lock: the kernel now holds `node`'s attributes for `path`."""
-        now = time.monotonic()
-        ttl = self.config.kernel_ttl
-        if len(self._told) > 4096 and now - self._told_pruned >= ttl:
-            # At most once per TTL: a listing of 20,000 entries tells them all at once, and
-            # pruning on every one of them cost 3.9 s of CPU.
-            self._told = {k: v for k, v in self._told.items() if now - v[1] < ttl}
-            self._told_pruned = now
-        self._told[path] = (node, now)
+        self._told[path] = node
 
     def _as_told(self, path: str, node: File | ArchiveFile) -> File | ArchiveFile:
         """The version of `node` whose size the kernel may still hold for `path`.
@@ -353,10 +363,9 @@ class FlywheelFS:
         the open reads the version it was told of (still within the staleness bound); one
         of the same size is safe to read as listed."""
         with self._lock:
-            told = self._told.get(path)
-        if told is None or time.monotonic() - told[1] >= self.config.kernel_ttl:
+            old = self._told.get(path)
+        if old is None:
             return node
-        old = told[0]
         if isinstance(old, File) and isinstance(node, File):
             same = (old.info.parent, old.info.name) == (node.info.parent, node.info.name)
             return old if same and old.info.size != node.info.size else node

@@ -10,6 +10,7 @@ member of a project but not of its group): there an unlisted name is looked up o
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TypeGuard
+
+from cachetools import TTLCache
 
 from fwfs import paths
 from fwfs.errors import FwfsError, NotFound, PermissionDenied, RemoteError
@@ -68,7 +71,7 @@ class Tree:
     walk lists it again when it gets there), and `forget` discards one in flight.
 
     Guarded by `self._lock`: `_listings`, `_inflight`, `_negative`, `_aliases`, `_changed`,
-    `_details`, `_last_child`, `_prune_at`, `_pending`, `_pending_keys`, `_workers`. No
+    `_details`, `_last_child`, `_pending`, `_pending_keys`, `_workers`. No
     request is made while holding it.
     """
 
@@ -88,10 +91,11 @@ class Tree:
         self._clock = clock
         self._prefetch = prefetch
         self._prefetch_limit = max(1, prefetch_limit)
-        # Per directory, which child was enumerated last and when: what tells a walk
-        # apart from a lookup, a single `ls` or a `cd` down the tree.
-        self._last_child: dict[tuple[str, ...], tuple[tuple[str, ...], float]] = {}
-        self._prune_at = MAX_PENDING
+        # Per directory, which child was enumerated last, within the TTL: what tells a
+        # walk apart from a lookup, a single `ls` or a `cd` down the tree.
+        self._last_child: TTLCache[tuple[str, ...], tuple[str, ...]] = TTLCache(
+            math.inf, ttl, timer=clock
+        )
         # Directories to list ahead, most wanted first, and how many tasks drain them.
         self._pending: deque[Dir] = deque()
         self._pending_keys: set[tuple[str, ...]] = set()
@@ -264,16 +268,9 @@ class Tree:
             return
         window = self._prefetch_limit
         with self._lock:
-            now = self._clock()
-            if len(self._last_child) > self._prune_at:
-                self._last_child = {
-                    k: v for k, v in self._last_child.items() if now - v[1] < self._ttl
-                }
-                # A big walk keeps many fresh: prune again only once it has doubled.
-                self._prune_at = max(MAX_PENDING, 2 * len(self._last_child))
             last = self._last_child.get(parent)
-            self._last_child[parent] = (node.key, now)
-            if last is None or last[0] == node.key or now - last[1] >= self._ttl:
+            self._last_child[parent] = node.key
+            if last is None or last == node.key:
                 return
             wanted = [x for x in listing.entries.values() if _needs_listing(x)][:window]
             siblings = self._listings.get(parent)
