@@ -1,6 +1,7 @@
-"""Command line: `fwfs serve` (the sandbox site) and `fwfs demo`.
+"""Command line: `fwfs serve`, `mount`, `unmount`, `demo` and `doctor`.
 
-The only place that reads argv; it builds typed options and hands them down.
+The only place that reads argv. The flags of the commands that mount or reach a site come
+from the option table (fwfs/options.py); the sandbox's are declared here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from fwfs import __version__
-from fwfs.config import DELETE_REASONS
+from fwfs.options import add_arguments
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -92,18 +93,6 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true")
 
 
-def _size(text: str) -> int:
-    """A byte count with an optional K/M/G suffix (binary units): 64M, 1G, 4096."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    try:
-        if text and text[-1] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M)") from None
-
-
 def _non_negative(text: str) -> float:
     try:
         value = float(text)
@@ -112,92 +101,6 @@ def _non_negative(text: str) -> float:
     if not 0 <= value < float("inf"):  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, not {text!r}")
     return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text!r}")
-    return value
-
-
-def _mount_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--api-key", help="Flywheel API key (visible in `ps`: prefer FWFS_API_KEY or `fw login`)"
-    )
-    p.add_argument("--foreground", "-f", action="store_true", help="do not go to the background")
-    p.add_argument("--read-only", action="store_true", help="refuse every write (EROFS)")
-    p.add_argument(
-        "--allow-delete",
-        action="store_true",
-        help="let rm and rmdir delete files and containers on the site (default: EPERM)",
-    )
-    p.add_argument(
-        "--delete-reason",
-        choices=DELETE_REASONS,
-        metavar="REASON",
-        help="the reason sent with every delete, which sites with an audit trail require "
-        f"(one of: {', '.join(DELETE_REASONS)})",
-    )
-    p.add_argument(
-        "--retry-failed-uploads",
-        action="store_true",
-        help="at mount, upload again the files earlier failed uploads left in the spool's "
-        "recovery/ folder (by default they are only listed in the log)",
-    )
-    p.add_argument(
-        "--spool-dir",
-        type=Path,
-        help="where written files wait for upload, and failed uploads are kept "
-        "(default: ~/.cache/fwfs/spool/<site and mountpoint>)",
-    )
-    p.add_argument(
-        "-o",
-        dest="fuse_options",
-        action="append",
-        default=[],
-        metavar="OPT[,OPT...]",
-        help="FUSE mount options, e.g. allow_other",
-    )
-    p.add_argument(
-        "--metadata-ttl",
-        type=float,
-        default=30.0,
-        help="seconds a directory listing is trusted (default 30)",
-    )
-    p.add_argument(
-        "--negative-ttl",
-        type=float,
-        default=5.0,
-        help="seconds a failed <id:...> lookup is remembered (default 5)",
-    )
-    p.add_argument(
-        "--cache-size",
-        type=_size,
-        default=256 << 20,
-        help="memory for cached file blocks (default 256M)",
-    )
-    p.add_argument(
-        "--walk-ahead",
-        type=_count,
-        default=16,
-        metavar="N",
-        help="when a program reads a directory's files in order, fetch the next N ahead "
-        "(0: never; default 16)",
-    )
-    p.add_argument(
-        "--list-archives",
-        action="store_true",
-        help="list each zip's member directory <name>.d (it is always reachable)",
-    )
-    p.add_argument(
-        "--no-archives", action="store_true", help="no member directories for zip archives"
-    )
-    p.add_argument("--log-file", type=Path, help="write the log here")
-    p.add_argument("--debug", action="store_true", help="log every request and FUSE call")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,24 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo", action="store_true", help="seed the demo data")
     mount = sub.add_parser("mount", help="mount a Flywheel site")
     mount.add_argument("mountpoint", type=Path)
-    _mount_args(mount)
+    add_arguments(mount, "mount")
     doctor = sub.add_parser(
         "doctor", help="probe a site (read-only) and report what the mount will meet there"
     )
-    doctor.add_argument(
-        "--api-key", help="Flywheel API key (default: FWFS_API_KEY, then `fw login`'s)"
-    )
+    add_arguments(doctor, "doctor")
     unmount = sub.add_parser("unmount", help="unmount a mounted site")
     unmount.add_argument("mountpoint", type=Path)
-    unmount.add_argument(
-        "--lazy", "-z", action="store_true", help="detach now, finish when no longer busy"
-    )
-    unmount.add_argument(
-        "--timeout",
-        type=float,
-        default=3600.0,
-        help="seconds to wait for running uploads to finish (default 3600)",
-    )
+    add_arguments(unmount, "unmount")
     demo = sub.add_parser("demo", help="run the demo sandbox site and mount it (foreground)")
     demo.add_argument(
         "mountpoint",
@@ -236,8 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _serve_args(demo)
     demo.add_argument("--no-mount", action="store_true", help="only run the site")
-    demo.add_argument("--metadata-ttl", type=float, default=30.0)
-    demo.add_argument("--cache-size", type=_size, default=256 << 20)
+    add_arguments(demo, "demo")
     return parser
 
 
@@ -266,11 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         if args.no_mount:
             return _serve(args, demo=True)
-        from fwfs.mounting import run_demo
+        from fwfs.demo import run_demo
 
         return run_demo(args)
     if args.command == "mount":
-        from fwfs.mounting import run_mount
+        from fwfs.wiring import run_mount
 
         return run_mount(args)
     if args.command == "doctor":
@@ -280,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return doctor(args.api_key, os.environ, Path.home(), sys.stdout)
     if args.command == "unmount":
-        from fwfs.mounting import unmount
+        from fwfs.daemon import unmount
 
         return unmount(args.mountpoint, lazy=args.lazy, timeout=args.timeout)
     return 2

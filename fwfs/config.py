@@ -2,6 +2,9 @@
 
 Only the functions here that take an ``environ`` mapping look at the environment, and
 they are handed it by the CLI; nothing reads ``os.environ`` behind the caller's back.
+
+The defaults of the fields a person can set, or might want to know, come from the one
+option table (fwfs/options.py), which also makes the flags and docs/CONFIGURATION.md.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 from fwfs import __version__
 from fwfs.errors import InvalidArgument, NotFound
+from fwfs.options import DELETE_REASONS, default
 
 # The SDK's rule: keys whose secret part is exactly this long are OAuth-style tokens.
 _BEARER_KEY_LENGTH = 57
@@ -50,13 +54,13 @@ class TrustConfig:
     platform's verifier).
     """
 
-    ca_file: str | None = None
+    ca_file: str | None = default("TrustConfig.ca_file")
     # The variable that named ca_file, so an error can say what to unset.
     ca_file_source: str | None = None
     use_os_store: bool = True
     use_certifi: bool = True
-    os_ca_file: str | None = None
-    os_ca_dir: str | None = None
+    os_ca_file: str | None = default("TrustConfig.os_ca_file")
+    os_ca_dir: str | None = default("TrustConfig.os_ca_dir")
 
     def describe(self) -> str:
         """The trust sources, for a TLS error message."""
@@ -89,13 +93,13 @@ class ClientConfig:
     api_key: str = field(repr=False)
     auth_prefix: str | None = None
     verify: bool | str | TrustConfig = True
-    connect_timeout: float = 10.0
-    read_timeout: float = 30.0
-    total_timeout: float = 60.0
-    retries: int = 7
-    backoff_factor: float = 0.5
-    backoff_max: float = 15.0
-    pool_size: int = 16
+    connect_timeout: float = default("ClientConfig.connect_timeout")
+    read_timeout: float = default("ClientConfig.read_timeout")
+    total_timeout: float = default("ClientConfig.total_timeout")
+    retries: int = default("ClientConfig.retries")
+    backoff_factor: float = default("ClientConfig.backoff_factor")
+    backoff_max: float = default("ClientConfig.backoff_max")
+    pool_size: int = default("ClientConfig.pool_size")
     user_agent: str = f"fwfs/{__version__}"
     # Lets requests honour HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE and ~/.netrc.
     trust_env: bool = True
@@ -229,24 +233,6 @@ def tls_verify_from_env(environ: Mapping[str, str]) -> TrustConfig:
     )
 
 
-# The reasons a site with an audit trail accepts for a delete: flywheel-sdk 23's
-# ContainerDeleteReason, sent as the `delete_reason` query parameter.
-DELETE_REASONS = (
-    "duplicate_data",
-    "data_is_not_part_of_study",
-    "data_incomplete_or_corrupt",
-    "data_structured_incorrectly",
-    "data_has_been_exported_or_moved",
-    "container_is_empty",
-    "analysis_or_processing_failed_or_cancelled",
-    "compliance_consent_withdrawn",
-    "compliance_phi",
-    "compliance_data_policy",
-    "test_data",
-    "packfile_cleanup",
-)
-
-
 @dataclass(frozen=True)
 class WalkAheadConfig:
     """Fetching the next files of a directory whose files a program reads in listing
@@ -257,11 +243,11 @@ class WalkAheadConfig:
     ``idle``: seconds after its last in-order open that a walk still has the directories
     it lists fetched ahead."""
 
-    files: int = 16
-    budget: int = 16 << 20
-    file_bytes: int = 1 << 20
-    threads: int = 16
-    idle: float = 5.0
+    files: int = default("WalkAheadConfig.files")
+    budget: int = default("WalkAheadConfig.budget")
+    file_bytes: int = default("WalkAheadConfig.file_bytes")
+    threads: int = default("WalkAheadConfig.threads")
+    idle: float = default("WalkAheadConfig.idle")
 
     def __post_init__(self) -> None:
         if self.files < 0 or self.budget < 0 or self.file_bytes < 0 or self.idle < 0:
@@ -279,27 +265,29 @@ class MountConfig:
     missed is remembered. ``cache_size``: bytes of file blocks kept in memory.
     """
 
-    metadata_ttl: float = 30.0
-    negative_ttl: float = 5.0
-    cache_size: int = 256 << 20
+    metadata_ttl: float = default("MountConfig.metadata_ttl")
+    negative_ttl: float = default("MountConfig.negative_ttl")
+    cache_size: int = default("MountConfig.cache_size")
+    # A model built without saying is read-only; `fwfs mount` always says (--read-only).
     read_only: bool = True
     uid: int = 0
     gid: int = 0
-    block_size: int = 128 << 10
-    max_readahead: int = 64 << 20
-    read_threads: int = 8
-    # Zip archives as `<name>.d` directories; listed (not only reachable) when list_archives.
+    block_size: int = default("MountConfig.block_size")
+    max_readahead: int = default("MountConfig.max_readahead")
+    read_threads: int = default("MountConfig.read_threads")
+    # Zip archives as `<name>.d` directories (off with --no-archives); listed (not only
+    # reachable) when list_archives.
     archives: bool = True
-    list_archives: bool = False
+    list_archives: bool = default("MountConfig.list_archives")
     # Writes (when not read_only): where staged bytes wait for upload, and whether unlink
     # and rmdir may delete on the site.
     spool_dir: Path | None = None
-    allow_delete: bool = False
+    allow_delete: bool = default("MountConfig.allow_delete")
     # At mount, upload again what earlier runs left in the spool's recovery/ folder.
-    retry_recovery: bool = False
+    retry_recovery: bool = default("MountConfig.retry_recovery")
     # Sites with an audit trail refuse a delete without a reason (`delete_reason`): the
     # reason the user gave (--delete-reason), and whether the site said it needs one.
-    delete_reason: str | None = None
+    delete_reason: str | None = default("MountConfig.delete_reason")
     audit_trail: bool = False
     walk_ahead: WalkAheadConfig = field(default_factory=WalkAheadConfig)
 

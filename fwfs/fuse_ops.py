@@ -293,38 +293,4 @@ def mount(
     if ops.config.read_only:
         opts["ro"] = True
     opts.update(options or {})
-    # Resolved now: once mounted, resolving the path would ask this very daemon.
-    where = os.path.realpath(mountpoint)
-    # The kernel reads ahead 128 KiB (256 KiB for `cat`) in reads of that size: one Python
-    # callback each. With 1 MiB it sends 1 MiB reads, and a cold read's callbacks fall
-    # 4-fold. Only root may set it (in sysfs, per mount); for others it stays as it is.
-    readahead_kib = 1024
-
-    def raise_readahead() -> None:
-        if not ops.ready.wait(60):
-            return
-        # As the kernel writes mount points in mountinfo; found there, not by a stat that
-        # would go through the mount.
-        escaped = where
-        for char, code in (("\\", "\\134"), (" ", "\\040"), ("\t", "\\011"), ("\n", "\\012")):
-            escaped = escaped.replace(char, code)
-        try:
-            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-                devices = [
-                    fields[2]
-                    for fields in map(str.split, f)
-                    if fields[4] == escaped and fields[fields.index("-") + 1].startswith("fuse")
-                ]
-            if not devices:
-                return
-            knob = f"/sys/class/bdi/{devices[-1]}/read_ahead_kb"
-            with open(knob, "r+", encoding="ascii") as f:
-                if int(f.read()) < readahead_kib:
-                    f.seek(0)
-                    f.write(str(readahead_kib))
-                    log.debug("kernel readahead of %s: %d KiB", where, readahead_kib)
-        except (OSError, ValueError) as err:
-            log.debug("kernel readahead left as it is: %s", err)
-
-    threading.Thread(target=raise_readahead, name="fwfs-readahead", daemon=True).start()
     PatchedFUSE(ops, mountpoint, foreground=foreground, raw_fi=True, nothreads=False, **opts)

@@ -10,10 +10,29 @@ PACKAGE = Path(__file__).resolve().parents[2] / "fwfs"
 # module -> fwfs modules it may import. Anything not listed may import nothing from fwfs
 # except the package itself (for __version__).
 ALLOWED: dict[str, set[str]] = {
-    "cli": {"sandbox", "mounting", "doctor", "config"},
-    # `fwfs doctor`: beside mounting, below the CLI; HTTP only through FlywheelClient.probe.
+    "cli": {"sandbox", "demo", "wiring", "daemon", "doctor", "options"},
+    # `fwfs doctor`: beside the mount's wiring, below the CLI; HTTP only through
+    # FlywheelClient.probe.
     "doctor": {"client", "config", "errors", "models"},
-    "mounting": {"client", "config", "errors", "fs", "fuse_ops", "sandbox", "site"},
+    # `fwfs demo`: the sandbox site and a mount of it, wired as `fwfs mount` wires one.
+    "demo": {"config", "sandbox", "wiring"},
+    # `fwfs mount`: the configs from the flags, the client and the model, mounted.
+    "wiring": {
+        "client",
+        "config",
+        "daemon",
+        "errors",
+        "fs",
+        "fuse_ops",
+        "linux",
+        "options",
+        "site",
+    },
+    # The mount's process: readiness pipe, pid file, unmount and wait (the spool's journal
+    # says whether uploads run).
+    "daemon": {"fs"},
+    # glibc and sysfs tuning, `-o` parsing: nothing of fwfs.
+    "linux": set(),
     "fuse_ops": {"config", "errors", "fs", "fuse_compat"},
     "fuse_compat": set(),
     # The model reaches the site only through the SiteClient protocol, never fwfs.client:
@@ -40,7 +59,9 @@ ALLOWED: dict[str, set[str]] = {
     "models": set(),
     "paths": set(),
     "errors": set(),
-    "config": {"errors"},
+    # The typed configs take their defaults from the option table, which imports nothing.
+    "config": {"errors", "options"},
+    "options": set(),
     "sandbox": {"sandbox"},
     # Test support (fault injection, the site and mount runners): it stands beside the
     # product, over the seams it tests; nothing in the product imports it.
