@@ -144,9 +144,11 @@ class SiteClient(Protocol):
         *,
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, Any] | None = None,
+        retry: bool = True,
     ) -> list[Json]:
         """Upload ``size`` bytes from ``fileobj``'s current position (it must be seekable,
-        retries rewind it); returns the container's file list."""
+        retries rewind it); returns the container's file list. ``retry=False``: each
+        request is sent once, for a caller that retries whole uploads itself."""
         ...
 
     def delete_file(self, kind: Kind, cid: str, name: str, *, reason: str | None = None) -> Json:

@@ -429,11 +429,15 @@ class FlywheelClient(Transport):
         *,
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, Any] | None = None,
+        retry: bool = True,
     ) -> list[Json]:
         """Upload ``size`` bytes from ``fileobj``'s current position; returns the file list.
 
         Like the SDK, asks ``/config`` first and uses the signed-URL ticket flow when the
-        site offers it, else one streamed multipart POST.
+        site offers it, else one streamed multipart POST. ``retry=False`` sends each
+        request of the upload once and raises its failure at once: for a caller that
+        retries whole uploads under its own policy (the Uploader), so that the two never
+        multiply. With ``retry`` each request is retried as `Transport` says.
         """
         if size < 0 or any(c in content_type for c in "\r\n"):
             raise InvalidArgument("invalid upload size or content type")
@@ -444,8 +448,9 @@ class FlywheelClient(Transport):
             # Retries rewind the source, so it must be seekable; and OSErrors with no
             # errno must never reach the FUSE layer.
             raise InvalidArgument("upload source must be a seekable file") from None
-        if self._signed_uploads():
-            return self._upload_signed(kind, path, name, fileobj, start, size, metadata)
+        once = not retry
+        if self._signed_uploads(once):
+            return self._upload_signed(kind, path, name, fileobj, start, size, metadata, once)
         boundary = uuid.uuid4().hex
         head = b""
         if metadata is not None:
@@ -460,7 +465,9 @@ class FlywheelClient(Transport):
         ).encode()
         body = _StreamBody([head, (fileobj, start, size), f"\r\n--{boundary}--\r\n".encode()])
         content = f"multipart/form-data; boundary={boundary}"
-        return self._json_call("POST", path, data=body, content_type=content, expect=list)
+        return self._json_call(
+            "POST", path, data=body, content_type=content, expect=list, once=once
+        )
 
     def prepare_upload(self) -> None:
         """A program started writing a file that is uploaded at its close: if the site's
@@ -490,7 +497,7 @@ class FlywheelClient(Transport):
             return cached[0]
         return None
 
-    def _signed_uploads(self) -> bool:
+    def _signed_uploads(self, once: bool = False) -> bool:
         """Whether the site wants the signed-URL flow. Asked once per client and remembered
         for a few minutes: `cp -r` of a thousand files should not ask a thousand times."""
         with self._mode_lock:
@@ -501,7 +508,7 @@ class FlywheelClient(Transport):
         if fresh is not None:
             return fresh
         now = time.monotonic()
-        signed = _signed_mode(self.site_config())
+        signed = _signed_mode(self._json_call("GET", "/config", expect=dict, once=once))
         self._upload_mode = (signed, now)
         return signed
 
@@ -520,11 +527,14 @@ class FlywheelClient(Transport):
         start: int,
         size: int,
         metadata: Mapping[str, Any] | None,
+        once: bool,
     ) -> list[Json]:
         # setdefault semantics as in the SDK: the caller's metadata wins; size 0 is omitted.
         meta = {"name": name, **({"size": size} if size else {}), **(metadata or {})}
         ticket_body = {"metadata": [meta] if kind == "analysis" else meta, "filenames": [name]}
-        ticket = self._json_call("POST", path, params={"ticket": ""}, body=ticket_body, expect=dict)
+        ticket = self._json_call(
+            "POST", path, params={"ticket": ""}, body=ticket_body, expect=dict, once=once
+        )
         token, urls, headers = ticket.get("ticket"), ticket.get("urls"), ticket.get("headers")
         targets = urls.get(name) if isinstance(urls, dict) else None
         if isinstance(targets, str):
@@ -539,7 +549,7 @@ class FlywheelClient(Transport):
         ):
             raise RemoteError.for_request("POST", self._base_path + path, "malformed ticket")
         extra = {str(k): str(v) for k, v in (headers or {}).items()}
-        multipart = self._put_parts(targets, extra, fileobj, start, size)
+        multipart = self._put_parts(targets, extra, fileobj, start, size, once)
         return self._json_call(
             "POST",
             path,
@@ -547,10 +557,17 @@ class FlywheelClient(Transport):
             body={"multipart": multipart} if multipart else None,
             content_type="application/json",
             expect=list,
+            once=once,
         )
 
     def _put_parts(
-        self, urls: list[str], extra: dict[str, str], fileobj: BinaryIO, start: int, size: int
+        self,
+        urls: list[str],
+        extra: dict[str, str],
+        fileobj: BinaryIO,
+        start: int,
+        size: int,
+        once: bool,
     ) -> Json | None:
         """PUT each signed URL its slice of the file; return S3 multipart info if any."""
         is_s3 = ".s3." in urls[0] or ".amazonaws." in urls[0]
@@ -574,6 +591,7 @@ class FlywheelClient(Transport):
                 data=body,
                 headers=headers,
                 signed=True,
+                once=once,
                 consume=lambda resp: resp.headers.get("ETag"),
             )
             if is_s3:

@@ -230,6 +230,7 @@ class Transport:
         data: _StreamBody | None = None,
         content_type: str | None = None,
         idempotent: bool | None = None,
+        once: bool = False,
     ) -> _J:
         headers = {"Content-Type": content_type} if content_type else None
         return self._request(
@@ -241,6 +242,7 @@ class Transport:
             json_body=body,
             data=data,
             idempotent=idempotent,
+            once=once,
             consume=_json_reader(expect, allow_empty),
         )
 
@@ -260,11 +262,13 @@ class Transport:
         passthrough: frozenset[int] = frozenset(),
         keep_open: bool = False,
         allow_redirects: bool = True,
+        once: bool = False,
     ) -> _T:
         """Send with retries and hand the response to ``consume``; failures are FwfsError.
 
         ``display`` is what logs and errors show instead of the URL: it never contains a
-        query string, so tickets and signatures stay out of both.
+        query string, so tickets and signatures stay out of both. ``once``: no retry here,
+        for a caller whose own policy retries (an upload: see ``upload_file``).
         """
         retry_ok = method in _IDEMPOTENT if idempotent is None else idempotent
         started = self._clock()
@@ -291,7 +295,8 @@ class Transport:
                 )
             except _Failed as failed:
                 error = failed.error
-                if failed.retry and self._pause(attempt, started, failed.retry_after, str(error)):
+                retry = failed.retry and not once
+                if retry and self._pause(attempt, started, failed.retry_after, str(error)):
                     continue
                 if attempt > 1:
                     error.args = (f"{error.args[0]} (gave up after {attempt} attempts)",)

@@ -323,7 +323,10 @@ class Writes:
         self.tree.forget(p.parent)
 
     def _upload(self, target: UploadTarget, fileobj: BinaryIO, size: int) -> Json:
-        files = self.client.upload_file(target.kind, target.cid, target.name, fileobj, size)
+        # Sent once per attempt: the Uploader's RetryPolicy is the one retry of an upload.
+        files = self.client.upload_file(
+            target.kind, target.cid, target.name, fileobj, size, retry=False
+        )
         for doc in files:
             if doc.get("name") == target.name:
                 return doc

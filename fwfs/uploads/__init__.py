@@ -1,29 +1,42 @@
 """Writes: bytes staged in a local spool directory, uploaded when the last writer closes.
 
-`spool` holds the staged files and their journal (`Spool`, `StagedFile`); `uploader` sends
-them to the site and keeps every failure (`Uploader`). Its layout, journal states and
-crash rules are in `fwfs.uploads.spool`'s docstring.
+`journal` owns the states of a staged file, the transitions allowed between them and the
+order of every step on disk (`Journal`); `spool` holds the staged files (`Spool`,
+`StagedFile`, and the `Commit` protocol an upload follows); `uploader` sends them to the
+site under one `RetryPolicy` (`retry`) and keeps every failure (`Uploader`); `recovery`
+finishes what a killed daemon left. The spool's layout is in `fwfs.uploads.spool`'s
+docstring.
 """
 
+from fwfs.uploads.journal import (
+    ALLOWED,
+    IllegalTransition,
+    Journal,
+    State,
+    UploadTarget,
+    uploads_running,
+)
+from fwfs.uploads.recovery import Outcome, PendingUpload, RecoveryReport
+from fwfs.uploads.retry import RetryPolicy
 from fwfs.uploads.spool import (
-    Outcome,
-    PendingUpload,
-    RecoveryReport,
+    Commit,
     Spool,
     SpoolBusy,
     SpoolFull,
     StagedFile,
-    State,
     UploadFn,
-    UploadTarget,
-    uploads_running,
 )
 from fwfs.uploads.uploader import Uploader
 
 __all__ = [
+    "ALLOWED",
+    "Commit",
+    "IllegalTransition",
+    "Journal",
     "Outcome",
     "PendingUpload",
     "RecoveryReport",
+    "RetryPolicy",
     "Spool",
     "SpoolBusy",
     "SpoolFull",

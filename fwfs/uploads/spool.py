@@ -19,21 +19,8 @@ Layout under the spool root (directories 0700, files 0600, every name generated 
 ``<id>`` is 32 hex digits from uuid4: a Flywheel name (which may hold ``../``, ``/``, NUL
 or 300 bytes) is only ever stored inside the JSON, never used as a path.
 
-Journal states, and what the next mount's ``Uploader.recover`` does with each:
-
-========== =================================================== ===========================
-state      meaning                                             after a crash
-========== =================================================== ===========================
-copying    initial contents being copied (create not returned) deleted
-staged     written since the last completion point             moved to recovery/
-synced     at a completion point (fsync, a commit) the site    uploaded
-           lacks; bytes fsync'ed
-sending    a commit is running; bytes not yet fsync'ed             moved to recovery/
-uploading  a commit is running; bytes fsync'ed                uploaded (possibly again)
-clean      the site holds these bytes (uploaded, writers open) deleted
-discarded  unlinked while open; the last close drops it        deleted
-failed     in recovery/                                        listed (retried on request)
-========== =================================================== ===========================
+Journal states, the transitions between them, what the next mount does with each, and the
+order of every step on disk are `fwfs.uploads.journal`'s (docs/SEMANTICS.md shows them).
 
 "staged" goes to recovery/ rather than up: the daemon died while a program was writing,
 so the program never closed the file successfully, and uploading a half-written file as
@@ -43,14 +30,6 @@ the program was told that upload failed, may well have written the file again si
 replaying older bytes would put a stale version on top of a newer one; a permanent error
 (EACCES) would also repeat on every mount. A person deletes both files of an entry once
 it is dealt with.
-
-Every state change is a new journal file written to a temporary name, fsync'ed, renamed
-over the old one, and followed by an fsync of the directory, so a killed daemon (or a lost
-machine) leaves either the old record or the new one. Orders that keep every crash
-readable: the journal entry is written before its data file exists, the data file is
-removed before its journal entry, and a move to recovery/ writes recovery/<id>.json, then
-renames the data, then removes journal/<id>.json. A recovery/<id>.json found beside bytes
-still in staging/ is such a move cut short: it is finished, never uploaded.
 
 Wiring into FUSE (the errno must reach close(2), and only flush's does; release's is lost):
 create/O_TRUNC -> ``Spool.create``; another writing open -> ``StagedFile.open``;
@@ -62,152 +41,41 @@ unlink -> ``discard``; unmount -> ``Uploader.drain``; mount -> ``Uploader.recove
 from __future__ import annotations
 
 import contextlib
-import errno as _errno
 import fcntl
-import json
 import logging
 import os
-import re
 import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, get_args
+from typing import BinaryIO
 
 from fwfs.errors import (
     FwfsError,
     InvalidArgument,
     PermissionDenied,
     StaleFile,
-    TooLarge,
 )
 from fwfs.errors import SpoolBusy as SpoolBusy  # re-exported: the spool raises them
 from fwfs.errors import SpoolFull as SpoolFull
-from fwfs.models import KINDS, Json, Kind
+from fwfs.models import Json
+from fwfs.uploads.journal import (
+    FORMAT,
+    Journal,
+    State,
+    UploadTarget,
+    Where,
+    check_transition,
+    local_error,
+)
 
 log = logging.getLogger("fwfs.uploads")
 
-State = Literal[
-    "copying", "staged", "synced", "sending", "uploading", "clean", "discarded", "failed"
-]
-Outcome = Literal["uploaded", "failed", "incomplete", "kept"]
-UploadFn = Callable[["UploadTarget", BinaryIO, int], Json]
+UploadFn = Callable[[UploadTarget, BinaryIO, int], Json]
 
-_FORMAT = 1
-_ID = re.compile(r"[0-9a-f]{32}")
 _COPY_CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class UploadTarget:
-    """Where staged bytes go: the container and the raw Flywheel file name.
-
-    ``name`` is the name as Flywheel stores it (before escaping for POSIX); ``path`` is only
-    for people reading logs and status (the mount path, say), never used to reach anything.
-    """
-
-    kind: Kind
-    cid: str
-    name: str
-    path: str
-
-    def to_json(self) -> Json:
-        return {"kind": self.kind, "cid": self.cid, "name": self.name, "path": self.path}
-
-    @classmethod
-    def from_json(cls, value: Any) -> UploadTarget:
-        if not isinstance(value, dict):
-            raise ValueError("target is not an object")
-        cid, name, path = value.get("cid"), value.get("name"), value.get("path")
-        kind = next((k for k in KINDS if k == value.get("kind")), None)
-        if kind is None:
-            raise ValueError(f"unknown container kind {value.get('kind')!r}")
-        if not (isinstance(cid, str) and isinstance(name, str) and isinstance(path, str)):
-            raise ValueError("target fields must be strings")
-        return cls(kind, cid, name, path)
-
-
-@dataclass(frozen=True)
-class PendingUpload:
-    """One entry of the spool as ``fwfs`` status shows it (from the journal on disk)."""
-
-    entry: str
-    target: UploadTarget | None  # None: the journal entry could not be read
-    state: State
-    where: Literal["staging", "recovery"]
-    size: int
-    attempts: int
-    last_error: str | None
-    created: float
-    data_path: Path
-    journal_path: Path
-
-
-@dataclass(frozen=True)
-class RecoveryReport:
-    """What ``Uploader.recover`` did with one entry a previous run left behind.
-
-    ``uploaded``: the upload has now happened (``result`` is the file's JSON).
-    ``failed``: it was tried and failed; the bytes are at ``data_path`` in recovery/.
-    ``incomplete``: a program was still writing when fwfs stopped (or the journal was
-    unreadable); not uploaded, the bytes are at ``data_path`` in recovery/.
-    ``kept``: already in recovery/ from an earlier run; not retried.
-    """
-
-    entry: str
-    target: UploadTarget | None
-    outcome: Outcome
-    size: int
-    data_path: Path | None
-    journal_path: Path | None
-    error: str | None = None
-    errno: int | None = None
-    result: Json | None = None
-
-
-def _local_error(exc: OSError, what: str) -> FwfsError:
-    """An OSError of the spool as an FwfsError, keeping the errnos a program can act on."""
-    if exc.errno in (_errno.ENOSPC, _errno.EDQUOT):
-        return SpoolFull(f"{what}: no space left in the spool directory")
-    if exc.errno == _errno.EFBIG:
-        return TooLarge(f"{what}: file too large for the spool's filesystem")
-    return FwfsError(f"{what}: {exc.strerror or exc}")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path: Path, record: Json) -> None:
-    data = (json.dumps(record, sort_keys=True) + "\n").encode()
-    tmp = path.with_name(path.name + ".tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # a narrow umask must not matter, and a wide one cannot
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _read_json(path: Path) -> Json:
-    with open(path, "rb") as f:
-        value = json.loads(f.read(1 << 20))  # a journal entry is small; never trust its size
-    if not isinstance(value, dict):
-        raise ValueError("journal entry is not an object")
-    return value
 
 
 def _private_dir(path: Path, *, follow: bool) -> None:
@@ -227,22 +95,24 @@ class Spool:
     Creating one makes the directories private, and takes ``root/lock`` so that a second
     daemon on the same spool fails at once (``SpoolBusy``) instead of "recovering" files
     the first one is still writing. ``close()`` releases it; staged files stay on disk.
+    ``records`` is its `Journal`: every step on disk goes through it.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self.records = Journal(self.root)
+        self.staging = self.records.staging
+        self.journal = self.records.journal
+        self.recovery = self.records.recovery
         try:
             self._open()
         except OSError as exc:
-            raise _local_error(exc, f"spool directory {self.root}") from exc
+            raise local_error(exc, f"spool directory {self.root}") from exc
         self._lock = threading.Lock()
         self._live: dict[str, StagedFile] = {}
 
     def _open(self) -> None:
         _private_dir(self.root, follow=True)  # the user may point it anywhere they own
-        self.staging = self.root / "staging"
-        self.journal = self.root / "journal"
-        self.recovery = self.root / "recovery"
         for sub in (self.staging, self.journal, self.recovery):
             _private_dir(sub, follow=False)  # ours: a symbolic link here is not
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -286,58 +156,70 @@ class Spool:
         try:
             staged._start(truncate_from)
         except BaseException:
-            staged._close_fd()
-            with contextlib.suppress(OSError):
-                self._remove_entry(entry)
+            staged._abandon()
             raise
         return staged
 
-    # Paths and disk steps shared by StagedFile, Uploader and recovery.
+    def data_path(self, entry: str, where: Where = "staging") -> Path:
+        return self.records.data_path(entry, where)
 
-    def data_path(self, entry: str, where: Literal["staging", "recovery"] = "staging") -> Path:
-        return (self.staging if where == "staging" else self.recovery) / f"{entry}.data"
+    def journal_path(self, entry: str, where: Where = "staging") -> Path:
+        return self.records.journal_path(entry, where)
 
-    def journal_path(self, entry: str, where: Literal["staging", "recovery"] = "staging") -> Path:
-        return (self.journal if where == "staging" else self.recovery) / f"{entry}.json"
+    def is_live(self, entry: str) -> bool:
+        """Whether ``entry`` is a staged file of this run (recovery leaves those alone)."""
+        with self._lock:
+            return entry in self._live
 
     def _forget(self, entry: str) -> None:
         with self._lock:
             self._live.pop(entry, None)
 
-    def _is_live(self, entry: str) -> bool:
-        with self._lock:
-            return entry in self._live
 
-    def _remove_entry(self, entry: str) -> None:
-        # Data before journal: a journal entry without data means "nothing left to do".
-        self.data_path(entry).unlink(missing_ok=True)
-        _fsync_dir(self.staging)
-        self.journal_path(entry).unlink(missing_ok=True)
-        _fsync_dir(self.journal)
-        # A move to recovery/ interrupted by a crash may have left its journal half-way.
-        if self.journal_path(entry, "recovery").exists():
-            self.journal_path(entry, "recovery").unlink(missing_ok=True)
-            _fsync_dir(self.recovery)
+class Commit:
+    """One upload of a staged file, begun by ``StagedFile.begin_commit``: a snapshot of
+    its target and size, ended by exactly one of ``succeeded`` or ``failed``. The caller
+    holds ``StagedFile.exclusive()`` throughout."""
 
-    def _move_to_recovery(self, entry: str, record: Json) -> Path:
-        """Move an entry's bytes and journal into recovery/; returns where the bytes are."""
-        record = {**record, "state": "failed", "updated": time.time()}
-        data = self.data_path(entry)
-        with contextlib.suppress(FileNotFoundError):
-            fd = os.open(data, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)  # "the bytes are in recovery/" must survive a power cut
-            finally:
-                os.close(fd)
-        _write_json_atomic(self.journal_path(entry, "recovery"), record)
-        target = self.data_path(entry, "recovery")
-        if data.exists():
-            os.replace(data, target)
-            _fsync_dir(self.recovery)
-            _fsync_dir(self.staging)
-        self.journal_path(entry).unlink(missing_ok=True)
-        _fsync_dir(self.journal)
-        return target
+    def __init__(self, staged: StagedFile, target: UploadTarget, size: int, fd: int) -> None:
+        self.staged = staged
+        self.target = target
+        self.size = size
+        self._fd: int | None = fd  # a dup: the staged fd may be closed before the sync ends
+
+    @property
+    def data_path(self) -> Path:
+        return self.staged.data_path
+
+    def make_durable(self) -> None:
+        """fsync the bytes (in parallel with the upload: for a large file it takes as long
+        as a fast upload, 1.1 s per GiB here); then the journal says "uploading", which a
+        crash uploads again. Until then it says "sending", which a crash keeps in
+        recovery/, like bytes still being written."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            self.staged.spool.records.make_durable(fd)
+        except OSError as exc:
+            log.warning("could not make %s durable: %s", self.data_path, exc)
+            return  # stays "sending": after a crash, recovery/ rather than a re-upload
+        finally:
+            os.close(fd)
+        self.staged._durable()
+
+    def note_attempt(self) -> None:
+        """One more attempt, counted in the journal (for status; not worth failing over)."""
+        self.staged._note_attempt()
+
+    def succeeded(self, result: Json) -> None:
+        """The site holds the snapshot: clean while writers remain, else finished."""
+        self.staged._committed(result)
+
+    def failed(self, error: FwfsError) -> bool:
+        """The upload failed for good: True if the bytes went to recovery/ (no writer
+        left; the file is finished), False if they stay staged for the next commit."""
+        return self.staged._commit_failed(error)
 
 
 class StagedFile:
@@ -347,11 +229,14 @@ class StagedFile:
     file (holes read as zeros). ``writers`` counts open writing handles: ``open()`` per
     extra handle, ``Uploader.release`` per close; the upload happens once, at the last.
 
-    While an upload of this file runs, ``write``, ``truncate``, ``retarget`` and
-    ``discard`` wait for it (so the site gets one consistent snapshot, and ``dirty`` is
-    exact); ``read`` does not. Once the file is uploaded with no writers left, or moved to
-    recovery/, or discarded, it is finished: its bytes are gone from staging/ and every
-    method raises ``StaleFile`` (look the name up again).
+    An upload holds ``exclusive()``: ``write``, ``truncate``, ``retarget`` and ``discard``
+    wait for it (so the site gets one consistent snapshot, and ``dirty`` is exact); ``read``
+    does not. Once the file is uploaded with no writers left, or moved to recovery/, or
+    discarded, it is finished: its bytes are gone from staging/ and every method raises
+    ``StaleFile`` (look the name up again).
+
+    Every state change goes through ``_set_state``, which checks it against the journal's
+    transition table and writes the journal before memory follows.
     """
 
     def __init__(self, spool: Spool, entry: str, target: UploadTarget) -> None:
@@ -362,11 +247,10 @@ class StagedFile:
         self._lock = threading.Lock()  # fields and the fd's lifetime; never held for an upload
         self._busy = threading.Lock()  # held for a whole upload; taken before _lock
         self._fd: int | None = None
-        self._finished = False
         self._size = 0
         self._writers = 1
         self._dirty = False
-        self._state: State = "copying"
+        self._state: State | None = None  # None: not yet in the journal
         self._created = time.time()
         self._attempts = 0
         self._last_error: str | None = None
@@ -375,7 +259,8 @@ class StagedFile:
         self._result: Json | None = None
 
     def __repr__(self) -> str:
-        return f"StagedFile({self.entry}, {self._target.path!r}, {self._state})"
+        state = self._state.value if self._state else "new"
+        return f"StagedFile({self.entry}, {self._target.path!r}, {state})"
 
     # Properties: a snapshot each; the file may change right after.
 
@@ -403,18 +288,24 @@ class StagedFile:
     @property
     def finished(self) -> bool:
         with self._lock:
-            return self._finished
+            return self._state == State.DONE or self._state == State.FAILED
 
     @property
     def state(self) -> State:
         with self._lock:
-            return self._state
+            return self._state or State.COPYING
 
     @property
     def last_result(self) -> Json | None:
         """The file JSON of the last successful upload of this staged file, if any."""
         with self._lock:
             return self._result
+
+    @property
+    def failed_commit(self) -> FwfsError | None:
+        """The error of the last commit (or write) that failed, until written again."""
+        with self._lock:
+            return self._failed
 
     # Writing and reading.
 
@@ -447,7 +338,7 @@ class StagedFile:
             except OSError as exc:
                 # Part of it may be on disk: the size must say so, or reads would disagree.
                 self._size = os.fstat(fd).st_size
-                raise _local_error(exc, f"write to {self._target.path!r}") from exc
+                raise local_error(exc, f"write to {self._target.path!r}") from exc
             self._size = max(self._size, offset + done)
             return done
 
@@ -467,7 +358,7 @@ class StagedFile:
                     chunks.append(chunk)
                     got += len(chunk)
             except OSError as exc:
-                raise _local_error(exc, f"read of {self._target.path!r}") from exc
+                raise local_error(exc, f"read of {self._target.path!r}") from exc
             return b"".join(chunks)
 
     def truncate(self, size: int) -> None:
@@ -479,7 +370,7 @@ class StagedFile:
             try:
                 os.ftruncate(fd, size)
             except OSError as exc:
-                raise _local_error(exc, f"truncate of {self._target.path!r}") from exc
+                raise local_error(exc, f"truncate of {self._target.path!r}") from exc
             self._size = size
 
     def fsync(self) -> None:
@@ -488,12 +379,11 @@ class StagedFile:
         with self._lock:
             fd = self._check_live()
             try:
-                os.fsync(fd)
-                _fsync_dir(self.spool.staging)  # the file's name must survive too
+                self.spool.records.make_durable(fd)  # the file's name must survive too
             except OSError as exc:
-                raise _local_error(exc, f"fsync of {self._target.path!r}") from exc
-            if self._state == "staged":
-                self._set_state("synced")
+                raise local_error(exc, f"fsync of {self._target.path!r}") from exc
+            if self._state == State.STAGED:
+                self._set_state(State.SYNCED)
 
     def retarget(self, target: UploadTarget) -> None:
         """Rename before upload: the next upload goes to ``target``. A file already uploaded
@@ -503,7 +393,7 @@ class StagedFile:
             self._check_live()
             old, self._target = self._target, target
             try:
-                if self._dirty or self._state == "discarded":
+                if self._dirty or self._state == State.DISCARDED:
                     self._write_journal()
                 else:
                     self._mark_dirty()  # writes the journal, with the new target
@@ -526,9 +416,58 @@ class StagedFile:
             if self._fd is None:
                 return
             if self._writers > 0:
-                self._set_state("discarded")
+                self._set_state(State.DISCARDED)
                 return
             self._remove()
+
+    # The commit protocol (the Uploader's side).
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold off every change (not reads) for an upload or a last close."""
+        with self._busy:
+            yield
+
+    def begin_commit(self) -> Commit | None:
+        """Under ``exclusive()``: start uploading the bytes as they are now. None when there
+        is nothing to upload (unchanged since the last upload or copy, or discarded);
+        ``StaleFile`` when finished."""
+        with self._lock:
+            fd = self._check_live()
+            if self._state == State.DISCARDED or not self._dirty:
+                return None
+            try:
+                self._size = os.fstat(fd).st_size
+                sync_fd = os.dup(fd)
+            except OSError as exc:
+                raise local_error(exc, f"staging {self._target.path!r}") from exc
+            try:
+                # Bytes fsync'ed since their last change are durable already.
+                durable = self._state == State.SYNCED
+                self._set_state(State.UPLOADING if durable else State.SENDING)
+            except BaseException:
+                os.close(sync_fd)
+                raise
+            return Commit(self, self._target, self._size, sync_fd)
+
+    def settle_last_close(self) -> bool:
+        """Under ``exclusive()``, after the last writer closed: True if the bytes are still
+        to be uploaded (or kept, see ``failed_commit``). False when there is nothing to
+        do: finished already, reopened meanwhile, or unchanged or discarded, which drops
+        the staged bytes now."""
+        with self._lock:
+            if self._fd is None or self._writers > 0:
+                return False
+            if self._state == State.DISCARDED or not self._dirty:
+                self._remove()
+                return False
+            return True
+
+    def keep(self, error: FwfsError) -> Path | None:
+        """Under ``exclusive()``: move the bytes to recovery/ with ``error`` (the file is
+        finished); where they are, or None if the move failed too (logged)."""
+        with self._lock:
+            return self._to_recovery(error)
 
     # Internals; the caller holds self._lock.
 
@@ -539,48 +478,47 @@ class StagedFile:
 
     def _start(self, source: BinaryIO | None) -> None:
         with self._busy, self._lock:
-            # The journal before the data exists: see the module's ordering rule.
-            if source is None:
-                self._set_state("staged")
-                self._dirty = True
-            else:
-                self._write_journal()
-            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            first = State.STAGED if source is None else State.COPYING
+            check_transition(None, first)
             try:
-                self._fd = os.open(self.data_path, flags, 0o600)
-                os.fchmod(self._fd, 0o600)
-                if source is not None:
-                    offset = 0
-                    while chunk := source.read(_COPY_CHUNK):
-                        view = memoryview(chunk)
-                        while view:
-                            n = os.pwrite(self._fd, view, offset)
-                            view, offset = view[n:], offset + n
-                    self._size = offset
+                # The journal before the data exists: see the Journal's ordering rules.
+                self._fd = self.spool.records.begin(self.entry, self._record(first))
+                self._state = first
+                if source is None:
+                    self._dirty = True
+                    return
+                offset = 0
+                while chunk := source.read(_COPY_CHUNK):
+                    view = memoryview(chunk)
+                    while view:
+                        n = os.pwrite(self._fd, view, offset)
+                        view, offset = view[n:], offset + n
+                self._size = offset
             except OSError as exc:
-                raise _local_error(exc, f"staging {self._target.path!r}") from exc
-            if source is not None:
-                self._set_state("clean")
+                raise local_error(exc, f"staging {self._target.path!r}") from exc
+            self._set_state(State.CLEAN)
 
     def _mark_dirty(self) -> None:
-        if self._state not in ("staged", "discarded"):
+        if self._state not in (State.STAGED, State.DISCARDED):
             # Journal first: a crash after the bytes change must never find "clean" or
             # "synced" (which would drop them, or upload a half-written file).
-            self._set_state("staged")
+            self._set_state(State.STAGED)
         self._dirty = True
         self._failed = None
 
     def _set_state(self, state: State) -> None:
+        check_transition(self._state, state)
         # Memory follows disk: if the journal cannot be written, the old state stays true.
-        self._write_journal(state)
+        if state != State.DONE:
+            self._write_journal(state)
         self._state = state
 
     def _record(self, state: State | None = None) -> Json:
         return {
-            "format": _FORMAT,
+            "format": FORMAT,
             "id": self.entry,
             "target": self._target.to_json(),
-            "state": state or self._state,
+            "state": (state or self._state or State.COPYING).value,
             "created": self._created,
             "updated": time.time(),
             "size": self._size,
@@ -591,66 +529,100 @@ class StagedFile:
 
     def _write_journal(self, state: State | None = None) -> None:
         try:
-            _write_json_atomic(self.spool.journal_path(self.entry), self._record(state))
+            self.spool.records.write(self.entry, self._record(state))
         except OSError as exc:
-            raise _local_error(exc, f"journal of {self._target.path!r}") from exc
+            raise local_error(exc, f"journal of {self._target.path!r}") from exc
 
     def _close_fd(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        self._finished = True
         self.spool._forget(self.entry)
 
+    def _abandon(self) -> None:
+        """The copy of ``create`` failed: nothing of it stays."""
+        with self._lock:
+            if self._state is not None:
+                check_transition(self._state, State.DONE)
+                self._state = State.DONE
+            self._close_fd()
+            with contextlib.suppress(OSError):
+                self.spool.records.remove(self.entry)
+
     def _remove(self) -> None:
+        self._set_state(State.DONE)
         self._close_fd()
         try:
-            self.spool._remove_entry(self.entry)
+            self.spool.records.remove(self.entry)
         except OSError as exc:
             # The next mount finds it again; a leftover is better than an exception here.
             log.error("could not remove staged file %s: %s", self.data_path, exc)
 
-
-def _entries(directory: Path, suffix: str) -> list[str]:
-    """The entry ids of ``directory`` with ``suffix``; anything not named by us is ignored."""
-    found = []
-    for path in directory.iterdir():
-        stem = path.name[: -len(suffix)] if path.name.endswith(suffix) else ""
-        if _ID.fullmatch(stem):
-            found.append(stem)
-    return sorted(found)
-
-
-_STATES: tuple[State, ...] = get_args(State)
-
-
-def _state(value: Any) -> State:
-    return next((state for state in _STATES if state == value), "failed")
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _float(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def uploads_running(root: Path) -> int:
-    """How many uploads the spool at ``root`` shows as running, read from the journal
-    without taking the spool's lock (for ``fwfs unmount``, while the daemon holds it)."""
-    journal = Path(root) / "journal"
-    if not journal.is_dir():
-        return 0
-    running = 0
-    for entry in _entries(journal, ".json"):
+    def _to_recovery(self, error: FwfsError) -> Path | None:
+        check_transition(self._state, State.FAILED)
+        self._state = State.FAILED
+        self._last_error, self._last_errno = str(error), error.errno
+        record = self._record()
+        self._close_fd()
+        target = self._target
         try:
-            if _read_json(journal / f"{entry}.json").get("state") in ("sending", "uploading"):
-                running += 1
-        except (OSError, ValueError):
-            continue
-    return running
+            where = self.spool.records.to_recovery(self.entry, record)
+        except OSError as exc:
+            log.error(
+                "upload of %r failed (%s), and moving its bytes to %s failed too (%s); they "
+                "are still at %s and the next mount will report them",
+                target.path,
+                error,
+                self.spool.recovery,
+                exc,
+                self.data_path,
+            )
+            return None
+        log.warning(
+            "upload of %r to %s %s failed (%s); its %d bytes are kept in %s (journal: %s)",
+            target.path,
+            target.kind,
+            target.cid,
+            error,
+            self._size,
+            where,
+            self.spool.journal_path(self.entry, "recovery"),
+        )
+        return where
+
+    # The other side of Commit; each takes the lock itself.
+
+    def _durable(self) -> None:
+        with self._lock:
+            if self._state == State.SENDING:
+                with contextlib.suppress(FwfsError):
+                    self._set_state(State.UPLOADING)
+
+    def _note_attempt(self) -> None:
+        with self._lock:
+            self._attempts += 1
+            with contextlib.suppress(FwfsError):
+                self._write_journal()
+
+    def _committed(self, result: Json) -> None:
+        with self._lock:
+            self._dirty = False
+            self._failed = None
+            self._last_error = self._last_errno = None
+            self._result = result
+            if self._writers == 0:
+                self._remove()
+            else:
+                with contextlib.suppress(FwfsError):
+                    self._set_state(State.CLEAN)
+
+    def _commit_failed(self, error: FwfsError) -> bool:
+        with self._lock:
+            self._failed = error
+            self._last_error, self._last_errno = str(error), error.errno
+            if self._writers == 0:
+                self._to_recovery(error)
+                return True
+            with contextlib.suppress(FwfsError):
+                self._set_state(State.SYNCED)
+            return False

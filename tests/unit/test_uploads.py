@@ -39,6 +39,7 @@ from fwfs.errors import (
 )
 from fwfs.models import Json
 from fwfs.uploads import (
+    RetryPolicy,
     Spool,
     SpoolBusy,
     StagedFile,
@@ -125,7 +126,8 @@ def uploader(
 ) -> tuple[Uploader, list[float]]:
     """An Uploader whose sleeps are recorded instead of slept."""
     sleeps: list[float] = []
-    up = Uploader(spool, site, attempts=attempts, backoff=backoff, sleep=sleeps.append)
+    retry = RetryPolicy(attempts=attempts, backoff=backoff)
+    up = Uploader(spool, site, retry=retry, sleep=sleeps.append)
     return up, sleeps
 
 
@@ -667,7 +669,9 @@ def test_killed_daemon_upload_that_fails_lands_in_recovery(
     data = crash(root, "nul\x00../name", 1000, "fsync")
     site = FakeSite(fail=math.inf)
     with Spool(root) as spool, caplog.at_level(logging.WARNING, logger="fwfs.uploads"):
-        reports = Uploader(spool, site, attempts=2, sleep=lambda s: None).recover()
+        reports = Uploader(
+            spool, site, retry=RetryPolicy(attempts=2), sleep=lambda s: None
+        ).recover()
     [report] = reports
     assert (report.outcome, report.errno, report.size) == ("failed", errno.EIO, 1000)
     assert report.target is not None and report.target.name == "nul\x00../name"
@@ -710,7 +714,7 @@ def test_recovery_entries_are_listed_each_mount_and_retried_on_request(
 ) -> None:
     root = tmp_path / "spool"
     with Spool(root) as spool:
-        up = Uploader(spool, FakeSite(fail=math.inf), attempts=1)
+        up = Uploader(spool, FakeSite(fail=math.inf), retry=RetryPolicy(attempts=1))
         staged = spool.create(target("lost"))
         staged.write(0, b"keep me")
         with pytest.raises(RemoteUnavailable):
