@@ -41,6 +41,7 @@ from fwfs.models import CHILD_KIND, Container, FileInfo, Json, Kind, write_acces
 from fwfs.site import SiteClient
 from fwfs.uploads import (
     RecoveryReport,
+    RetryPolicy,
     Spool,
     StagedFile,
     Uploader,
@@ -103,13 +104,17 @@ class Writes:
         lookup: Callable[[str], Node | Pending],
         spool: Spool,
         user_id: str | None,
+        *,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.client = client
         self.config = config
         self.tree = tree
         self._lookup = lookup
         self.spool = spool
-        self.uploader = Uploader(spool, self._upload)
+        # `retry`: the mount's RetryPolicy.from_config(client config); the default is what
+        # that gives for the default ClientConfig (3 attempts, 1 s, then 2 s).
+        self.uploader = Uploader(spool, self._upload, retry=retry)
         self.user_id = user_id
         self._lock = threading.Lock()
         self._pending: dict[str, Pending] = {}

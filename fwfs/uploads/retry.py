@@ -26,9 +26,10 @@ class RetryPolicy:
     twice that, and so on, at most ``backoff_max``. No jitter: one upload per close(), and
     a program waiting in close() is better served by a known bound."""
 
+    # The defaults are what ``from_config`` gives for the default ClientConfig.
     attempts: int = UPLOAD_ATTEMPTS
     backoff: float = 1.0
-    backoff_max: float = 30.0
+    backoff_max: float = 15.0
 
     def __post_init__(self) -> None:
         if self.attempts < 1 or self.backoff < 0 or self.backoff_max < 0:

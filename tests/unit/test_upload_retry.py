@@ -127,3 +127,12 @@ def test_a_failing_finish_restarts_the_upload_within_the_policy_count(
     ]
     assert len(finishes) == 3
     assert all(json.loads(c.request.body or b"null") is None for c in finishes)
+
+
+def test_the_policy_built_from_the_default_client_config_is_the_mounts() -> None:
+    config = ClientConfig.from_api_key(f"fw.example.org:{SECRET}")
+    policy = RetryPolicy.from_config(config)
+    assert policy == RetryPolicy()
+    assert (policy.attempts, policy.delay(1), policy.delay(2)) == (3, 1.0, 2.0)
+    # A longer policy never waits longer than the client's own cap.
+    assert RetryPolicy(attempts=9).delay(8) == config.backoff_max
