@@ -75,6 +75,8 @@ class FaultyClient:
         self._lock = threading.Lock()
         self._armed: list[_Armed] = []
         self.fired: list[Fault] = []
+        # (container id, file name) of each version a SwapVersion uploaded, once uploaded.
+        self.swapped: list[tuple[str, str]] = []
         self.arm(*faults)
 
     def arm(self, *faults: Fault) -> None:
@@ -122,6 +124,8 @@ class FaultyClient:
             assert kind is not None and name is not None
             data = fault.data
             self.inner.upload_file(kind, cid, name, io.BytesIO(data), len(data))
+            with self._lock:
+                self.swapped.append((cid, name))
             return None
         return fault
 
@@ -251,10 +255,18 @@ class FaultyClient:
         *,
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, Any] | None = None,
+        retry: bool = True,
     ) -> list[Json]:
         self._before("upload_file", name, kind, cid)
         return self.inner.upload_file(
-            kind, cid, name, fileobj, size, content_type=content_type, metadata=metadata
+            kind,
+            cid,
+            name,
+            fileobj,
+            size,
+            content_type=content_type,
+            metadata=metadata,
+            retry=retry,
         )
 
     def delete_file(self, kind: Kind, cid: str, name: str, *, reason: str | None = None) -> Json:

@@ -36,7 +36,7 @@ from typing import Any
 
 from mountkit import entry_names
 
-GROUP = "g"
+GROUP = "g"  # the group of a site with one (each example of the machine has its own)
 CHILD_KIND = {"group": "project", "project": "subject", "subject": "session"}
 CHILD_KIND["session"] = "acquisition"
 _ALIAS = re.compile(r"<id:([A-Za-z0-9_-]{1,64})>")
@@ -127,7 +127,7 @@ class Snapshot:
         return None
 
     def path_of(self, cid: str) -> list[str] | None:
-        """The names from the group down to container `cid` in this snapshot."""
+        """The names from the group (its id) down to container `cid` in this snapshot."""
         parts: list[str] = []
         c = self.containers.get(cid)
         while c is not None and c.parent is not None:
@@ -136,7 +136,9 @@ class Snapshot:
                 return None
             parts.append(name)
             c = self.containers.get(c.parent)
-        return [GROUP, *reversed(parts)]
+        if c is None:
+            return None
+        return [c.id, *reversed(parts)]
 
     # Changes: each returns a new snapshot, sharing what did not change.
 
@@ -247,8 +249,9 @@ class SiteModel:
 
     def resolve(self, parts: list[str], t: float) -> list[Outcome]:
         """Every answer the contract allows for the path `parts` (from the group down)."""
-        assert parts[0] == GROUP
-        states: dict[tuple[Any, ...], Outcome] = {("dir", GROUP): ("dir", GROUP)}
+        group = parts[0]
+        assert self.latest.containers[group].kind == "group"
+        states: dict[tuple[Any, ...], Outcome] = {("dir", group): ("dir", group)}
         for i, part in enumerate(parts[1:], 2):
             after: dict[tuple[Any, ...], Outcome] = {}
             for state in states.values():
@@ -321,12 +324,13 @@ class SiteModel:
         """Paths (relative to the mount) worth asking about, with what they were: "dir" or
         "file" (archive members included), everything under `project` in the latest few
         snapshots, and id aliases of the containers."""
-        found: dict[str, str] = {GROUP: "dir"}
+        found: dict[str, str] = {}
         for change in self.history[-depth:]:
             snap = change.snap
             base = snap.path_of(project)
             if base is None:
                 continue
+            found[base[0]] = "dir"
             self._walk(snap, project, "/".join(base), found)
         return dict(sorted(found.items()))
 

@@ -1,0 +1,60 @@
+"""The reference model on the model tier (issue 13 item 1): the state machine of
+refmachine.py drives FlywheelFS itself, with no FUSE, over a private sandbox site, through a
+fault-injecting client (fwfs.testing.faults) and on a clock it advances instead of
+sleeping. The same machine drives a real mount in
+tests/mount/reliability/test_reference_model.py, with fewer steps.
+
+CI runs at least 10,000 steps; `FWFS_RELIABILITY=long` runs more, and shrinks a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flywheel
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.stateful import run_state_machine_as_test
+from refmachine import Figures, machine
+from refmodel import GROUP
+from reftargets import ModelDriver
+
+LONG = os.environ.get("FWFS_RELIABILITY") == "long"
+pytestmark = pytest.mark.timeout(7200 if LONG else 900)
+
+TTL = 10.0  # model seconds: free to wait, so long enough that a look seldom re-lists
+STEPS = 100  # per example, at most (Hypothesis ends some examples sooner)
+EXAMPLES = int(os.environ.get("FWFS_REFMODEL_EXAMPLES", 600 if LONG else 130))
+WANTED = 10_000  # steps in all: the issue's bar
+LOOKS_PER_CHANGE = 4  # most steps look: a change costs SDK calls, a look a listing or two
+
+
+def test_flywheelfs_agrees_with_a_reference_model_of_the_site(
+    start_site: Callable[..., Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = start_site(demo=False)
+    site.client().add_group(flywheel.Group(GROUP, "Reference model"))
+    target = ModelDriver(site, tmp_path / "spool", TTL)
+    figures = Figures()
+    try:
+        run_state_machine_as_test(
+            machine(site, target, figures, LOOKS_PER_CHANGE),
+            settings=settings(
+                max_examples=EXAMPLES,
+                stateful_step_count=STEPS,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+                derandomize=not LONG,
+                database=None,
+                phases=list(Phase) if LONG else [Phase.explicit, Phase.generate],
+            ),
+        )
+    finally:
+        target.shutdown()
+        with capsys.disabled():
+            print(f"\nreference model (model tier): {figures.summary()}")
+    if "FWFS_REFMODEL_EXAMPLES" not in os.environ:
+        assert figures.steps >= WANTED, f"{figures.steps} steps: raise EXAMPLES"
