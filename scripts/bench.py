@@ -38,6 +38,9 @@ os.environ.setdefault("FLYWHEEL_SDK_REQUEST_TIMEOUT", "120")
 import bench_kit as kit
 import bench_report as report
 
+from fwfs.testing.mounts import Mount
+from fwfs.testing.sites import Site, start_site
+
 CASES = ("cold_read", "headers", "tree", "archives", "series", "copy_tree", "upload")
 MODES: dict[str, dict[str, int]] = {
     "quick": {
@@ -146,7 +149,7 @@ class Bench:
         self.failed: dict[str, str] = {}
         self.checks: dict[str, Any] = {}
         self.cache_dropped = True
-        self.site: kit.Site | None = None
+        self.site: Site | None = None
         self.mounter: kit.Mounter | None = None
         self.fw: Any = None
         self.ids: dict[str, Any] = {}
@@ -169,12 +172,14 @@ class Bench:
                 f"starting the sandbox on {data}"
                 + (" (first use: seeding, this takes a while)" if first else "")
             )
-            self.site = kit.start_site(
-                data,
-                self.work,
+            # Seeding a fresh data directory (the Bench project) can take minutes.
+            self.site = start_site(
+                self.work / "site",
+                data=data,
                 big_file_mb=self.spec.big_file_mb,
                 scale=self.spec.scale,
                 extra=self.site_flags,
+                timeout=1800.0,
             )
             assert self.site is not None
             ca = self.site.info.get("ca_cert")
@@ -249,7 +254,7 @@ class Bench:
         fn: Callable[[], object],
         *,
         payload: int | None = None,
-        mount: kit.Mount | None = None,
+        mount: Mount | None = None,
         cold: bool = True,
     ) -> dict[str, Any]:
         """Time `fn` once; with the requests it made (access log), CPU use of the daemon,
@@ -257,7 +262,7 @@ class Bench:
         assert self.site is not None
         if cold:
             self.drop()
-        mark = self.site.log.mark()
+        mark = self.site.tail.mark()
         site_cpu, own_cpu = _ticks(self.site.proc.pid), _own_cpu()
         daemon_cpu = _ticks(mount.pid) if mount else 0.0
         started = time.monotonic()
@@ -274,7 +279,7 @@ class Bench:
             mem = mount.memory()
             rec["rss_peak_mib"] = mem.get("VmHWM", 0) / 1024
             rec["rss_end_mib"] = mem.get("VmRSS", 0) / 1024
-        entries = self.site.log.since(mark)
+        entries = self.site.tail.since(mark)
         rec.update(kit.traffic(entries))
         if mount is not None and rep == 0:
             # One mount run's requests, in order: what a missed target is explained by.
@@ -391,7 +396,7 @@ class Bench:
         scratch = self.work / "headers"
         scratch.mkdir(exist_ok=True)
 
-        def via_mount(mnt: kit.Mount) -> dict[str, Any]:
+        def via_mount(mnt: Mount) -> dict[str, Any]:
             dims = {nifti_header(mnt / rel / name) for name in names}
             return {"files": len(names), "files_bytes": total, "dims": sorted(dims)}
 
@@ -413,11 +418,11 @@ class Bench:
     def case_tree(self) -> None:
         rel = f"flywheel/Scale {self.spec.scale}"
 
-        def ls(mnt: kit.Mount) -> dict[str, Any]:
+        def ls(mnt: Mount) -> dict[str, Any]:
             run(["ls", "-lR", str(mnt / rel)])
             return {}
 
-        def find(mnt: kit.Mount) -> dict[str, Any]:
+        def find(mnt: Mount) -> dict[str, Any]:
             out = run(["find", str(mnt / rel), "-printf", "%y %s\\n"], stdout=subprocess.PIPE)
             kinds = [line[:1] for line in out.stdout.splitlines()]
             # The walk also lists the mount's root and the group on the way to the project.
@@ -455,7 +460,7 @@ class Bench:
         zsize = int(self.ids["zip_size"])
         scratch = self.work / "archives"
 
-        def member_mount(mnt: kit.Mount) -> dict[str, Any]:
+        def member_mount(mnt: Mount) -> dict[str, Any]:
             data = (mnt / rel / f"{kit.ZIP_NAME}.d" / MEMBER).read_bytes()
             return {"member_bytes": len(data), "files_bytes": zsize}
 
@@ -551,7 +556,7 @@ class Bench:
             files = [p for p in root.rglob("*") if p.is_file()]
             return len(files), sum(p.stat().st_size for p in files)
 
-        def via_mount(mnt: kit.Mount) -> dict[str, Any]:
+        def via_mount(mnt: Mount) -> dict[str, Any]:
             dest = self.work / "copy-mount"
             shutil.rmtree(dest, ignore_errors=True)
             run(["cp", "-r", str(mnt / rel), str(dest)])
@@ -616,7 +621,7 @@ class Bench:
         staging = self.work / "upload"
         staging.mkdir(exist_ok=True)
 
-        def cp_and_wait(mnt: kit.Mount, src: Path, name: str) -> dict[str, Any]:
+        def cp_and_wait(mnt: Mount, src: Path, name: str) -> dict[str, Any]:
             run(["cp", str(src), str(mnt / rel / name)])
             return {"visible": self._wait_for_file(name, src.stat().st_size)}
 
@@ -680,21 +685,21 @@ class Bench:
         if not Path(spy).exists():
             self.notes.append("py-spy is not installed: no profiles")
             return None
-        work: Callable[[kit.Mount], object]
+        work: Callable[[Mount], object]
         if case in ("cold_read", "memory"):
             args = ["--cache-size", SMALL_CACHE] if case == "memory" else []
 
-            def work(mnt: kit.Mount) -> object:
+            def work(mnt: Mount) -> object:
                 return run(["cat", str(mnt / self.big_rel)])
         elif case == "tree":
             args = []
 
-            def work(mnt: kit.Mount) -> object:
+            def work(mnt: Mount) -> object:
                 return run(["ls", "-lR", str(mnt / f"flywheel/Scale {self.spec.scale}")])
         elif case == "headers":
             args = []
 
-            def work(mnt: kit.Mount) -> object:
+            def work(mnt: Mount) -> object:
                 rel = kit.bench_path("headers")
                 return [
                     nifti_header(mnt / rel / kit.nifti_name(i))
@@ -703,7 +708,7 @@ class Bench:
         elif case == "dcm2niix":
             args = []
 
-            def work(mnt: kit.Mount) -> object:
+            def work(mnt: Mount) -> object:
                 src = mnt / kit.bench_path("archive") / f"{kit.ZIP_NAME}.d"
                 out = self.work / "nii-profile"
                 shutil.rmtree(out, ignore_errors=True)

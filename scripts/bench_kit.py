@@ -1,5 +1,6 @@
-"""The machinery of scripts/bench: the sandbox site, FUSE mounts of it, the access log, the
-page cache, the daemon's memory, the machine, and the benchmark's own data on the site.
+"""The machinery of scripts/bench: fresh mounts of the site (the site and mount runners
+are fwfs/testing's, shared with the tests), the access log's traffic, the page cache, the
+machine, and the benchmark's own data on the site.
 
 Nothing here times anything: scripts/bench.py does, case by case.
 """
@@ -9,24 +10,23 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gzip
-import json
 import os
 import platform
-import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fwfs.testing.mounts import Mount, Watchdog, start_mount
+from fwfs.testing.sites import Site
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-MOUNT_TIMEOUT = 30.0
-EXIT_TIMEOUT = 15.0
+# Longer than any case takes with one mount (a 1 GiB read over a slow link included).
+MOUNT_WATCHDOG = 1800.0
 # Bumped whenever the benchmark's own data on the site changes shape.
 DATA_SCHEMA = 3
 
@@ -89,112 +89,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-# ---- processes -----------------------------------------------------------------------------
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = EXIT_TIMEOUT) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS (now) and VmHWM (peak since the process started) of `pid`, in KiB."""
-    out: dict[str, int] = {}
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status", encoding="utf-8") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0])
-    return out
-
-
 # ---- the access log ------------------------------------------------------------------------
-
-
-class AccessLog:
-    """The sandbox's access log (one JSON line per request), read by byte offset.
-
-    The site logs a request when it has answered it, with its duration but no clock time; a
-    thread tails the log and stamps each line as it appears, so that a run's requests can be
-    placed on its timeline (start = stamp - duration, to within the tail's poll interval)."""
-
-    POLL = 0.002
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._stamps: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._tail, name="access-log-tail", daemon=True)
-        self._thread.start()
-
-    def _tail(self) -> None:
-        offset = 0
-        pending = b""
-        while not self._stop.is_set():
-            try:
-                with open(self.path, "rb") as f:
-                    f.seek(offset)
-                    data = f.read()
-            except FileNotFoundError:
-                data = b""
-            if data:
-                now = time.monotonic()
-                start = offset - len(pending)
-                pending += data
-                offset += len(data)
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    self._stamps[start] = now
-                    start += len(line) + 1
-            time.sleep(self.POLL)
-
-    def close(self) -> None:
-        self._stop.set()
-
-    def _size(self) -> int:
-        try:
-            return self.path.stat().st_size
-        except FileNotFoundError:
-            return 0
-
-    def settle(self, quiet: float = 0.15, timeout: float = 10.0) -> int:
-        """The log's size once it has not grown for `quiet` seconds: the site writes a
-        request's line just after answering it, and readahead may still be landing."""
-        deadline = time.monotonic() + timeout
-        size = self._size()
-        while time.monotonic() < deadline:
-            time.sleep(quiet)
-            now = self._size()
-            if now == size:
-                break
-            size = now
-        return size
-
-    def mark(self) -> int:
-        return self.settle()
-
-    def since(self, mark: int) -> list[dict[str, Any]]:
-        """The entries after `mark`; each with `t_end`, the monotonic time it was seen."""
-        end = self.settle()
-        time.sleep(3 * self.POLL)  # the tail stamps what settle saw
-        with open(self.path, "rb") as f:
-            f.seek(mark)
-            data = f.read(end - mark)
-        out = []
-        offset = mark
-        for line in data.split(b"\n"):
-            if line.strip():
-                entry = json.loads(line)
-                if offset in self._stamps:
-                    entry["t_end"] = self._stamps[offset]
-                out.append(entry)
-            offset += len(line) + 1
-        return out
 
 
 def timeline(entries: list[dict[str, Any]], t0: float) -> list[list[Any]]:
@@ -232,151 +127,13 @@ def traffic(entries: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-# ---- the site ------------------------------------------------------------------------------
-
-
-@dataclass
-class Site:
-    proc: subprocess.Popen[bytes]
-    info: dict[str, Any]
-    log: AccessLog
-    workdir: Path
-
-    @property
-    def url(self) -> str:
-        return str(self.info["url"])
-
-    @property
-    def api_key(self) -> str:
-        return str(self.info["api_key"])
-
-    @property
-    def authorization(self) -> str:
-        from fwfs.config import parse_api_key
-
-        return parse_api_key(self.api_key)[1]
-
-    def stop(self) -> None:
-        self.log.close()
-        stop_process(self.proc)
-
-
-def start_site(
-    data: Path,
-    workdir: Path,
-    *,
-    big_file_mb: int,
-    scale: int,
-    extra: tuple[str, ...] = (),
-    timeout: float = 1800.0,
-) -> Site:
-    """`fwfs serve --demo` on `data` (seeded on first use, which can take minutes), with
-    `extra` options (a link emulator, real-server behaviours)."""
-    ready = workdir / "site-ready.json"
-    access = workdir / "access.log"
-    ready.unlink(missing_ok=True)
-    argv = [PYTHON, "-m", "fwfs", "serve", "--data", str(data), "--demo"]
-    argv += ["--big-file-mb", str(big_file_mb), "--scale", str(scale)]
-    argv += ["--ready-file", str(ready), "--access-log", str(access), *extra]
-    with open(workdir / "site.out", "wb") as out:
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir
-        )
-    deadline = time.monotonic() + timeout
-    while not ready.exists():
-        if proc.poll() is not None:
-            text = (workdir / "site.out").read_text(errors="replace")
-            raise RuntimeError(f"fwfs serve exited with {proc.returncode}:\n{text[-3000:]}")
-        if time.monotonic() > deadline:
-            stop_process(proc)
-            raise RuntimeError(f"fwfs serve not ready after {timeout:.0f} s")
-        time.sleep(0.1)
-    info = json.loads(ready.read_text(encoding="utf-8"))
-    return Site(proc, info, AccessLog(access), workdir)
-
-
 # ---- mounts --------------------------------------------------------------------------------
 
 
-def _mounted(path: Path) -> bool:
-    """From /proc/self/mounts, which never touches the mount (a hung daemon cannot hang it)."""
-    target = str(path)
-    with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            field = line.split()[1]
-            field = field.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-            if field == target:
-                return True
-    return False
-
-
-class Mount:
-    """One `fwfs mount MP -f` daemon (the process is the daemon: its pid is the one to
-    sample and profile). Use as a context manager: it always unmounts."""
-
-    def __init__(self, site: Site, mountpoint: Path, log_file: Path, args: list[str]) -> None:
-        self.site = site
-        self.path = mountpoint
-        self.log_file = log_file
-        self.args = args
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def __truediv__(self, other: str) -> Path:
-        return self.path / other
-
-    def start(self) -> Mount:
-        self.path.mkdir(parents=True, exist_ok=True)
-        if _mounted(self.path):
-            raise RuntimeError(f"{self.path} is mounted already")
-        argv = [PYTHON, "-m", "fwfs", "mount", str(self.path), "-f"]
-        argv += ["--log-file", str(self.log_file), *self.args]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("FW_", "FWFS_"))}
-        env["FWFS_API_KEY"] = self.site.api_key
-        out = self.log_file.with_suffix(".out")
-        with open(out, "ab") as fh:
-            self.proc = subprocess.Popen(
-                argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-            )
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        while not _mounted(self.path):
-            if self.proc.poll() is not None:
-                text = out.read_text(errors="replace")
-                raise RuntimeError(f"fwfs mount exited with {self.proc.returncode}:\n{text}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"fwfs mount not mounted after {MOUNT_TIMEOUT:.0f} s")
-            time.sleep(0.02)
-        return self
-
-    def memory(self) -> dict[str, int]:
-        return memory_kib(self.pid)
-
-    def stop(self) -> None:
-        """fusermount3 -u, then -uz; then the daemon must exit, or is terminated."""
-        tool = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
-        if _mounted(self.path):
-            done = subprocess.run([tool, "-u", str(self.path)], capture_output=True, check=False)
-            if done.returncode != 0:
-                subprocess.run([tool, "-uz", str(self.path)], capture_output=True, check=False)
-        if self.proc is not None:
-            stop_process(self.proc)
-        if _mounted(self.path):
-            subprocess.run([tool, "-uz", str(self.path)], capture_output=True, check=False)
-
-    def __enter__(self) -> Mount:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
 class Mounter:
-    """Makes fresh mounts of one site, each with its own mount point and log file."""
+    """Makes fresh mounts of one site, one after another on one mount point, each with its
+    own daemon, log and output (`mounts/mount-NNN/`) and a watchdog: a daemon that hangs
+    is killed after MOUNT_WATCHDOG seconds, so a case fails instead of the run hanging."""
 
     def __init__(self, site: Site, workdir: Path) -> None:
         self.site = site
@@ -386,23 +143,26 @@ class Mounter:
     @contextlib.contextmanager
     def mount(self, *args: str) -> Iterator[Mount]:
         self.count += 1
-        mp = self.workdir / "mnt"
-        log_file = self.workdir / "mount-logs" / f"mount-{self.count:03d}.log"
-        log_file.parent.mkdir(parents=True, exist_ok=True)
         argv = list(args)
         if "--spool-dir" not in argv:
             # Mounts are writable: their staged uploads stay in the bench's own directory.
             argv += ["--spool-dir", str(self.workdir / "spool")]
-        with Mount(self.site, mp, log_file, argv) as m:
+        live: list[Mount] = []
+        workdir = self.workdir / "mounts" / f"mount-{self.count:03d}"
+        watchdog = Watchdog(live, MOUNT_WATCHDOG)
+        mp = self.workdir / "mnt"
+        with watchdog, start_mount(self.site, workdir, args=argv, mountpoint=mp, live=live) as m:
             yield m
+        if watchdog.fired.is_set():
+            raise RuntimeError(f"the mount hung: its watchdog killed fwfs after {MOUNT_WATCHDOG} s")
 
     def problems(self) -> list[str]:
         """ERROR lines and tracebacks of every mount's log."""
         out: list[str] = []
-        for path in sorted((self.workdir / "mount-logs").glob("*.log")):
+        for path in sorted((self.workdir / "mounts").glob("*/fwfs.log")):
             for line in path.read_text(errors="replace").splitlines():
                 if " ERROR " in line or "Traceback" in line:
-                    out.append(f"{path.name}: {line[:300]}")
+                    out.append(f"{path.parent.name}: {line[:300]}")
         return out
 
 

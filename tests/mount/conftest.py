@@ -15,8 +15,9 @@
   and `[strict]` against `fwfs serve --strict` (a real core's behaviour). Sites start
   lazily, so `-k default` never starts a strict one. `profile` is the name.
 
-The daemon is a subprocess, so a hung one can be killed: teardown unmounts with
-`fusermount3 -u`, falls back to `-uz`, then terminates and kills the process, and checks
+The daemon is a subprocess (the mount runner of fwfs/testing/mounts.py, shared with
+scripts/bench), so a hung one can be killed: teardown unmounts with `fusermount3 -u`, falls
+back to `-uz` (`umount -l` as root), then terminates and kills the process, and checks
 that nothing is left mounted. A watchdog kills every daemon shortly before a test's timeout,
 because a syscall blocked on a hung FUSE daemon cannot be interrupted by pytest-timeout's
 SIGALRM; killing the daemon aborts the connection and makes the syscall return.
@@ -28,13 +29,14 @@ if mounting does not work).
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mountkit import LIVE, Mount, Scratch, SiteTree, root_conftest, start_mount, stop_mount
+
+from fwfs.testing.mounts import Watchdog
 
 HERE = Path(__file__).resolve().parent
 
@@ -58,21 +60,9 @@ def _fuse_watchdog(request: pytest.FixtureRequest) -> Iterator[None]:
     stuck on a hung daemon returns (ENOTCONN) and pytest-timeout can report the test."""
     marker = request.node.get_closest_marker("timeout")
     timeout = float(marker.args[0]) if marker and marker.args else 300.0
-    fired = threading.Event()
-
-    def fire() -> None:
-        fired.set()
-        for mount in list(LIVE):
-            mount.kill()
-
-    timer = threading.Timer(max(1.0, timeout - 5.0), fire)
-    timer.daemon = True
-    timer.start()
-    try:
+    with Watchdog(LIVE, timeout - 5.0) as watchdog:
         yield
-    finally:
-        timer.cancel()
-    assert not fired.is_set(), "the test hung on the mount: the watchdog killed fwfs"
+    assert not watchdog.fired.is_set(), "the test hung on the mount: the watchdog killed fwfs"
 
 
 @pytest.fixture

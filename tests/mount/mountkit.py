@@ -1,7 +1,7 @@
-"""The machinery of the mount tests: FUSE mounts as subprocesses, mount state from
-/proc/self/mounts, the access log, and the SDK's view of a site. Imported by
-tests/mount/conftest.py and the test modules (tests/mount is on sys.path, as for every test
-directory without __init__.py).
+"""The machinery of the mount tests: FUSE mounts as subprocesses (the mount runner of
+fwfs/testing/mounts.py, re-exported here, with a test's failures and checks), the access
+log, and the SDK's view of a site. Imported by tests/mount/conftest.py and the test modules
+(tests/mount is on sys.path, as for every test directory without __init__.py).
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import json
 import os
 import re
 import subprocess
-import sys
-import time
 import zipfile
 from collections import Counter
 from collections.abc import Callable
@@ -25,9 +23,14 @@ from typing import Any, cast
 import pytest
 import requests
 
-MOUNT_TIMEOUT = 30.0
-EXIT_TIMEOUT = 15.0
-FUSERMOUNT = "fusermount3"
+from fwfs.testing import mounts
+from fwfs.testing.mounts import Mount, fusermount, is_mounted, mounted_paths
+from fwfs.testing.mounts import run_fwfs as fwfs
+from fwfs.testing.sites import wait_until
+
+# Re-exported for the test modules, which import them from here.
+__all__ = ["Mount", "fusermount", "fwfs", "is_mounted", "mounted_paths"]
+
 ROOT_CONFTEST = Path(__file__).resolve().parent.parent / "conftest.py"
 ROOT = os.getuid() == 0
 
@@ -52,199 +55,21 @@ def root_conftest(config: pytest.Config) -> ModuleType:
     raise RuntimeError("tests/conftest.py is not loaded")
 
 
-# ---- mount state --------------------------------------------------------------------------
+# ---- mounts: the mount runner (fwfs/testing/mounts.py) with the test's failure and checks ----
 
-
-def _unescape_mountinfo(field: str) -> str:
-    # /proc/self/mounts escapes space, tab, newline and backslash as octal.
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mounted_paths() -> list[str]:
-    """Every mount point, once per mount (stacked mounts repeat), from /proc/self/mounts:
-    reading it never touches a mount, so a hung daemon cannot hang it (os.path.ismount
-    stats the mount point)."""
-    with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
-        return [_unescape_mountinfo(line.split()[1]) for line in f if line.strip()]
-
-
-def is_mounted(path: Path | str) -> bool:
-    return str(Path(path).absolute()) in mounted_paths()
-
-
-def fusermount(path: Path, lazy: bool = False) -> subprocess.CompletedProcess[str]:
-    argv = [FUSERMOUNT, "-u", *(["-z"] if lazy else []), str(path)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=False)
-
-
-def fwfs_env(key: str | None = None, **env: str) -> dict[str, str]:
-    """This process's environment without any FW_ or FWFS_ variable (no key of the user's
-    leaks in), with FWFS_API_KEY=`key` if given and `env` on top."""
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("FW_", "FWFS_"))}
-    if key is not None:
-        out["FWFS_API_KEY"] = key
-    out.update(env)
-    return out
-
-
-def fwfs(
-    *args: str, key: str | None = None, timeout: float = 60, **env: str
-) -> subprocess.CompletedProcess[str]:
-    """Run `python -m fwfs ARGS` to its end (`unmount`, or `mount` without -f), in
-    `fwfs_env(key, **env)`; its output as text."""
-    return subprocess.run(
-        [sys.executable, "-m", "fwfs", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=fwfs_env(key, **env),
-    )
-
-
-class Mount:
-    """One `fwfs mount -f` daemon and its mount point."""
-
-    def __init__(
-        self,
-        path: Path,
-        proc: subprocess.Popen[bytes],
-        workdir: Path,
-        site: Any,
-        argv: list[str],
-        spool: Path,
-    ) -> None:
-        self.path = path
-        self.proc = proc
-        self.workdir = workdir
-        self.site = site
-        self.argv = argv
-        self.spool = spool  # its --spool-dir
-        self.log_file = workdir / "fwfs.log"
-
-    def __truediv__(self, other: str) -> Path:
-        return self.path / other
-
-    def log(self) -> str:
-        if not self.log_file.exists():
-            return ""
-        return self.log_file.read_text(encoding="utf-8", errors="replace")
-
-    def output(self) -> str:
-        parts = []
-        for name in ("stdout.txt", "stderr.txt"):
-            p = self.workdir / name
-            if p.exists():
-                parts.append(p.read_text(encoding="utf-8", errors="replace"))
-        return "".join(parts)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL the daemon: the kernel then fails every pending request (ENOTCONN)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-
-    def unmount(self) -> list[str]:
-        """Unmount and stop the daemon, whatever state it is in. Returns what went wrong."""
-        problems: list[str] = []
-        if is_mounted(self.path):
-            result = fusermount(self.path)
-            if result.returncode != 0:
-                problems.append(f"fusermount3 -u failed: {result.stderr.strip()}")
-                result = fusermount(self.path, lazy=True)
-                if result.returncode != 0:
-                    problems.append(f"fusermount3 -uz failed: {result.stderr.strip()}")
-        try:
-            self.proc.wait(timeout=EXIT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            problems.append("fwfs did not exit after the unmount: terminated")
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                problems.append("fwfs ignored SIGTERM: killed")
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if is_mounted(self.path):
-            # A killed daemon leaves a dead mount behind ("transport endpoint not connected").
-            fusermount(self.path, lazy=True)
-        return problems
-
-    def __repr__(self) -> str:
-        return f"<Mount {self.path} of {self.site!r}>"
-
-
+# Every daemon a test has started and not yet stopped: what the watchdog kills.
 LIVE: list[Mount] = []
 
 
-def start_mount(
-    site: Any,
-    workdir: Path,
-    *,
-    key: str | None = None,
-    ttl: float | None = None,
-    negative_ttl: float | None = None,
-    cache_size: str | int | None = None,
-    args: tuple[str, ...] | list[str] = (),
-    read_only: bool = False,
-    timeout: float = MOUNT_TIMEOUT,
-) -> Mount:
-    """Run `python -m fwfs mount MP -f --log-file LOG` with FWFS_API_KEY set; return once
-    the mount is ready. Fails the test with fwfs's output if it exits or never mounts.
-
-    Mounts are writable: unless `args` names a `--spool-dir`, the spool is `workdir/spool`
-    (`mount.spool`), so no test touches the user's. `read_only=True` adds `--read-only`."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    mp = workdir / "mnt"
-    mp.mkdir(exist_ok=True)
-    argv = [sys.executable, "-m", "fwfs", "mount", str(mp), "-f"]
-    argv += ["--log-file", str(workdir / "fwfs.log")]
-    args = list(args)
-    spool = workdir / "spool"
-    if "--spool-dir" in args:
-        spool = Path(args[args.index("--spool-dir") + 1])
-    else:
-        argv += ["--spool-dir", str(spool)]
-    if read_only:
-        argv.append("--read-only")
-    if ttl is not None:
-        argv += ["--metadata-ttl", str(ttl)]
-    if negative_ttl is not None:
-        argv += ["--negative-ttl", str(negative_ttl)]
-    if cache_size is not None:
-        argv += ["--cache-size", str(cache_size)]
-    argv += list(args)
-    env = fwfs_env(key if key is not None else site.api_key)
-    if getattr(site, "ca_cert", None) is not None:
-        # A private CA reaches the daemon the way a company CA reaches a user: through the
-        # OS trust store (`Site.subprocess_env`), never FW_SSL_CERT_FILE or certifi.
-        env = site.subprocess_env(env)
-    with open(workdir / "stdout.txt", "wb") as out, open(workdir / "stderr.txt", "wb") as err:
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=workdir
-        )
-    mount = Mount(mp, proc, workdir, site, argv, spool)
-    LIVE.append(mount)
-    deadline = time.monotonic() + timeout
-    while not is_mounted(mp):
-        if proc.poll() is not None:
-            pytest.fail(
-                f"fwfs mount exited with {proc.returncode} before mounting\n"
-                f"output:\n{mount.output()}\nlog:\n{mount.log()}",
-                pytrace=False,
-            )
-        if time.monotonic() > deadline:
-            mount.unmount()
-            pytest.fail(
-                f"fwfs mount not mounted after {timeout:.0f}s\noutput:\n{mount.output()}\n"
-                f"log:\n{mount.log()}",
-                pytrace=False,
-            )
-        time.sleep(0.02)
-    assert os.path.ismount(mp)
+def start_mount(site: Any, workdir: Path, **options: Any) -> Mount:
+    """`fwfs.testing.mounts.start_mount` (`key`, `ttl`, `negative_ttl`, `cache_size`,
+    `args`, `read_only`, `timeout`): a writable mount with its own spool, in LIVE.
+    Fails the test with fwfs's output if it exits or never mounts."""
+    try:
+        mount = mounts.start_mount(site, workdir, live=LIVE, **options)
+    except mounts.MountError as e:
+        pytest.fail(str(e), pytrace=False)
+    assert os.path.ismount(mount.path)
     return mount
 
 
@@ -500,12 +325,10 @@ def wait_for(
 ) -> float:
     """Poll `predicate()` every `step` seconds until true; fail after `timeout`. Returns the
     seconds it took."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"{what}: still not true after {timeout:.0f} s")
-        time.sleep(step)
-    return time.monotonic() - start
+    try:
+        return wait_until(predicate, timeout, what, step)
+    except TimeoutError as e:
+        pytest.fail(str(e))
 
 
 def spool_journal(spool: Path) -> list[dict[str, Any]]:
