@@ -99,6 +99,7 @@ class ClientConfig:
     retries: int = default("ClientConfig.retries")
     backoff_factor: float = default("ClientConfig.backoff_factor")
     backoff_max: float = default("ClientConfig.backoff_max")
+    upload_attempts: int = default("ClientConfig.upload_attempts")
     pool_size: int = default("ClientConfig.pool_size")
     user_agent: str = f"fwfs/{__version__}"
     # Lets requests honour HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE and ~/.netrc.
@@ -117,6 +118,8 @@ class ClientConfig:
             raise InvalidArgument("retries and backoff settings must not be negative")
         if self.pool_size < 1:
             raise InvalidArgument("pool_size must be at least 1")
+        if self.upload_attempts < 1:
+            raise InvalidArgument("upload_attempts must be at least 1")
 
     @classmethod
     def from_api_key(cls, api_key: str, **overrides: Any) -> ClientConfig:

@@ -401,6 +401,16 @@ OPTIONS: tuple[Option, ...] = (
         field="ClientConfig.backoff_max",
     ),
     _fixed(
+        "upload_attempts",
+        3,
+        "sends of each request of one upload at most, retries in place and restarts with a "
+        "new ticket together (waits: 2 * backoff_factor, doubled each time); then close() "
+        "fails with EIO and the bytes stay in the spool",
+        "a failing upload holds close() through each wait; a failed part is sent again "
+        "alone, not the whole file",
+        field="ClientConfig.upload_attempts",
+    ),
+    _fixed(
         "pool_size",
         16,
         "keep-alive connections kept per host",

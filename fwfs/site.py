@@ -17,7 +17,7 @@ The contract every method keeps:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, Protocol
 
 from fwfs.models import Json, Kind
@@ -144,11 +144,14 @@ class SiteClient(Protocol):
         *,
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, Any] | None = None,
-        retry: bool = True,
+        retry: bool | Callable[[str, Exception], bool] = True,
     ) -> list[Json]:
         """Upload ``size`` bytes from ``fileobj``'s current position (it must be seekable,
         retries rewind it); returns the container's file list. ``retry=False``: each
-        request is sent once, for a caller that retries whole uploads itself."""
+        request is sent once. A callable: the caller's policy (the Uploader's budget),
+        asked ``retry(request, error)`` after a failure that sending ``request`` alone
+        again may fix; it waits itself. A failure that a new upload may fix (an expired
+        signed URL, a ticket the site dropped) is raised as ``RemoteError``."""
         ...
 
     def delete_file(self, kind: Kind, cid: str, name: str, *, reason: str | None = None) -> Json:

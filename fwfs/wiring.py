@@ -31,7 +31,7 @@ from fwfs.config import (
     tls_verify_from_env,
 )
 from fwfs.errors import FwfsError
-from fwfs.fs import FlywheelFS, check_spool
+from fwfs.fs import FlywheelFS, RetryPolicy, check_spool
 from fwfs.fuse_ops import FuseOperations, mount
 from fwfs.options import option
 from fwfs.site import SiteClient
@@ -209,7 +209,8 @@ def serve(
     if site.site_config is not None:
         client.note_site_config(*site.site_config)
     try:
-        fs = FlywheelFS(_as_site(client), config, site.user_id)
+        retry = RetryPolicy.from_config(site.config)
+        fs = FlywheelFS(_as_site(client), config, site.user_id, upload_retry=retry)
     except FwfsError as err:
         log.error("cannot mount %s: %s", mountpoint, err)
         client.close()

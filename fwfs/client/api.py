@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, Final
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import requests
@@ -20,7 +21,7 @@ from fwfs.client.signed import (
     ProbeResult,
     _signed_lifetime,
 )
-from fwfs.client.transport import Transport
+from fwfs.client.transport import Again, Transport
 from fwfs.client.wire import (
     _CONFIG_TTL,
     _FILE_HEADERS,
@@ -429,15 +430,20 @@ class FlywheelClient(Transport):
         *,
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, Any] | None = None,
-        retry: bool = True,
+        retry: bool | Callable[[str, Exception], bool] = True,
     ) -> list[Json]:
         """Upload ``size`` bytes from ``fileobj``'s current position; returns the file list.
 
         Like the SDK, asks ``/config`` first and uses the signed-URL ticket flow when the
-        site offers it, else one streamed multipart POST. ``retry=False`` sends each
-        request of the upload once and raises its failure at once: for a caller that
-        retries whole uploads under its own policy (the Uploader), so that the two never
-        multiply. With ``retry`` each request is retried as `Transport` says.
+        site offers it, else one streamed multipart POST. ``retry=True``: each request is
+        retried as `Transport` says. A callable ``retry(request, error)``: the caller's
+        budget (the Uploader's `SendBudget.again`) decides alone; after a failure that
+        sending the request again may fix (5xx, 429, dropped connections, read timeouts;
+        POSTs included, since the caller would otherwise send them again with the whole
+        upload) it is asked with a name for the request ("PUT part 2", "finish", ...) and
+        waits itself; True sends that request alone again. ``retry=False`` sends each
+        request once. Storage refusing a signed URL, or the site no longer knowing the
+        ticket, raises ``RemoteError`` (EIO): a new upload, with a new ticket, may succeed.
         """
         if size < 0 or any(c in content_type for c in "\r\n"):
             raise InvalidArgument("invalid upload size or content type")
@@ -448,9 +454,9 @@ class FlywheelClient(Transport):
             # Retries rewind the source, so it must be seekable; and OSErrors with no
             # errno must never reach the FUSE layer.
             raise InvalidArgument("upload source must be a seekable file") from None
-        once = not retry
-        if self._signed_uploads(once):
-            return self._upload_signed(kind, path, name, fileobj, start, size, metadata, once)
+        budget = _Budget(retry)
+        if self._signed_uploads(budget):
+            return self._upload_signed(kind, path, name, fileobj, start, size, metadata, budget)
         boundary = uuid.uuid4().hex
         head = b""
         if metadata is not None:
@@ -466,7 +472,13 @@ class FlywheelClient(Transport):
         body = _StreamBody([head, (fileobj, start, size), f"\r\n--{boundary}--\r\n".encode()])
         content = f"multipart/form-data; boundary={boundary}"
         return self._json_call(
-            "POST", path, data=body, content_type=content, expect=list, once=once
+            "POST",
+            path,
+            data=body,
+            content_type=content,
+            expect=list,
+            idempotent=budget.idempotent,
+            again=budget.for_request("POST upload"),
         )
 
     def prepare_upload(self) -> None:
@@ -497,7 +509,7 @@ class FlywheelClient(Transport):
             return cached[0]
         return None
 
-    def _signed_uploads(self, once: bool = False) -> bool:
+    def _signed_uploads(self, budget: _Budget | None = None) -> bool:
         """Whether the site wants the signed-URL flow. Asked once per client and remembered
         for a few minutes: `cp -r` of a thousand files should not ask a thousand times."""
         with self._mode_lock:
@@ -508,7 +520,8 @@ class FlywheelClient(Transport):
         if fresh is not None:
             return fresh
         now = time.monotonic()
-        signed = _signed_mode(self._json_call("GET", "/config", expect=dict, once=once))
+        again = budget.for_request("GET /config") if budget is not None else None
+        signed = _signed_mode(self._json_call("GET", "/config", expect=dict, again=again))
         self._upload_mode = (signed, now)
         return signed
 
@@ -527,13 +540,19 @@ class FlywheelClient(Transport):
         start: int,
         size: int,
         metadata: Mapping[str, Any] | None,
-        once: bool,
+        budget: _Budget,
     ) -> list[Json]:
         # setdefault semantics as in the SDK: the caller's metadata wins; size 0 is omitted.
         meta = {"name": name, **({"size": size} if size else {}), **(metadata or {})}
         ticket_body = {"metadata": [meta] if kind == "analysis" else meta, "filenames": [name]}
         ticket = self._json_call(
-            "POST", path, params={"ticket": ""}, body=ticket_body, expect=dict, once=once
+            "POST",
+            path,
+            params={"ticket": ""},
+            body=ticket_body,
+            expect=dict,
+            idempotent=budget.idempotent,
+            again=budget.for_request("POST ticket"),
         )
         token, urls, headers = ticket.get("ticket"), ticket.get("urls"), ticket.get("headers")
         targets = urls.get(name) if isinstance(urls, dict) else None
@@ -549,16 +568,23 @@ class FlywheelClient(Transport):
         ):
             raise RemoteError.for_request("POST", self._base_path + path, "malformed ticket")
         extra = {str(k): str(v) for k, v in (headers or {}).items()}
-        multipart = self._put_parts(targets, extra, fileobj, start, size, once)
-        return self._json_call(
-            "POST",
-            path,
-            params={"ticket": token},
-            body={"multipart": multipart} if multipart else None,
-            content_type="application/json",
-            expect=list,
-            once=once,
-        )
+        multipart = self._put_parts(targets, extra, fileobj, start, size, budget)
+        try:
+            return self._json_call(
+                "POST",
+                path,
+                params={"ticket": token},
+                body={"multipart": multipart} if multipart else None,
+                content_type="application/json",
+                expect=list,
+                idempotent=budget.idempotent,
+                again=budget.for_request("POST finish"),
+            )
+        except FwfsError as exc:
+            if exc.status not in _TICKET_GONE:
+                raise
+            why = f"the site no longer knows the upload ticket ({exc}); a new one may do"
+            raise RemoteError.for_request("POST", self._base_path + path, why) from exc
 
     def _put_parts(
         self,
@@ -567,7 +593,7 @@ class FlywheelClient(Transport):
         fileobj: BinaryIO,
         start: int,
         size: int,
-        once: bool,
+        budget: _Budget,
     ) -> Json | None:
         """PUT each signed URL its slice of the file; return S3 multipart info if any."""
         is_s3 = ".s3." in urls[0] or ".amazonaws." in urls[0]
@@ -584,16 +610,24 @@ class FlywheelClient(Transport):
             body = _StreamBody([(fileobj, start + offset, length)]) if length else b""
             # Signed URLs carry credentials in their path or query: show only the host.
             display = f"<signed URL on {urlsplit(url).hostname}> part {number + 1}/{len(urls)}"
-            etag = self._request(
-                "PUT",
-                url,
-                display=display,
-                data=body,
-                headers=headers,
-                signed=True,
-                once=once,
-                consume=lambda resp: resp.headers.get("ETag"),
-            )
+            try:
+                etag = self._request(
+                    "PUT",
+                    url,
+                    display=display,
+                    data=body,
+                    headers=headers,
+                    signed=True,
+                    again=budget.for_request(f"PUT part {number + 1}"),
+                    consume=lambda resp: resp.headers.get("ETag"),
+                )
+            except FwfsError as exc:
+                if exc.status not in _URL_REFUSED:
+                    raise
+                # Not the user's permission: the URL expired or was revoked, which the
+                # next ticket's URLs fix. EIO, so the Uploader starts again.
+                why = f"storage refused the signed URL ({exc}); a new ticket may do"
+                raise RemoteError.for_request("PUT", display, why) from exc
             if is_s3:
                 if not etag:
                     raise RemoteError.for_request("PUT", display, "no ETag in the response")
@@ -602,3 +636,32 @@ class FlywheelClient(Transport):
         if is_s3 and etags and upload_id:
             return {"e_tags": etags, "upload_id": upload_id[0]}
         return None
+
+
+# Storage refusing a signed URL (expired, revoked, signature no longer valid), and the
+# site's answers to a finish POST for a ticket it dropped (expired, or finished already).
+_URL_REFUSED: Final = frozenset({400, 401, 403, 404})
+_TICKET_GONE: Final = frozenset({404, 410})
+
+
+def _never(error: FwfsError) -> bool:
+    return False
+
+
+class _Budget:
+    """``upload_file``'s ``retry`` for each of its requests."""
+
+    def __init__(self, retry: bool | Callable[[str, Exception], bool]) -> None:
+        self._retry = retry
+        # A caller that retries whole uploads would send these POSTs again anyway.
+        self.idempotent = True if callable(retry) else None
+
+    def for_request(self, request: str) -> Again | None:
+        """The ``again`` of `Transport._request` for ``request``: None for the
+        transport's own retries."""
+        retry = self._retry
+        if retry is True:
+            return None
+        if retry is False:
+            return _never
+        return functools.partial(retry, request)

@@ -55,6 +55,9 @@ from fwfs.errors import (
 
 log = logging.getLogger("fwfs.client")
 
+# A caller's retry policy for one request: may it be sent again after this failure?
+Again = Callable[[FwfsError], bool]
+
 
 class Transport:
     """Thin, typed access to the Flywheel REST API. Returns plain JSON dicts and lists.
@@ -230,7 +233,7 @@ class Transport:
         data: _StreamBody | None = None,
         content_type: str | None = None,
         idempotent: bool | None = None,
-        once: bool = False,
+        again: Again | None = None,
     ) -> _J:
         headers = {"Content-Type": content_type} if content_type else None
         return self._request(
@@ -242,7 +245,7 @@ class Transport:
             json_body=body,
             data=data,
             idempotent=idempotent,
-            once=once,
+            again=again,
             consume=_json_reader(expect, allow_empty),
         )
 
@@ -262,13 +265,15 @@ class Transport:
         passthrough: frozenset[int] = frozenset(),
         keep_open: bool = False,
         allow_redirects: bool = True,
-        once: bool = False,
+        again: Again | None = None,
     ) -> _T:
         """Send with retries and hand the response to ``consume``; failures are FwfsError.
 
         ``display`` is what logs and errors show instead of the URL: it never contains a
-        query string, so tickets and signatures stay out of both. ``once``: no retry here,
-        for a caller whose own policy retries (an upload: see ``upload_file``).
+        query string, so tickets and signatures stay out of both. ``again``: the caller's
+        policy instead of this one (an upload: see ``upload_file``); a failure that a
+        retry could fix is sent again only when ``again(error)`` says so (it waits itself),
+        any other is raised at once.
         """
         retry_ok = method in _IDEMPOTENT if idempotent is None else idempotent
         started = self._clock()
@@ -295,8 +300,11 @@ class Transport:
                 )
             except _Failed as failed:
                 error = failed.error
-                retry = failed.retry and not once
-                if retry and self._pause(attempt, started, failed.retry_after, str(error)):
+                if failed.retry and (
+                    again(error)
+                    if again is not None
+                    else self._pause(attempt, started, failed.retry_after, str(error))
+                ):
                     continue
                 if attempt > 1:
                     error.args = (f"{error.args[0]} (gave up after {attempt} attempts)",)

@@ -57,7 +57,7 @@ from fwfs.fs.writes import Pending, WriteHandle, Writes, is_write
 from fwfs.models import FileInfo
 from fwfs.rangedfile import RangedReader, ReadConfig
 from fwfs.site import SiteClient
-from fwfs.uploads import Spool
+from fwfs.uploads import RetryPolicy, Spool
 
 log = logging.getLogger("fwfs.fs")
 
@@ -205,6 +205,8 @@ class FlywheelFS:
         config: MountConfig,
         user_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        upload_retry: RetryPolicy | None = None,
     ) -> None:
         self.client = client
         self.config = config
@@ -253,7 +255,9 @@ class FlywheelFS:
             if config.spool_dir is None:
                 raise InvalidArgument("a writable mount needs a spool directory")
             spool = Spool(config.spool_dir)
-            self.writes = Writes(client, config, self.tree, self.lookup, spool, user_id)
+            self.writes = Writes(
+                client, config, self.tree, self.lookup, spool, user_id, retry=upload_retry
+            )
 
     def _writes(self) -> Writes:
         if self.writes is None:

@@ -42,6 +42,7 @@ from fwfs.site import SiteClient
 from fwfs.uploads import (
     RecoveryReport,
     RetryPolicy,
+    SendBudget,
     Spool,
     StagedFile,
     Uploader,
@@ -327,10 +328,12 @@ class Writes:
                 self._uploaded.add(file_id)
         self.tree.forget(p.parent)
 
-    def _upload(self, target: UploadTarget, fileobj: BinaryIO, size: int) -> Json:
-        # Sent once per attempt: the Uploader's RetryPolicy is the one retry of an upload.
+    def _upload(
+        self, target: UploadTarget, fileobj: BinaryIO, size: int, budget: SendBudget
+    ) -> Json:
+        # The close()'s one budget decides every resend, in the client as in the Uploader.
         files = self.client.upload_file(
-            target.kind, target.cid, target.name, fileobj, size, retry=False
+            target.kind, target.cid, target.name, fileobj, size, retry=budget.again
         )
         for doc in files:
             if doc.get("name") == target.name:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
@@ -255,7 +255,7 @@ class FaultyClient:
         *,
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, Any] | None = None,
-        retry: bool = True,
+        retry: bool | Callable[[str, Exception], bool] = True,
     ) -> list[Json]:
         self._before("upload_file", name, kind, cid)
         return self.inner.upload_file(

@@ -17,7 +17,7 @@ from fwfs.uploads.journal import (
     uploads_running,
 )
 from fwfs.uploads.recovery import Outcome, PendingUpload, RecoveryReport
-from fwfs.uploads.retry import RetryPolicy
+from fwfs.uploads.retry import RetryPolicy, SendBudget
 from fwfs.uploads.spool import (
     Commit,
     Spool,
@@ -37,6 +37,7 @@ __all__ = [
     "PendingUpload",
     "RecoveryReport",
     "RetryPolicy",
+    "SendBudget",
     "Spool",
     "SpoolBusy",
     "SpoolFull",

@@ -70,10 +70,12 @@ from fwfs.uploads.journal import (
     check_transition,
     local_error,
 )
+from fwfs.uploads.retry import SendBudget
 
 log = logging.getLogger("fwfs.uploads")
 
-UploadFn = Callable[[UploadTarget, BinaryIO, int], Json]
+# (target, the staged bytes, their size, the close()'s budget) -> the file's JSON.
+UploadFn = Callable[[UploadTarget, BinaryIO, int, SendBudget], Json]
 
 _COPY_CHUNK = 1 << 20
 

@@ -30,13 +30,14 @@ log = logging.getLogger("fwfs.uploads")
 class Uploader:
     """Uploads staged files through ``upload_fn`` and keeps every failure's bytes.
 
-    ``upload_fn(target, fileobj, size) -> file JSON`` reads ``size`` bytes from ``fileobj``
-    (a fresh read-only file, at offset 0, on each attempt), sends each request once, and
-    raises ``FwfsError`` on failure. ``RemoteError`` (EIO: 5xx, dropped connections, bad
-    bodies) is retried as ``retry`` says (3 attempts in all, waiting 1 s, then 2 s); any
-    other ``FwfsError`` (EACCES, EEXIST, EINVAL, EFBIG...) is final at once. Anything else
-    ``upload_fn`` raises is a bug: logged with its traceback, final, EIO. ``sleep`` waits
-    between attempts.
+    ``upload_fn(target, fileobj, size, budget) -> file JSON`` reads ``size`` bytes from
+    ``fileobj`` (a fresh read-only file, at offset 0, on each try), sends a request again
+    only as ``budget`` (a `SendBudget`) allows, and raises ``FwfsError`` on failure.
+    ``RemoteError`` (EIO: 5xx, dropped connections, bad bodies, a refused signed URL)
+    starts the upload again while the budget allows (``retry``: each request sent at most
+    3 times in all, waiting 1 s, then 2 s); any other ``FwfsError`` (EACCES, EEXIST,
+    EINVAL, EFBIG...) is final at once. Anything else ``upload_fn`` raises is a bug: logged
+    with its traceback, final, EIO. ``sleep`` waits before a resend.
     """
 
     def __init__(
@@ -116,27 +117,20 @@ class Uploader:
     def send(
         self, target: UploadTarget, data: Path, size: int, note_attempt: Callable[[], None]
     ) -> Json:
-        """The one retry loop of an upload: ``data``'s first ``size`` bytes to ``target``,
-        tried as ``retry`` says; ``note_attempt`` is called before each attempt."""
-        for attempt in range(1, self.retry.attempts + 1):
+        """The upload of ``data``'s first ``size`` bytes to ``target`` under one
+        `SendBudget` of ``retry``: ``upload_fn`` retries a failed request in place from it,
+        and a ``RemoteError`` it raises starts the whole upload again while the budget
+        allows. ``note_attempt`` is called before each try of the whole upload."""
+        budget = self.retry.budget(target.path, self.sleep)
+        while True:
             note_attempt()
             try:
                 fd = os.open(data, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 with open(fd, "rb") as fileobj:
-                    return self._upload_fn(target, fileobj, size)
+                    return self._upload_fn(target, fileobj, size, budget)
             except RemoteError as error:
-                if attempt == self.retry.attempts:
+                if not budget.restart(error):
                     raise
-                delay = self.retry.delay(attempt)
-                log.info(
-                    "upload of %r failed (%s); attempt %d of %d in %.1f s",
-                    target.path,
-                    error,
-                    attempt + 1,
-                    self.retry.attempts,
-                    delay,
-                )
-                self.sleep(delay)
             except FwfsError:
                 raise
             except OSError as exc:
@@ -144,7 +138,6 @@ class Uploader:
             except Exception as exc:
                 log.exception("upload of %r raised an unexpected error", target.path)
                 raise FwfsError(f"upload of {target.path!r} failed: {exc!r}") from exc
-        raise AssertionError("unreachable: attempts >= 1")
 
     # Internals.
 

@@ -28,6 +28,7 @@ from fwfs.uploads import (
     ALLOWED,
     IllegalTransition,
     RetryPolicy,
+    SendBudget,
     Spool,
     State,
     Uploader,
@@ -48,7 +49,9 @@ class Site:
         self.got: list[bytes] = []
         self.fail, self.error = fail, error
 
-    def __call__(self, target: UploadTarget, fileobj: BinaryIO, size: int) -> Json:
+    def __call__(
+        self, target: UploadTarget, fileobj: BinaryIO, size: int, budget: SendBudget
+    ) -> Json:
         data = fileobj.read(size)
         if self.fail > 0:
             self.fail -= 1
@@ -246,7 +249,7 @@ KILL_IN_STATE = textwrap.dedent(
     spool = Spool(root)
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
-    def site(target, fileobj, size):
+    def site(target, fileobj, size, budget):
         fileobj.read(size)
         if state == "failed":
             raise PermissionDenied("HTTP 403")
@@ -342,7 +345,7 @@ KILL_AT_STEP = textwrap.dedent(
         if counting[0] and steps[0] == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
     journal.fsync_dir = counted
-    def site(target, fileobj, size):
+    def site(target, fileobj, size, budget):
         data = fileobj.read(size)
         if fail:
             raise PermissionDenied("HTTP 403")

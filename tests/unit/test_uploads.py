@@ -40,6 +40,7 @@ from fwfs.errors import (
 from fwfs.models import Json
 from fwfs.uploads import (
     RetryPolicy,
+    SendBudget,
     Spool,
     SpoolBusy,
     StagedFile,
@@ -78,7 +79,9 @@ class FakeSite:
         self.error = error
         self.on_read = on_read
 
-    def __call__(self, target: UploadTarget, fileobj: BinaryIO, size: int) -> Json:
+    def __call__(
+        self, target: UploadTarget, fileobj: BinaryIO, size: int, budget: SendBudget
+    ) -> Json:
         digest = hashlib.sha256()
         kept = bytearray()
         got = 0
@@ -301,7 +304,7 @@ def test_final_failure_keeps_exact_bytes_in_recovery_and_says_where(
 
 
 def test_unexpected_exception_from_upload_is_eio_and_keeps_bytes(spool: Spool) -> None:
-    def broken(target: UploadTarget, fileobj: BinaryIO, size: int) -> Json:
+    def broken(target: UploadTarget, fileobj: BinaryIO, size: int, budget: SendBudget) -> Json:
         raise KeyError("bug")
 
     up = Uploader(spool, broken, sleep=lambda s: None)
@@ -598,7 +601,7 @@ CRASH = textwrap.dedent(
     if mode == "fsync":
         staged.fsync()
     elif mode in ("uploading", "sending"):
-        def upload(target, fileobj, n):
+        def upload(target, fileobj, n, budget):
             fileobj.read(n // 2)
             journal = spool.journal_path(staged.entry)
             deadline = time.monotonic() + 10
