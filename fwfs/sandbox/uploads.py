@@ -1,7 +1,10 @@
 """Uploads to the sandbox: multipart POST, and the signed-URL ticket flow of `/api/config`.
 
 Bodies stream to the spool directory with a running hash, so a 1 GiB upload costs the
-server constant memory. A `fail_uploads` counter lets tests make the next N uploads fail.
+server constant memory. Fault counters let tests make the next N uploads fail
+(`fail_uploads`), or the next N PUTs to a signed upload URL answer as a busy storage does
+(`fail_signed_puts`: 503) or as it does once the URL has expired (`refuse_signed_puts`:
+403); see `faults`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ from fwfs.sandbox.store import Container
 
 # Above this size a client that accepts multipart signed URLs gets several part URLs.
 _PART_THRESHOLD = 256 << 20
+
+# The faults of a signed PUT: what the storage answers.
+_SIGNED_FAULTS: dict[str, tuple[int, str]] = {
+    "fail_signed_puts": (503, "SlowDown: please reduce your request rate"),
+    "refuse_signed_puts": (403, "AccessDenied: request has expired"),
+}
 
 
 class _Spooled:
@@ -51,6 +60,8 @@ class UploadApi:
         self.store = site.store
         self._fault_lock = threading.Lock()
         self.fail_uploads = 0
+        # The counters of signed PUTs, by fault: `faults` sets them, each PUT takes one.
+        self.signed_faults = dict.fromkeys(_SIGNED_FAULTS, 0)
 
     def _should_fail(self) -> bool:
         with self._fault_lock:
@@ -58,6 +69,14 @@ class UploadApi:
                 self.fail_uploads -= 1
                 return True
         return False
+
+    def _signed_fault(self) -> str | None:
+        with self._fault_lock:
+            for name, left in self.signed_faults.items():
+                if left > 0:
+                    self.signed_faults[name] = left - 1
+                    return name
+        return None
 
     def _target(self, req: Request) -> Container:
         ctype = self.site.kind(req.params["kind"], allow_any=True)
@@ -244,6 +263,12 @@ class UploadApi:
             raise ApiError(403, "invalid upload URL")
         if part >= doc["files"][index]["parts"]:
             raise ApiError(400, "bad part number")
+        fault = self._signed_fault()
+        if fault is not None:
+            for _ in req.iter_body():  # read off, so the connection stays usable
+                pass
+            status, why = _SIGNED_FAULTS[fault]
+            raise ApiError(status, f"{why} (sandbox fault injection)")
         tmp = self._part_path(ticket, index, part).with_suffix(".tmp")
         with open(tmp, "wb") as fh:
             for chunk in req.iter_body():
@@ -283,13 +308,27 @@ class UploadApi:
     # ---- fault switch -----------------------------------------------------------------
 
     def faults(self, req: Request) -> Response:
-        """`POST /sandbox/faults {"fail_uploads": N}`: the next N uploads answer 503."""
+        """`POST /sandbox/faults {"fail_uploads": N}`: the next N uploads answer 503.
+        `{"fail_signed_puts": N}`, `{"refuse_signed_puts": N}`: the next N PUTs to signed
+        upload URLs answer 503, or 403 as for an expired URL (the former first).
+
+        The answer holds `fail_uploads`, and each signed-PUT counter that was asked
+        about or is not 0."""
         self.site.require_write(req)
         body = req.json()
-        if isinstance(body, dict) and "fail_uploads" in body:
-            with self._fault_lock:
+        if not isinstance(body, dict):
+            body = {}
+        with self._fault_lock:
+            if "fail_uploads" in body:
                 self.fail_uploads = int(body["fail_uploads"])
-        return Response.json({"fail_uploads": self.fail_uploads})
+            for name in _SIGNED_FAULTS:
+                if name in body:
+                    self.signed_faults[name] = int(body[name])
+            state: dict[str, int] = {"fail_uploads": self.fail_uploads}
+            state.update(
+                (name, left) for name, left in self.signed_faults.items() if left or name in body
+            )
+        return Response.json(state)
 
     def register(self, r: Router) -> None:
         r.add("POST", "/api/{kind}/{cid}/files", self.upload)
