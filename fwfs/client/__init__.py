@@ -6,9 +6,10 @@ same upload flows. The differences are deliberate: every failure becomes a typed
 ``FwfsError``, retries are bounded in wall time, and a ranged read never silently turns
 into a whole-file download.
 
-``api`` is the client the layers above use; ``wire`` what goes on the wire and how answers
-are read; ``session`` the requests session (key, TLS trust, pools); ``signed`` signed URLs
-and probes.
+``api`` is the client the layers above use; ``uploads`` its upload calls; ``transport``
+one request with its retries; ``wire`` what goes on the wire and how answers are read;
+``session`` the requests session (key, TLS trust, pools); ``signed`` signed URLs and
+probes.
 """
 
 from fwfs.client.api import FlywheelClient
