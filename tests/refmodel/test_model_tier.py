@@ -10,6 +10,7 @@ CI runs at least 10,000 steps; `FWFS_RELIABILITY=long` runs more, and shrinks a 
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 from refmachine import Figures, machine
-from refmodel import GROUP
+from refmodel import GROUP, zip_bytes
 from reftargets import ModelDriver
 
 LONG = os.environ.get("FWFS_RELIABILITY") == "long"
@@ -58,3 +59,37 @@ def test_flywheelfs_agrees_with_a_reference_model_of_the_site(
             print(f"\nreference model (model tier): {figures.summary()}")
     if "FWFS_REFMODEL_EXAMPLES" not in os.environ:
         assert figures.steps >= WANTED, f"{figures.steps} steps: raise EXAMPLES"
+
+
+# ---- what the model tier found ------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=FileNotFoundError,
+    reason="fwfs/fs/archived.py keeps an idle archive reader by (file_id, version), its "
+    "fetches bound to the container and name it was first opened at: after a move, a member "
+    "not in the block cache is read from the old place, 404, ENOENT",
+)
+def test_a_zip_moved_through_the_mount_reads_its_members_from_the_new_place(
+    start_site: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found by the model tier (a longer run, 200 steps per example): a zip written through
+    the filesystem, a member read, the zip moved to another container by rename, then (once
+    its blocks have left the cache, which `forget_bytes` stands for) the member at the new
+    path read ENOENT."""
+    site = start_site(demo=False)
+    fw = site.client()
+    fw.add_group(flywheel.Group(GROUP, "Regression"))
+    project = fw.get_group(GROUP).add_project(label="P")
+    project.add_subject(label="S")
+    members = {"a.txt": random.Random(1).randbytes(3000), "b.bin": random.Random(2).randbytes(9)}
+    target = ModelDriver(site, tmp_path / "spool", TTL)
+    try:
+        target.write_file(f"{GROUP}/P/m.zip", zip_bytes(members, compress=False))
+        assert target.read_file(f"{GROUP}/P/m.zip.d/a.txt") == members["a.txt"]
+        target.rename(f"{GROUP}/P/m.zip", f"{GROUP}/P/S/n.zip")
+        target.forget_bytes()
+        assert target.read_file(f"{GROUP}/P/S/n.zip.d/a.txt") == members["a.txt"]
+    finally:
+        target.shutdown()
