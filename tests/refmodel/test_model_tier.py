@@ -4,7 +4,9 @@ fault-injecting client (fwfs.testing.faults) and on a clock it advances instead 
 sleeping. The same machine drives a real mount in
 tests/mount/reliability/test_reference_model.py, with fewer steps.
 
-CI runs at least 10,000 steps; `FWFS_RELIABILITY=long` runs more, and shrinks a failure.
+CI runs at least 10,000 steps; `FWFS_RELIABILITY=long` runs more, with a random seed, and
+shrinks a failure. `FWFS_REFMODEL_EXAMPLES` and `FWFS_REFMODEL_STEPS` set the sizes (a quick
+look, or a hunt with longer examples).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ LONG = os.environ.get("FWFS_RELIABILITY") == "long"
 pytestmark = pytest.mark.timeout(7200 if LONG else 900)
 
 TTL = 10.0  # model seconds: free to wait, so long enough that a look seldom re-lists
-STEPS = 100  # per example, at most (Hypothesis ends some examples sooner)
+# Steps per example, at most (Hypothesis ends some examples sooner).
+STEPS = int(os.environ.get("FWFS_REFMODEL_STEPS", 100))
 EXAMPLES = int(os.environ.get("FWFS_REFMODEL_EXAMPLES", 600 if LONG else 130))
 WANTED = 10_000  # steps in all: the issue's bar
 LOOKS_PER_CHANGE = 4  # most steps look: a change costs SDK calls, a look a listing or two
@@ -57,7 +60,7 @@ def test_flywheelfs_agrees_with_a_reference_model_of_the_site(
         target.shutdown()
         with capsys.disabled():
             print(f"\nreference model (model tier): {figures.summary()}")
-    if "FWFS_REFMODEL_EXAMPLES" not in os.environ:
+    if not {"FWFS_REFMODEL_EXAMPLES", "FWFS_REFMODEL_STEPS"} & set(os.environ):
         assert figures.steps >= WANTED, f"{figures.steps} steps: raise EXAMPLES"
 
 
