@@ -84,13 +84,6 @@ def errno_of(call: Callable[[], Any]) -> int:
     return info.value.errno
 
 
-def assert_refused(expected: int, *calls: Callable[[], Any]) -> None:
-    """Each of `calls` fails with FwfsError `expected` (a failure names the call by its
-    place in the list, from 0)."""
-    for i, call in enumerate(calls):
-        assert errno_of(call) == expected, f"call {i}"
-
-
 def names(fs: FlywheelFS, path: str) -> set[str]:
     return {name for name, _attr in fs.readdir(path)}
 
@@ -119,12 +112,6 @@ def write_file(fs: FlywheelFS, path: str, data: bytes) -> None:
         fs.release(fh)
 
 
-def assert_on_site(scratch: Scratch, name: str, data: bytes, version: int) -> None:
-    """The acquisition holds `name` with these bytes, at this version (the SDK's view)."""
-    assert scratch.data(name) == data
-    assert scratch.files()[name].version == version
-
-
 def uploads(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The upload requests (`POST /api/<kind>/<id>/files`, any status) among log entries."""
     return [e for e in entries if e["method"] == "POST" and _UPLOAD.fullmatch(e["path"])]
@@ -132,11 +119,6 @@ def uploads(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def moves(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in entries if e["method"] == "POST" and _MOVE.fullmatch(e["path"])]
-
-
-def downloads(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Requests for file bytes (`GET .../files/<name>`)."""
-    return [e for e in entries if e["method"] == "GET" and "/files/" in e["path"]]
 
 
 def changes(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

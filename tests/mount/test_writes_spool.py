@@ -2,6 +2,9 @@
 and keep their bytes in recovery/; a daemon killed mid-upload or mid-write; `fwfs unmount`
 waits for uploads; one daemon per spool; a 1 GiB upload in flat memory.
 
+A failed close(), what recovery/ then holds and the next mount keeping it run in both
+tiers: tests/writes/test_write_files.py.
+
 The sandbox's fault switch (`POST /sandbox/faults {"fail_uploads": N}`) makes the next N
 uploads answer 503; fwfs tries an upload three times in all.
 """
@@ -62,44 +65,6 @@ def uploading(spool: Path) -> bool:
 
 
 # ---- a failed upload ----------------------------------------------------------------------
-
-
-def test_a_failed_upload_fails_close_and_keeps_the_bytes(scratch: Scratch, mount: Mount) -> None:
-    body = os.urandom(200_000)
-    mark = quiet_mark(scratch.site)
-    set_faults(scratch.site, 3)
-    fd = os.open(mount / ACQ / "lost.bin", os.O_WRONLY | os.O_CREAT, 0o644)
-    os.write(fd, body)
-    with pytest.raises(OSError) as info:
-        os.close(fd)
-    assert info.value.errno == errno.EIO
-    assert len(uploads(requests_since(scratch.site, mark))) == 3  # three attempts in all
-    assert "lost.bin" not in scratch.files(scratch.acquisition)
-    # The bytes are kept, with the target beside them, and the log says where. (They move
-    # to recovery/ at the release, which the kernel sends after close() has returned.)
-    wait_for(lambda: bool(recovery_entries(mount.spool)), what="lost.bin in recovery/")
-    [(record, data)] = recovery_entries(mount.spool)
-    assert data == body
-    assert record["target"]["name"] == "lost.bin"
-    assert record["target"]["cid"] == scratch.acquisition.id
-    [kept] = list((mount.spool / "recovery").glob("*.data"))
-    assert str(kept) in mount.log()
-
-
-def test_kept_bytes_are_not_uploaded_again_by_the_next_mount(
-    scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
-) -> None:
-    spool = tmp_path / "spool"
-    fail_into_recovery(
-        scratch, mount_site, spool, "kept.txt", b"the program was told this failed\n"
-    )
-    mark = quiet_mark(scratch.site)
-    second = with_spool(mount_site, scratch, spool)
-    assert os.listdir(second / ACQ) == ["scan.zip"]
-    [kept] = list((spool / "recovery").glob("*.data"))
-    wait_for(lambda: str(kept) in second.log(), what="the kept entry in the log")
-    assert uploads(requests_since(scratch.site, mark)) == []
-    assert kept.read_bytes() == b"the program was told this failed\n"
 
 
 def test_retry_failed_uploads_uploads_what_recovery_holds(
