@@ -58,20 +58,29 @@ _LOCAL_FIRST = ArchiveConfig(scan_members=0)
 _BULK_THREADS = _LOCAL_FIRST.bulk_parts + 1
 
 
+# Opens a ranged reader of an archive version: its FileInfo, and where the file is now.
+OpenRanged = Callable[[FileInfo, Callable[[], FileInfo] | None], RangedReader]
+
+
 @dataclass
 class _Reader:
     reader: ArchiveReader
+    # The archive as last listed: a reader is kept by version, which a move through the
+    # mount does not change, so its fetches ask this for the container and name.
+    archive: FileInfo
     users: int = 0
 
 
 class Archives:
-    """Guarded by `self._lock`: `_indexes` and `_readers`; no request is made holding it."""
+    """Guarded by `self._lock`: `_indexes` and `_readers` (a `_Reader.archive` is swapped
+    under it and read without it by fetches: one reference); no request is made holding
+    it."""
 
     def __init__(
         self,
         client: SiteClient,
         cache: BlockCache,
-        open_ranged: Callable[[FileInfo], RangedReader],
+        open_ranged: OpenRanged,
         index_entries: int = 256,
     ) -> None:
         self._client = client
@@ -101,7 +110,7 @@ class Archives:
         p = info.parent
         index: ZipIndex | None = None
         try:
-            with self._open_ranged(info) as reader:
+            with self._open_ranged(info, None) as reader:
                 central = read_directory(reader)
             index = ZipIndex.from_directory(central.infos, central.comment)
             with self._lock:
@@ -168,36 +177,49 @@ class Archives:
         key = archive.cache_key
         with self._lock:
             entry = self._readers.get(key)
-            if entry is None:
-                p = archive.parent
-
-                def fetch_member(path: str) -> bytes:
-                    return self._client.read_zip_member(
-                        p.kind,
-                        p.id,
-                        archive.name,
-                        path,
-                        version=archive.version,
-                        group=archive.file_group,
-                        file_id=archive.file_id,
-                    )
-
-                reader = ArchiveReader(
-                    key,
-                    archive.size,
-                    fetch_member,
-                    lambda: self._open_ranged(archive),
-                    self._cache,
-                    _LOCAL_FIRST,
-                    self._directories.pop(key, None),
-                    self._prefetch,
-                )
-                if key in self._site_served:
-                    reader.use_site_members()
-                entry = self._readers[key] = _Reader(reader)
+            if entry is not None:
+                entry.archive = archive
+            else:
+                entry = self._new_reader(archive)
+                self._readers[key] = entry
             entry.users += 1
             self._readers.move_to_end(key)
             return entry.reader
+
+    def _new_reader(self, archive: FileInfo) -> _Reader:
+        """A reader of `archive`'s version; the caller holds `self._lock`."""
+        key = archive.cache_key
+
+        def located() -> FileInfo:
+            return entry.archive
+
+        def fetch_member(path: str) -> bytes:
+            now = located()
+            p = now.parent
+            return self._client.read_zip_member(
+                p.kind,
+                p.id,
+                now.name,
+                path,
+                version=now.version,
+                group=now.file_group,
+                file_id=now.file_id,
+            )
+
+        reader = ArchiveReader(
+            key,
+            archive.size,
+            fetch_member,
+            lambda: self._open_ranged(archive, located),
+            self._cache,
+            _LOCAL_FIRST,
+            self._directories.pop(key, None),
+            self._prefetch,
+        )
+        if key in self._site_served:
+            reader.use_site_members()
+        entry = _Reader(reader, archive)
+        return entry
 
     def release(self, archive: FileInfo) -> None:
         closing: list[ArchiveReader] = []

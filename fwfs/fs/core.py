@@ -227,7 +227,11 @@ class FlywheelFS:
             max_window=window,
             max_request=min(window, 8 << 20),
         )
-        self.archives = Archives(client, self.cache, lambda info: self._ranged(info, stream=False))
+        self.archives = Archives(
+            client,
+            self.cache,
+            lambda info, locate: self._ranged(info, stream=False, locate=locate),
+        )
         # The next files of a directory a program reads in order: see fs/walkahead.py.
         self.walk = WalkAhead(
             config.walk_ahead,
@@ -485,27 +489,46 @@ class FlywheelFS:
 
     # ---- reading ----------------------------------------------------------------------
 
-    def _ranged(self, info: FileInfo, *, stream: bool = True) -> RangedReader:
+    def _ranged(
+        self,
+        info: FileInfo,
+        *,
+        stream: bool = True,
+        locate: Callable[[], FileInfo] | None = None,
+    ) -> RangedReader:
         """``stream``: on a site that ignores Range, read the file as one stream (a plain
         file); without it the reader raises the client's ``whole_file_only`` error (an
-        archive, which then asks the site for its index and members instead)."""
-        p, group, file_id = info.parent, info.file_group, info.file_id
+        archive, which then asks the site for its index and members instead).
+
+        ``locate``: where the file is now, asked at every fetch. A reader that outlives the
+        open that made it (an archive's, kept by file version) must follow the file when it
+        is moved: its version is the same, its container and name are not."""
+        where = locate if locate is not None else (lambda: info)
 
         def fetch(start: int, end: int) -> bytes:
+            now = where()
+            p = now.parent
             return self.client.read_range(
                 p.kind,
                 p.id,
-                info.name,
+                now.name,
                 start,
                 end,
                 version=info.version,
-                group=group,
-                file_id=file_id,
+                group=now.file_group,
+                file_id=info.file_id,
             )
 
         def whole() -> Iterator[bytes]:
+            now = where()
+            p = now.parent
             return self.client.stream_file(
-                p.kind, p.id, info.name, version=info.version, group=group, file_id=file_id
+                p.kind,
+                p.id,
+                now.name,
+                version=info.version,
+                group=now.file_group,
+                file_id=info.file_id,
             )
 
         return RangedReader(

@@ -67,20 +67,13 @@ def test_flywheelfs_agrees_with_a_reference_model_of_the_site(
 # ---- what the model tier found ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=FileNotFoundError,
-    reason="fwfs/fs/archived.py keeps an idle archive reader by (file_id, version), its "
-    "fetches bound to the container and name it was first opened at: after a move, a member "
-    "not in the block cache is read from the old place, 404, ENOENT",
-)
 def test_a_zip_moved_through_the_mount_reads_its_members_from_the_new_place(
     start_site: Callable[..., Any], tmp_path: Path
 ) -> None:
     """Found by the model tier (a longer run, 200 steps per example): a zip written through
     the filesystem, a member read, the zip moved to another container by rename, then (once
     its blocks have left the cache, which `forget_bytes` stands for) the member at the new
-    path read ENOENT."""
+    path read ENOENT: the kept archive reader fetched from the old place."""
     site = start_site(demo=False)
     fw = site.client()
     fw.add_group(flywheel.Group(GROUP, "Regression"))
