@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fwfs.fs import running_uploads
+from fwfs.uploads import uploads_running
 
 READY_TIMEOUT = 60.0
 
@@ -115,7 +115,7 @@ def unmount(mountpoint: Path, *, lazy: bool, timeout: float) -> int:
         if result.returncode == 0:
             break
         busy = "busy" in result.stderr.lower()
-        running = running_uploads(spool) if busy and spool is not None else 0
+        running = uploads_running(spool) if busy and spool is not None else 0
         if not running or time.monotonic() > deadline:
             sys.stderr.write(result.stderr)
             return result.returncode

@@ -31,10 +31,11 @@ from fwfs.config import (
     tls_verify_from_env,
 )
 from fwfs.errors import FwfsError
-from fwfs.fs import FlywheelFS, RetryPolicy, check_spool
+from fwfs.fs import FlywheelFS
 from fwfs.fuse_ops import FuseOperations, mount
 from fwfs.options import option
 from fwfs.site import SiteClient
+from fwfs.uploads import RetryPolicy, check_spool
 
 log = logging.getLogger("fwfs")
 

@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import BinaryIO, cast
 
 from fwfs import paths
@@ -47,7 +46,6 @@ from fwfs.uploads import (
     StagedFile,
     Uploader,
     UploadTarget,
-    uploads_running,
 )
 
 log = logging.getLogger("fwfs.writes")
@@ -582,16 +580,6 @@ def _raw_name(name: str, *, label: bool = False) -> str:
     if not raw or paths.escape(raw) != name or "\0" in raw or (not label and "/" in raw):
         raise InvalidArgument(f"{name!r} cannot be stored under that name")
     return raw
-
-
-def running_uploads(root: Path) -> int:
-    """Uploads in progress in the spool at `root`, as its journal shows them."""
-    return uploads_running(root)
-
-
-def check_spool(root: Path) -> None:
-    """Raises what a mount would meet using `root` (busy, another user's, not a dir)."""
-    Spool(root).close()
 
 
 def is_write(flags: int) -> bool:

@@ -25,6 +25,7 @@ from fwfs.uploads.spool import (
     SpoolFull,
     StagedFile,
     UploadFn,
+    check_spool,
 )
 from fwfs.uploads.uploader import Uploader
 
@@ -46,5 +47,6 @@ __all__ = [
     "UploadFn",
     "UploadTarget",
     "Uploader",
+    "check_spool",
     "uploads_running",
 ]

@@ -91,6 +91,11 @@ def _private_dir(path: Path, *, follow: bool) -> None:
     os.chmod(path, 0o700)
 
 
+def check_spool(root: Path) -> None:
+    """Raises what a mount would meet using `root` (busy, another user's, not a dir)."""
+    Spool(root).close()
+
+
 class Spool:
     """The staging area under ``root``; one per mount, held with an exclusive lock.
 

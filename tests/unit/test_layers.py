@@ -27,10 +27,12 @@ ALLOWED: dict[str, set[str]] = {
         "linux",
         "options",
         "site",
+        # The upload policy FlywheelFS is handed, and the spool checked before forking.
+        "uploads",
     },
     # The mount's process: readiness pipe, pid file, unmount and wait (the spool's journal
     # says whether uploads run).
-    "daemon": {"fs"},
+    "daemon": {"uploads"},
     # glibc and sysfs tuning, `-o` parsing: nothing of fwfs.
     "linux": set(),
     "fuse_ops": {"config", "errors", "fs", "fuse_compat"},
