@@ -3,12 +3,12 @@
 docs/SEMANTICS.md, *Writes*, in the model's terms, where only the model can show it: the
 flush and the release that a mount's close(2) is made of (the upload at the flush of the
 last writer, an empty file's at the release), the site's upload mode asked again, a reader
-across the upload, and a crashed daemon's files. The calls follow the FUSE adapter's
+across the upload, and a crashed daemon's synced file. The calls follow the FUSE adapter's
 protocol: create/open, write, flush (close(2): its error is the program's), release.
 
 The scenarios a mount shows alike (a file listed while written, new versions, fsync, the
-last writer, a failed upload kept for the next daemon) run in both tiers:
-tests/writes/test_write_files.py.
+last writer, a failed upload or a half-written file kept for the next daemon) run in both
+tiers: tests/writes/test_write_files.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import pytest
 from writekit import (
     MakeFs,
     Scratch,
-    changes,
     close,
     names,
     uploads,
@@ -173,21 +172,3 @@ def test_a_crashed_daemons_synced_file_is_uploaded_by_the_next(
     assert spool_entries(spool_dir, "journal") == []
     assert spool_entries(spool_dir, "recovery") == []
     assert "survivor.txt" in names(again, scratch.acq_path)
-
-
-def test_a_crashed_daemons_half_written_file_is_kept_not_uploaded(
-    scratch: Scratch, make_fs: MakeFs, spool_dir: Path
-) -> None:
-    site, path = scratch.site, f"{scratch.acq_path}/half.txt"
-    fs = make_fs()
-    assert fs.writes is not None
-    start_writing(fs, path, b"half of it")  # still being written when the daemon died
-    fs.writes.spool.close()
-
-    mark = site.quiet_mark()
-    _again, reports = next_daemon(make_fs)
-    assert [r.outcome for r in reports] == ["incomplete"]
-    assert reports[0].data_path is not None
-    assert reports[0].data_path.read_bytes() == b"half of it"
-    assert changes(site.requests_since(mark)) == []
-    assert "half.txt" not in scratch.files()

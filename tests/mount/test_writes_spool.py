@@ -2,8 +2,8 @@
 and keep their bytes in recovery/; a daemon killed mid-upload or mid-write; `fwfs unmount`
 waits for uploads; one daemon per spool; a 1 GiB upload in flat memory.
 
-A failed close(), what recovery/ then holds and the next mount keeping it run in both
-tiers: tests/writes/test_write_files.py.
+A failed close(), what recovery/ then holds and the next mount keeping it, and a file being
+written when the daemon died, run in both tiers: tests/writes/test_write_files.py.
 
 The sandbox's fault switch (`POST /sandbox/faults {"fail_uploads": N}`) makes the next N
 uploads answer 503; fwfs tries an upload three times in all.
@@ -11,7 +11,6 @@ uploads answer 503; fwfs tries an upload three times in all.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import os
@@ -133,29 +132,6 @@ def test_an_upload_cut_short_by_a_kill_is_finished_by_the_next_mount(
     assert scratch.read(scratch.acquisition, "crash.bin") == local.read_bytes()
     wait_for(lambda: "crash.bin" in second.log(), what="a log line about crash.bin")
     assert recovery_entries(spool) == []
-
-
-def test_a_file_being_written_when_the_daemon_died_goes_to_recovery(
-    scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
-) -> None:
-    spool = tmp_path / "spool"
-    first = with_spool(mount_site, scratch, spool)
-    fd = os.open(first / ACQ / "half.bin", os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, b"the first half\n")
-        first.kill()
-        first.proc.wait(timeout=10)
-    finally:
-        with contextlib.suppress(OSError):  # the daemon is gone: ENOTCONN
-            os.close(fd)
-    second = with_spool(mount_site, scratch, spool)
-    wait_for(lambda: bool(recovery_entries(spool)), what="half.bin in recovery/")
-    [(record, data)] = recovery_entries(spool)
-    assert data == b"the first half\n"
-    assert record["target"]["name"] == "half.bin"
-    [kept] = list((spool / "recovery").glob("*.data"))
-    wait_for(lambda: str(kept) in second.log(), what="the recovery path in the log")
-    assert "half.bin" not in scratch.files(scratch.acquisition)
 
 
 def test_one_daemon_per_spool_directory(

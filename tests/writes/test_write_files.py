@@ -1,17 +1,19 @@
 """docs/SEMANTICS.md, *Writes*: files, in both tiers (`[model]`: a FlywheelFS driven directly;
 `[mount]`: a real FUSE mount). A created file is listed while written and uploaded once at
 close, empty files too; only the last writer uploads; new versions (O_TRUNC, copy-on-write,
-O_APPEND, truncate); fsync uploads at once; a failed upload fails close() and keeps the
-bytes in recovery/.
+O_APPEND, truncate); fsync uploads at once; a failed upload fails close() and its bytes
+stay in recovery/, where the next daemon leaves them; so do those of a file being written
+when its daemon died.
 
 The SDK (`scratch.fw`) is the witness of what the site holds; the access log counts requests.
 What one tier alone can show stays in its own module: the model's flush/release split and
-crash recovery (tests/fs/test_fs_writes.py), the tools and the daemon's life
-(tests/mount/test_writes*.py).
+a synced file a crashed daemon left (tests/fs/test_fs_writes.py), the tools and the
+daemon's life (tests/mount/test_writes*.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -28,7 +30,7 @@ from mountkit import (
     wait_for,
 )
 from targets import ModelTarget, Target
-from tierkit import MakeTarget, Scratch, downloads, model_of, mount_of, stop
+from tierkit import MakeTarget, Scratch, crash, downloads, model_of, mount_of, stop
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -320,3 +322,35 @@ def test_a_failed_upload_fails_close_keeps_the_bytes_and_the_next_daemon_keeps_t
     assert uploads(requests_since(scratch.site, mark)) == []
     assert (spool / "recovery" / f"{entry}.data").read_bytes() == body
     assert "lost.bin" not in scratch.files(scratch.acquisition)
+
+
+def test_a_file_being_written_when_the_daemon_died_is_kept_not_uploaded(
+    scratch: Scratch, make_target: MakeTarget, tmp_path: Path
+) -> None:
+    p = scratch.paths
+    spool = tmp_path / "spool"
+    first = make_target(spool=spool)
+    fd = first.open(f"{p.acq}/half.bin", os.O_WRONLY | os.O_CREAT)
+    first.write(fd, b"the first half\n")
+    crash(first)  # still being written
+    if mount_of(first):
+        with contextlib.suppress(OSError):  # the daemon is gone: ENOTCONN
+            first.close(fd)
+
+    mark = quiet_mark(scratch.site)
+    second = make_target(spool=spool)
+    if fs := model_of(second):
+        assert fs.writes is not None
+        reports = fs.writes.recover()  # what a mount does as it starts
+        assert [r.outcome for r in reports] == ["incomplete"]
+        assert reports[0].data_path is not None
+        assert reports[0].data_path.read_bytes() == b"the first half\n"
+    wait_for(lambda: bool(recovery_entries(spool)), what="half.bin in recovery/")
+    [(record, data)] = recovery_entries(spool)
+    assert data == b"the first half\n"
+    assert record["target"]["name"] == "half.bin"
+    if mount := mount_of(second):
+        [kept] = list((spool / "recovery").glob("*.data"))
+        wait_for(lambda: str(kept) in mount.log(), what="the recovery path in the log")
+    assert changes(requests_since(scratch.site, mark)) == []
+    assert "half.bin" not in scratch.files(scratch.acquisition)

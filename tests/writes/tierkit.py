@@ -109,3 +109,14 @@ def stop(target: Target) -> None:
         assert done.returncode == 0, done.stderr
     elif isinstance(target, ModelTarget):
         target.fs.close()
+
+
+def crash(target: Target) -> None:
+    """The daemon behind `target` dies mid-write: no flush, no release; only the spool's lock
+    goes with the process (on a mount, open files then fail with ENOTCONN)."""
+    if isinstance(target, MountedTarget):
+        target.mount.kill()
+        target.mount.proc.wait(timeout=10)
+    elif isinstance(target, ModelTarget):
+        assert target.fs.writes is not None
+        target.fs.writes.spool.close()
