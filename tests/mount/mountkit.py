@@ -373,13 +373,13 @@ class Scratch:
     MEMBER = b"a zip member\n"
     REPORT = b"an analysis output\n"
 
-    def __init__(self, site: Any) -> None:
+    def __init__(self, site: Any, fw: Any = None, group: str = "g") -> None:
         import flywheel  # after tests/conftest.py has set the SDK's retry environment
 
         self.site = site
-        self.fw = fw = site.client()
-        fw.add_group(flywheel.Group("g", "Scratch"))
-        self.project = fw.get_group("g").add_project(label="P")
+        self.fw = fw = fw if fw is not None else site.client()
+        fw.add_group(flywheel.Group(group, "Scratch"))
+        self.project = fw.get_group(group).add_project(label="P")
         self.project.upload_file(flywheel.FileSpec("notes.txt", self.NOTES))
         self.subject = self.project.add_subject(label="sub-01")
         self.session = self.subject.add_session(label="ses-01")

@@ -4,8 +4,6 @@ target's `FlywheelFS`, for the few assertions only one tier can make."""
 
 from __future__ import annotations
 
-import io
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,23 +51,8 @@ class Scratch(mountkit.Scratch):
     which costs a site's start and stop per module, not per test. `paths` says where."""
 
     def __init__(self, site: Any, fw: Any, group: str) -> None:
-        import flywheel  # after tests/conftest.py has set the SDK's retry environment
-
-        self.site = site
-        self.fw = fw
         self.paths = Paths(group)
-        fw.add_group(flywheel.Group(group, "Scratch"))
-        self.project = fw.get_group(group).add_project(label="P")
-        self.project.upload_file(flywheel.FileSpec("notes.txt", self.NOTES))
-        self.subject = self.project.add_subject(label="sub-01")
-        self.session = self.subject.add_session(label="ses-01")
-        self.acquisition = self.session.add_acquisition(label="anat")
-        archive = io.BytesIO()
-        with zipfile.ZipFile(archive, "w") as zf:
-            zf.writestr("dir/a.txt", self.MEMBER)
-        self.acquisition.upload_file(flywheel.FileSpec("scan.zip", archive.getvalue()))
-        self.analysis = self.session.add_analysis(label="qc")
-        self.analysis.upload_output(flywheel.FileSpec("report.txt", self.REPORT))
+        super().__init__(site, fw, group)
 
 
 class MountedTarget(MountTarget):
