@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,24 @@ class Site:
     def authorization(self) -> str:
         """Ada's Authorization header value, as fwfs derives it from her key."""
         return parse_api_key(self.api_key)[1]
+
+    def set_faults(self, **switches: int) -> dict[str, int]:
+        """The sandbox's fault switches (`POST /sandbox/faults`, docs/SANDBOX.md), e.g.
+        `fail_uploads=3`: the next three uploads answer 503. Returns what is armed now;
+        raises SiteError if the site does not echo a switch as set."""
+        request = urllib.request.Request(
+            self.url + "/sandbox/faults",
+            data=json.dumps(switches).encode(),
+            headers={**self.headers(), "Content-Type": "application/json"},
+            method="POST",
+        )
+        verify = self.verify
+        context = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else None
+        with urllib.request.urlopen(request, timeout=10, context=context) as resp:
+            state: dict[str, int] = json.load(resp)
+        if any(state.get(name) != value for name, value in switches.items()):
+            raise SiteError(f"fault switches {switches} not armed: the site says {state}")
+        return state
 
     # ---- trust ------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import requests
 
 from fwfs.errors import FwfsError
 from fwfs.fs import FlywheelFS
@@ -130,15 +129,3 @@ def changes(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if e["method"] not in ("GET", "HEAD")
         and not (e["method"] == "POST" and e["path"] in _READS)
     ]
-
-
-def set_faults(site: Any, fail_uploads: int) -> None:
-    """The sandbox's fault switch: the next `fail_uploads` uploads answer 503."""
-    resp = requests.post(
-        site.url + "/sandbox/faults",
-        json={"fail_uploads": fail_uploads},
-        headers=site.headers(),
-        timeout=10,
-    )
-    resp.raise_for_status()
-    assert resp.json() == {"fail_uploads": fail_uploads}

@@ -21,7 +21,6 @@ from types import ModuleType
 from typing import Any, cast
 
 import pytest
-import requests
 
 from fwfs.testing import mounts
 from fwfs.testing.mounts import Mount, fusermount, is_mounted, mounted_paths
@@ -244,17 +243,6 @@ def denied_by_mode(expected: int) -> int:
     `expected` when root (the kernel lets root past mode bits), the kernel's EACCES for
     anyone else (`default_permissions`)."""
     return expected if ROOT else errno.EACCES
-
-
-def set_faults(site: Any, fail_uploads: int) -> None:
-    """The sandbox's fault switch: the next `fail_uploads` uploads answer 503."""
-    resp = requests.post(
-        site.url + "/sandbox/faults",
-        json={"fail_uploads": fail_uploads},
-        headers=site.headers(),
-        timeout=10,
-    )
-    assert resp.json() == {"fail_uploads": fail_uploads}
 
 
 # ---- writes: what reached the site ----------------------------------------------------------

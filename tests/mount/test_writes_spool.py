@@ -30,7 +30,6 @@ from mountkit import (
     quiet_mark,
     recovery_entries,
     requests_since,
-    set_faults,
     spool_journal,
     uploads,
     wait_for,
@@ -52,7 +51,7 @@ def fail_into_recovery(
     """On a mount spooling to `spool`: write `name` into ACQ with every upload attempt
     failing (close() fails), wait for its bytes in recovery/, then `fwfs unmount`."""
     mount = with_spool(mount_site, scratch, spool)
-    set_faults(scratch.site, 3)
+    scratch.site.set_faults(fail_uploads=3)
     with pytest.raises(OSError):
         (mount / ACQ / name).write_bytes(body)
     wait_for(lambda: bool(recovery_entries(mount.spool)), what=f"{name} in recovery/")
@@ -84,7 +83,7 @@ def test_retry_failed_uploads_uploads_what_recovery_holds(
 def test_a_failed_cp_exits_non_zero(scratch: Scratch, mount: Mount, tmp_path: Path) -> None:
     local = tmp_path / "scan.bin"
     local.write_bytes(os.urandom(100_000))
-    set_faults(scratch.site, 3)
+    scratch.site.set_faults(fail_uploads=3)
     done = subprocess.run(
         ["cp", str(local), str(mount / ACQ)], capture_output=True, timeout=60, check=False
     )
@@ -97,7 +96,7 @@ def test_a_failed_cp_exits_non_zero(scratch: Scratch, mount: Mount, tmp_path: Pa
 
 def test_an_upload_that_fails_twice_succeeds_the_third_time(scratch: Scratch, mount: Mount) -> None:
     mark = quiet_mark(scratch.site)
-    set_faults(scratch.site, 2)
+    scratch.site.set_faults(fail_uploads=2)
     (mount / ACQ / "third.txt").write_bytes(b"third time lucky\n")  # close() succeeds
     assert scratch.read(scratch.acquisition, "third.txt") == b"third time lucky\n"
     statuses = [e["status"] for e in uploads(requests_since(scratch.site, mark))]
@@ -115,14 +114,14 @@ def test_an_upload_cut_short_by_a_kill_is_finished_by_the_next_mount(
     first = with_spool(mount_site, scratch, spool)
     local = tmp_path / "crash.bin"
     local.write_bytes(os.urandom(300_000))
-    set_faults(scratch.site, 1000)  # every attempt fails: the upload is still running
+    scratch.site.set_faults(fail_uploads=1000)  # every attempt fails: the upload is still running
     writer = subprocess.Popen(["cp", str(local), str(first / ACQ)], stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: uploading(spool), what="an upload in progress")
         first.kill()
     finally:
         writer.wait(timeout=30)
-    set_faults(scratch.site, 0)
+    scratch.site.set_faults(fail_uploads=0)
     assert "crash.bin" not in scratch.files(scratch.acquisition)
     second = with_spool(mount_site, scratch, spool)
     wait_for(
@@ -154,7 +153,7 @@ def test_one_daemon_per_spool_directory(
 def test_unmount_waits_for_a_running_upload(scratch: Scratch, mount: Mount, tmp_path: Path) -> None:
     local = tmp_path / "late.bin"
     local.write_bytes(os.urandom(500_000))
-    set_faults(scratch.site, 2)  # two failures and backoffs: the upload takes seconds
+    scratch.site.set_faults(fail_uploads=2)  # two failures and backoffs: the upload takes seconds
     writer = subprocess.Popen(["cp", str(local), str(mount / ACQ)])
     try:
         wait_for(lambda: uploading(mount.spool), what="an upload in progress")
@@ -168,7 +167,7 @@ def test_unmount_waits_for_a_running_upload(scratch: Scratch, mount: Mount, tmp_
 
 
 def test_unmount_right_after_touch_keeps_the_empty_file(scratch: Scratch, mount: Mount) -> None:
-    set_faults(scratch.site, 1)  # one backoff: the release-time upload takes a second
+    scratch.site.set_faults(fail_uploads=1)  # one backoff: the release-time upload takes a second
     done = subprocess.run(
         [
             *("sh", "-c", 'touch "$1" && "$2" -m fwfs unmount "$3"', "sh"),

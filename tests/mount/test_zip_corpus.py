@@ -30,8 +30,8 @@ import numpy as np
 import pydicom
 import pytest
 import requests
-from mountkit import Mount, SiteTree, quiet_mark, requests_since
-from test_zip_members import demo_archive, errno_of, member_files
+from mountkit import Mount, SiteTree, errno_of, quiet_mark, requests_since
+from test_zip_members import demo_archive, member_files
 
 pytestmark = pytest.mark.timeout(90)
 

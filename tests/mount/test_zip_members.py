@@ -20,19 +20,11 @@ import flywheel
 import nibabel as nib
 import numpy as np
 import pytest
-from mountkit import Mount, SiteTree, quiet_mark, requests_since
+from mountkit import Mount, SiteTree, errno_of, quiet_mark, requests_since
 
 pytestmark = pytest.mark.timeout(90)
 
 SES = "flywheel/Anxiety Study/sub-01/ses-baseline"
-
-
-def errno_of(call: Callable[[], Any]) -> int:
-    with pytest.raises(OSError) as info:
-        call()
-    code = info.value.errno
-    assert code is not None
-    return code
 
 
 def demo_archive(tree: SiteTree) -> tuple[str, zipfile.ZipFile]:

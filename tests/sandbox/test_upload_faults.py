@@ -18,12 +18,12 @@ from typing import Any
 
 import flywheel
 import pytest
-import requests
 
 from fwfs.client import FlywheelClient
 from fwfs.config import ClientConfig, MountConfig
 from fwfs.errors import FwfsError
-from fwfs.fs import FlywheelFS, RetryPolicy
+from fwfs.fs import FlywheelFS
+from fwfs.uploads import RetryPolicy
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
 
@@ -60,15 +60,6 @@ def fs(signed_site: Any, tmp_path: Path) -> Iterator[FlywheelFS]:
     client.close()
 
 
-def set_faults(site: Any, **faults: int) -> dict[str, int]:
-    resp = requests.post(
-        site.url + "/sandbox/faults", json=faults, headers=site.headers(), timeout=10
-    )
-    resp.raise_for_status()
-    state: dict[str, int] = resp.json()
-    return state
-
-
 def write_and_close(fs: FlywheelFS, path: str, data: bytes) -> None:
     fh = fs.create(path).fh
     fs.write(fh, 0, data)
@@ -90,21 +81,21 @@ def sent(site: Any, mark: int) -> dict[str, int]:
 
 
 def test_the_fault_switch_says_what_is_armed(signed_site: Any) -> None:
-    assert set_faults(signed_site, fail_signed_puts=2) == {
+    assert signed_site.set_faults(fail_signed_puts=2) == {
         "fail_uploads": 0,
         "fail_signed_puts": 2,
     }
-    assert set_faults(signed_site, fail_signed_puts=0) == {
+    assert signed_site.set_faults(fail_signed_puts=0) == {
         "fail_uploads": 0,
         "fail_signed_puts": 0,
     }
-    assert set_faults(signed_site) == {"fail_uploads": 0}
+    assert signed_site.set_faults() == {"fail_uploads": 0}
 
 
 def test_a_put_storage_fails_once_is_sent_again_on_the_same_ticket(
     signed_site: Any, project_path: str, fs: FlywheelFS
 ) -> None:
-    set_faults(signed_site, fail_signed_puts=1)
+    signed_site.set_faults(fail_signed_puts=1)
     mark = signed_site.quiet_mark()
     write_and_close(fs, f"{project_path}/busy.bin", DATA)
     assert sent(signed_site, mark) == {"ticket": 1, "PUT 503": 1, "PUT 200": 1, "finish": 1}
@@ -116,7 +107,7 @@ def test_a_put_storage_fails_once_is_sent_again_on_the_same_ticket(
 def test_a_put_refused_as_expired_gets_a_new_ticket(
     signed_site: Any, project_path: str, fs: FlywheelFS
 ) -> None:
-    set_faults(signed_site, refuse_signed_puts=1)
+    signed_site.set_faults(refuse_signed_puts=1)
     mark = signed_site.quiet_mark()
     write_and_close(fs, f"{project_path}/expired.bin", DATA)
     assert sent(signed_site, mark) == {"ticket": 2, "PUT 403": 1, "PUT 200": 1, "finish": 1}
@@ -127,7 +118,7 @@ def test_a_put_refused_as_expired_gets_a_new_ticket(
 def test_a_storage_that_never_stores_fails_the_close_after_three_puts(
     signed_site: Any, project_path: str, fs: FlywheelFS
 ) -> None:
-    set_faults(signed_site, fail_signed_puts=10)
+    signed_site.set_faults(fail_signed_puts=10)
     try:
         mark = signed_site.quiet_mark()
         with pytest.raises(FwfsError) as info:
@@ -135,7 +126,7 @@ def test_a_storage_that_never_stores_fails_the_close_after_three_puts(
         assert info.value.errno == errno.EIO
         assert sent(signed_site, mark) == {"ticket": 1, "PUT 503": 3}
     finally:
-        left = set_faults(signed_site, fail_signed_puts=0)
+        left = signed_site.set_faults(fail_signed_puts=0)
     assert left["fail_signed_puts"] == 0
     assert fs.writes is not None
     [kept] = list(fs.writes.spool.recovery.glob("*.data"))

@@ -25,7 +25,6 @@ from mountkit import (
     quiet_mark,
     recovery_entries,
     requests_since,
-    set_faults,
     uploads,
     wait_for,
 )
@@ -277,7 +276,7 @@ def test_a_failed_upload_fails_close_keeps_the_bytes_and_the_next_daemon_keeps_t
     target = make_target(spool=spool)
     body = os.urandom(200_000)
     mark = quiet_mark(scratch.site)
-    set_faults(scratch.site, 3)  # every one of the uploader's three attempts fails
+    scratch.site.set_faults(fail_uploads=3)  # every one of the uploader's three attempts fails
     fd = target.open(f"{p.acq}/lost.bin", os.O_WRONLY | os.O_CREAT)
     target.write(fd, body)
     assert errno_of(lambda: target.close(fd)) == errno.EIO

@@ -34,7 +34,7 @@ from typing import Any
 
 import flywheel
 import pytest
-from mountkit import Mount, root_conftest, start_mount, stop_mount
+from mountkit import Mount, errno_of, root_conftest, start_mount, stop_mount
 from test_zip_corpus import BROKEN, broken_zip
 
 pytestmark = pytest.mark.timeout(120)
@@ -292,14 +292,6 @@ def bad(
     mount = start_mount(site, tmp_path_factory.mktemp("bad-mount"))
     request.addfinalizer(lambda: stop_mount(mount))
     yield BadSite(site, site.client(), mount, ids, zips, file_ids)
-
-
-def errno_of(call: Callable[[], Any]) -> int:
-    with pytest.raises(OSError) as info:
-        call()
-    code = info.value.errno
-    assert code is not None
-    return code
 
 
 def healthy(mount: Mount) -> None:
