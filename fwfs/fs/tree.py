@@ -87,7 +87,6 @@ class Tree:
     ) -> None:
         self._client = client
         self._ttl = ttl
-        self._negative_ttl = negative_ttl
         self._clock = clock
         self._prefetch = prefetch
         self._prefetch_limit = max(1, prefetch_limit)
@@ -103,14 +102,20 @@ class Tree:
         self._lock = threading.Lock()
         self._listings: dict[tuple[str, ...], Listing] = {}
         self._inflight: dict[tuple[str, ...], threading.Event] = {}
-        self._negative: dict[tuple[tuple[str, ...], str], float] = {}
+        # Names the site said are not there (a lookup of an unlisted name), for a moment.
+        self._negative: TTLCache[tuple[tuple[str, ...], str], bool] = TTLCache(
+            math.inf, negative_ttl, timer=clock
+        )
         # `<id:…>` containers found by lookup while not in their parent's listing.
-        self._aliases: dict[tuple[tuple[str, ...], str], tuple[Dir, float]] = {}
+        self._aliases: TTLCache[tuple[tuple[str, ...], str], Dir] = TTLCache(
+            math.inf, ttl, timer=clock
+        )
         # Per listing key, when this mount last changed that directory: a listing fetched
         # (or prefilled) before then is stale even within its TTL.
-        self._changed: dict[tuple[str, ...], float] = {}
-        # Full JSON of entries whose listing lacked metadata (`details`), with when fetched.
-        self._details: dict[tuple[str, ...], tuple[Json, float]] = {}
+        # A change older than the TTL outdates no listing that is still fresh, so it may go.
+        self._changed: TTLCache[tuple[str, ...], float] = TTLCache(math.inf, ttl, timer=clock)
+        # Full JSON of entries whose listing lacked metadata (`details`), for the TTL.
+        self._details: TTLCache[tuple[str, ...], Json] = TTLCache(math.inf, ttl, timer=clock)
 
     # ---- lookup -----------------------------------------------------------------------
 
@@ -141,13 +146,11 @@ class Tree:
         # Not listed (yet): ask the site once per TTL, and remember a miss for a moment.
         key = (parent.key, element)
         with self._lock:
-            now = self._clock()
-            until = self._negative.get(key)
-            if until is not None and until > now:
+            if key in self._negative:
                 raise NotFound(f"no container {cid} here")
             hit = self._aliases.get(key)
-            if hit is not None and now - hit[1] < self._ttl:
-                return hit[0]
+            if hit is not None:
+                return hit
         try:
             try:
                 node = self._resolve_alias(parent, element)
@@ -158,15 +161,10 @@ class Tree:
                 raise NotFound(f"no group {element} readable here") from None
         except NotFound:
             with self._lock:
-                now = self._clock()
-                # Forget expired misses, so the map cannot grow without bound.
-                self._negative = {k: t for k, t in self._negative.items() if t > now}
-                self._negative[key] = now + self._negative_ttl
+                self._negative[key] = True
             raise
         with self._lock:
-            now = self._clock()
-            self._aliases = {k: v for k, v in self._aliases.items() if now - v[1] < self._ttl}
-            self._aliases[key] = (node, now)
+            self._aliases[key] = node
         return node
 
     def _resolve_alias(self, parent: Dir, element: str) -> Dir:
@@ -215,14 +213,11 @@ class Tree:
             return raw
         with self._lock:
             hit = self._details.get(key)
-            if hit is not None and self._clock() - hit[1] < self._ttl:
-                return hit[0]
+        if hit is not None:
+            return hit
         doc = fetch()
         with self._lock:
-            now = self._clock()
-            if len(self._details) > 4096:
-                self._details = {k: v for k, v in self._details.items() if now - v[1] < self._ttl}
-            self._details[key] = (doc, now)
+            self._details[key] = doc
         return doc
 
     # ---- listings ---------------------------------------------------------------------
@@ -335,12 +330,8 @@ class Tree:
         """This mount changed `node` (an upload, a new child, a rename): list it again on
         next use, even if a listing started before the change is still in flight."""
         with self._lock:
-            now = self._clock()
             self._listings.pop(node.key, None)
-            if len(self._changed) > 4096:
-                # A change older than the TTL outdates no listing that is still fresh.
-                self._changed = {k: t for k, t in self._changed.items() if now - t < self._ttl}
-            self._changed[node.key] = now
+            self._changed[node.key] = self._clock()
 
     def forget_container(self, cid: str) -> None:
         """As `forget`, by container id (uploads a previous run left, finished at mount)."""
