@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fwfs.testing.sites import Site, tail_text
@@ -228,6 +228,7 @@ def start_mount(
     mountpoint: Path | None = None,
     timeout: float = MOUNT_TIMEOUT,
     live: list[Mount] | None = None,
+    bare_env: Mapping[str, str] | None = None,
 ) -> Mount:
     """Run `python -m fwfs mount MP -f --log-file workdir/fwfs.log` with FWFS_API_KEY set
     (`key`, default the site's read-write one); return once the mount is listed.
@@ -237,7 +238,12 @@ def start_mount(
     user's. `read_only=True` adds `--read-only`. The new mount joins `live` (if given)
     before it is waited for, so that a watchdog over `live` covers a hung start too. Raises
     MountError, with the daemon's output and log, if it exits or never mounts (then it is
-    taken down)."""
+    taken down).
+
+    `bare_env`: the daemon gets exactly this environment on top of PATH and LANG (no
+    FWFS_API_KEY, no trust of the site's CA, no `--spool-dir` unless `args` names one), for
+    tests of what fwfs does with its environment: where the key comes from, the default
+    spool."""
     workdir.mkdir(parents=True, exist_ok=True)
     mp = mountpoint if mountpoint is not None else workdir / "mnt"
     mp.mkdir(parents=True, exist_ok=True)
@@ -249,7 +255,7 @@ def start_mount(
     spool = workdir / "spool"
     if "--spool-dir" in args:
         spool = Path(args[args.index("--spool-dir") + 1])
-    else:
+    elif bare_env is None:
         argv += ["--spool-dir", str(spool)]
     if read_only:
         argv.append("--read-only")
@@ -262,7 +268,10 @@ def start_mount(
     argv += args
     key = key if key is not None else site.api_key
     env = fwfs_env(key)
-    if site.ca_cert is not None:
+    if bare_env is not None:
+        env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", **bare_env}
+        key = bare_env.get("FWFS_API_KEY", key)  # what the error messages must not show
+    elif site.ca_cert is not None:
         # A private CA reaches the daemon the way a company CA reaches a user: through the
         # OS trust store (`Site.subprocess_env`), never FW_SSL_CERT_FILE or certifi.
         env = site.subprocess_env(env)

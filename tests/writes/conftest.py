@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from tierkit import MakeTarget, MountedTarget, Scratch  # noqa: E402
 from fwfs.client import FlywheelClient  # noqa: E402
 from fwfs.config import ClientConfig, MountConfig  # noqa: E402
 from fwfs.fs import FlywheelFS  # noqa: E402
+from fwfs.testing.mounts import Watchdog  # noqa: E402
 
 TIERS = ("model", "mount")
 
@@ -67,21 +67,9 @@ def _fuse_watchdog(request: pytest.FixtureRequest) -> Iterator[None]:
     timeout, so that a syscall stuck on a hung daemon returns and the test is reported."""
     marker = request.node.get_closest_marker("timeout")
     timeout = float(marker.args[0]) if marker and marker.args else 300.0
-    fired = threading.Event()
-
-    def fire() -> None:
-        fired.set()
-        for mount in list(LIVE):
-            mount.kill()
-
-    timer = threading.Timer(max(1.0, timeout - 5.0), fire)
-    timer.daemon = True
-    timer.start()
-    try:
+    with Watchdog(LIVE, timeout - 5.0) as watchdog:
         yield
-    finally:
-        timer.cancel()
-    assert not fired.is_set(), "the test hung on the mount: the watchdog killed fwfs"
+    assert not watchdog.fired.is_set(), "the test hung on the mount: the watchdog killed fwfs"
 
 
 @pytest.fixture(scope="module")

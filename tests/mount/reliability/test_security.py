@@ -25,7 +25,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +34,8 @@ import flywheel
 import pytest
 import requests
 from mountkit import LIVE, Mount, is_mounted, stop_mount
+
+from fwfs.testing.mounts import MountError, start_mount
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,21 +56,11 @@ def launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., M
         workdir: Path | None = None,
     ) -> Mount:
         workdir = workdir or tmp_path_factory.mktemp("secure-mount")
-        mp = workdir / "mnt"
-        mp.mkdir(exist_ok=True)
-        argv = [sys.executable, "-m", "fwfs", "mount", str(mp), "-f"]
-        argv += ["--log-file", str(workdir / "fwfs.log"), *args]
-        full_env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", **env}
-        with open(workdir / "stdout.txt", "wb") as out, open(workdir / "stderr.txt", "wb") as err:
-            proc = subprocess.Popen(argv, stdout=out, stderr=err, env=full_env, cwd=workdir)
-        mount = Mount(mp, proc, workdir, site, argv, workdir / "spool")
-        LIVE.append(mount)
+        try:
+            mount = start_mount(site, workdir, bare_env=env, args=args, live=LIVE)
+        except MountError as err:
+            pytest.fail(str(err))
         mounts.append(mount)
-        deadline = time.monotonic() + 30
-        while not is_mounted(mp):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"fwfs mount did not mount:\n{mount.output()}\n{mount.log()}")
-            time.sleep(0.02)
         return mount
 
     yield start
