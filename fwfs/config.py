@@ -266,11 +266,15 @@ class MountConfig:
     ``metadata_ttl``: how long a directory listing (names, sizes, versions) is trusted; the
     staleness bound of docs/SEMANTICS.md. ``negative_ttl``: how long an `<id:…>` lookup that
     missed is remembered. ``cache_size``: bytes of file blocks kept in memory.
+    ``disk_cache``: bytes of file blocks kept on disk in ``cache_dir`` (fwfs/diskcache.py).
     """
 
     metadata_ttl: float = default("MountConfig.metadata_ttl")
     negative_ttl: float = default("MountConfig.negative_ttl")
     cache_size: int = default("MountConfig.cache_size")
+    # Bytes of file blocks kept on disk under cache_dir, across mounts (0: none).
+    disk_cache: int = default("MountConfig.disk_cache")
+    cache_dir: Path | None = None
     # A model built without saying is read-only; `fwfs mount` always says (--read-only).
     read_only: bool = True
     uid: int = 0
@@ -314,6 +318,10 @@ class MountConfig:
             raise InvalidArgument("TTLs must not be negative")
         if self.cache_size < 0:
             raise InvalidArgument("cache size must not be negative")
+        if self.disk_cache < 0:
+            raise InvalidArgument("disk cache size must not be negative")
+        if self.disk_cache and self.cache_dir is None:
+            raise InvalidArgument("a disk cache needs a cache directory")
         if self.read_threads < 1:
             raise InvalidArgument("read_threads must be at least 1")
         if self.delete_reason is not None and self.delete_reason not in DELETE_REASONS:

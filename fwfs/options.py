@@ -233,6 +233,31 @@ OPTIONS: tuple[Option, ...] = (
         size=True,
     ),
     Option(
+        "disk_cache",
+        ("--disk-cache",),
+        0,
+        "also keep file blocks on local disk, up to SIZE, across unmounts and shared by the "
+        "mounts of the site (e.g. 20G; 0: off; default {default}). Off by default because "
+        "it puts patient data on this machine's disk (docs/SEMANTICS.md, Caching)",
+        "disk: up to SIZE under --cache-dir, readable only by you; a block read again, "
+        "after a remount too, costs no request",
+        field="MountConfig.disk_cache",
+        parse=parse_size,
+        metavar="SIZE",
+        shown="0 (off)",
+        size=True,
+    ),
+    Option(
+        "cache_dir",
+        ("--cache-dir",),
+        None,
+        "where --disk-cache keeps blocks (default: {default}); mounts may share one",
+        "none; made with mode 0700, and a directory of another user is refused",
+        parse=Path,
+        metavar="DIR",
+        shown="~/.cache/fwfs/cache/<site host>",
+    ),
+    Option(
         "walk_ahead",
         ("--walk-ahead",),
         16,

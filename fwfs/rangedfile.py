@@ -32,6 +32,12 @@ it reads the file as one whole-file stream (``stream()``), handing out blocks in
 putting the blocks it passes on the way into the cache, so every byte crosses the network
 once. Readahead stops, since the open stream is the readahead. Only a block that the stream
 has passed and the cache has since evicted opens the stream again, from the start.
+
+A ``store`` (the disk cache, fwfs/diskcache.py) is a second tier behind the memory cache:
+every fetch of blocks, a read's, readahead's or prefetch's, first takes the blocks the
+store has and fetches only the others, which it then hands to the store. It is consulted
+inside the memory cache's single flight (the blocks are claimed), so no block is loaded or
+fetched twice at once, and a block it gives lands in the memory cache like a fetched one.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Protocol
 
 from fwfs.blockcache import BlockCache, Reservation
 
@@ -57,6 +64,19 @@ Stream = Callable[[], Iterable[bytes]]
 BlockKey = tuple[Hashable, int]
 
 log = logging.getLogger("fwfs.rangedfile")
+
+
+class BlockStore(Protocol):
+    """A slower tier of blocks behind the memory cache (``fwfs.diskcache.DiskCache``).
+
+    ``load``: bytes ``[start, start + length)`` of the content ``key`` names, exactly, or
+    None. ``save``: keep them, if it can; it must not block on I/O (the read path calls it).
+    Both are called from any thread and raise nothing.
+    """
+
+    def load(self, key: Hashable, start: int, length: int) -> bytes | None: ...
+
+    def save(self, key: Hashable, start: int, data: bytes | memoryview) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -167,6 +187,7 @@ class RangedReader:
         config: ReadConfig,
         *,
         stream: Stream | None = None,
+        store: BlockStore | None = None,
     ) -> None:
         if size < 0:
             raise ValueError("size must not be negative")
@@ -200,6 +221,7 @@ class RangedReader:
         self._fetch_calls = 0
         self._fetch_errors = 0
         self._stream = stream
+        self._store = store
         self._stream_mode = False
         self._stream_lock = threading.Lock()
         self._stream_iter: Iterator[bytes] | None = None
@@ -431,6 +453,24 @@ class RangedReader:
         return blocks
 
     def _fetch_blocks(self, first: int, last: int) -> list[memoryview]:
+        """Blocks ``[first, last)``: those the store has from it, the others fetched (one
+        request per run of adjacent ones) and handed to the store."""
+        store = self._store
+        if store is None:
+            return self._network_blocks(first, last)
+        bs = self._config.block_size
+        blocks: list[memoryview | None] = []
+        for i in range(first, last):
+            data = store.load(self.key, i * bs, min(bs, self.size - i * bs))
+            blocks.append(None if data is None else memoryview(data))
+        missing = [i for i in range(first, last) if blocks[i - first] is None]
+        for run_first, run_last in block_runs(missing):
+            for i, view in enumerate(self._network_blocks(run_first, run_last), run_first):
+                blocks[i - first] = view
+                store.save(self.key, i * bs, view)
+        return [view for view in blocks if view is not None]
+
+    def _network_blocks(self, first: int, last: int) -> list[memoryview]:
         """Blocks ``[first, last)`` in one fetch, so adjacent misses cost one request.
 
         The blocks are slices of the fetched bytes, not copies; the cache charges the whole
@@ -506,6 +546,8 @@ class RangedReader:
             self._stream_block += 1
             if index < first:
                 self._cache.put((self.key, index), block)
+                if self._store is not None:
+                    self._store.save(self.key, index * bs, block)
             else:
                 out.append(block)
         return out

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from fwfs import daemon, linux
 from fwfs.client import FlywheelClient, Json
@@ -49,6 +50,13 @@ def default_spool_dir(base_url: str, mountpoint: Path) -> Path:
     return daemon.cache_home() / "fwfs" / "spool" / digest
 
 
+def default_cache_dir(base_url: str) -> Path:
+    """One disk cache per site, shared by all its mounts: a block is named by its file
+    version, which means the same bytes from any mountpoint."""
+    host = urlsplit(base_url).netloc.replace("/", "_") or "site"
+    return daemon.cache_home() / "fwfs" / "cache" / host
+
+
 def mount_config(
     args: argparse.Namespace, base_url: str, mountpoint: Path, audit_trail: bool = False
 ) -> MountConfig:
@@ -68,6 +76,8 @@ def mount_config(
         archives=not given("no_archives"),
         list_archives=given("list_archives"),
         spool_dir=(given("spool_dir") or default_spool_dir(base_url, mountpoint)).absolute(),
+        disk_cache=given("disk_cache"),
+        cache_dir=(given("cache_dir") or default_cache_dir(base_url)).absolute(),
         allow_delete=given("allow_delete"),
         retry_recovery=given("retry_failed_uploads"),
         delete_reason=given("delete_reason"),

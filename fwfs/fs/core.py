@@ -26,6 +26,7 @@ from cachetools import TTLCache
 from fwfs import paths
 from fwfs.blockcache import BlockCache
 from fwfs.config import MountConfig
+from fwfs.diskcache import DiskCache
 from fwfs.errors import (
     FwfsError,
     InvalidArgument,
@@ -217,6 +218,10 @@ class FlywheelFS:
             client, config.listing_ttl, config.negative_ttl, clock, prefetch=self.list_pool
         )
         self.cache = BlockCache(config.cache_size)
+        # Behind the memory cache, when asked for: blocks kept on disk across mounts.
+        self.disk: DiskCache | None = None
+        if config.disk_cache > 0 and config.cache_dir is not None:
+            self.disk = DiskCache(config.cache_dir, config.disk_cache)
         self.pool = ThreadPoolExecutor(config.read_threads, thread_name_prefix="fwfs-read")
         # Readahead lands in the cache: a window larger than a quarter of it would evict its
         # own blocks before they are read (64M cache: 3,974 requests for a 1 GiB file).
@@ -280,6 +285,8 @@ class FlywheelFS:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.walk.close()
         self.list_pool.shutdown(wait=False, cancel_futures=True)
+        if self.disk is not None:
+            self.disk.close()
 
     # ---- metadata ---------------------------------------------------------------------
 
@@ -539,6 +546,7 @@ class FlywheelFS:
             self.pool,
             self.read_config,
             stream=whole if stream else None,
+            store=self.disk,
         )
 
     def _walk_opened(self, path: str, info: FileInfo, reader: RangedReader) -> None:

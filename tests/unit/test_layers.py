@@ -44,6 +44,7 @@ ALLOWED: dict[str, set[str]] = {
         "archives",
         "blockcache",
         "config",
+        "diskcache",
         "errors",
         "fs",
         "models",
@@ -56,6 +57,8 @@ ALLOWED: dict[str, set[str]] = {
     "archives": {"archives", "blockcache", "errors", "models", "paths", "rangedfile"},
     "rangedfile": {"blockcache"},
     "blockcache": set(),
+    # The disk cache: the block cache's second tier, beside it; only the errno table.
+    "diskcache": {"errors"},
     "client": {"config", "errors", "models"},
     "site": {"models"},
     "models": set(),

@@ -61,7 +61,7 @@ def test_each_config_default_is_its_rows_and_of_the_fields_type(row: options.Opt
 def test_a_mount_with_no_flags_runs_with_the_configs_defaults() -> None:
     """What `fwfs mount` builds from its defaults is `MountConfig()`, but for what the
     wiring decides: writable (a model built without saying is read-only), the user's ids
-    and the spool's place. --no-archives and --read-only have no field of their own: this
+    and the places of the spool and of the disk cache (which stays off: 0 bytes). --no-archives and --read-only have no field of their own: this
     is where their defaults and the fields' are proved to agree."""
     args = build_parser().parse_args(["mount", "/mnt/fw"])
     built = mount_config(args, "https://site.example.org/api", Path("/mnt/fw"))
@@ -71,7 +71,11 @@ def test_a_mount_with_no_flags_runs_with_the_configs_defaults() -> None:
         uid=built.uid,
         gid=built.gid,
         spool_dir=built.spool_dir,
+        cache_dir=built.cache_dir,
     )
+    assert built.disk_cache == 0
+    assert built.cache_dir is not None
+    assert built.cache_dir.parts[-3:] == ("fwfs", "cache", "site.example.org")
 
 
 def test_the_demo_mounts_with_the_mounts_defaults_but_its_own_flags() -> None:

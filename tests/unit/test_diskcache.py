@@ -1,0 +1,308 @@
+"""The disk cache (fwfs/diskcache.py): what a user would check is that a block read back is
+exactly the block kept, or nothing, whatever happened to the directory in between (a killed
+writer, a corrupt or truncated file, a file of another block, a full disk, another mount
+evicting at the same time), and that the directory stays within its size and private."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from fwfs import diskcache
+from fwfs.blockcache import BlockCache
+from fwfs.diskcache import DiskCache, clear, usage
+from fwfs.rangedfile import RangedReader, ReadConfig
+
+KiB = 1 << 10
+BS = 128 * KiB
+KEY = ("5f0c1a2b3c4d5e6f7a8b9c0d", 3)
+
+
+@pytest.fixture
+def caches(tmp_path: Path) -> Iterator[Callable[..., DiskCache]]:
+    made: list[DiskCache] = []
+
+    def make(max_bytes: int = 64 << 20, root: Path | None = None) -> DiskCache:
+        cache = DiskCache(root or tmp_path / "cache", max_bytes)
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        cache.close()
+
+
+def block_files(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "blocks").rglob("*") if p.is_file())
+
+
+def body(key: tuple[str, int], start: int, length: int) -> bytes:
+    """Bytes that differ for every (key, start): a wrong block can never pass for a right one."""
+    return random.Random(f"{key}/{start}").randbytes(length)
+
+
+def test_a_block_kept_is_read_back_by_a_later_process_private_to_the_user(
+    caches: Callable[..., DiskCache], tmp_path: Path
+) -> None:
+    first = caches()
+    data = body(KEY, 0, BS)
+    first.save(KEY, 0, memoryview(data))
+    first.close()
+    again = caches()
+    assert again.load(KEY, 0, BS) == data
+    assert again.load(KEY, BS, BS) is None  # never kept
+    assert again.load(KEY, 0, BS - 1) is None  # another length is another block
+    assert again.load((KEY[0], 4), 0, BS) is None  # another version
+    root = tmp_path / "cache"
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    files = block_files(root)
+    assert len(files) == 1
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    assert stat.S_IMODE(files[0].parent.stat().st_mode) == 0o700
+    assert (root / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172")
+    assert (again.stats().hits, again.stats().misses) == (1, 3)
+
+
+def test_an_existing_directory_is_made_private(tmp_path: Path) -> None:
+    root = tmp_path / "shared"
+    root.mkdir(mode=0o755)
+    root.chmod(0o755)
+    DiskCache(root, 1 << 20).close()
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+
+
+def test_keys_that_name_no_file_version_are_not_kept(caches: Callable[..., DiskCache]) -> None:
+    cache = caches()
+    for key in [("x", "3"), ("x", -1), ("x", 1, 2), "x", ("x", True)]:
+        cache.save(key, 0, b"abc")
+        assert cache.load(key, 0, 3) is None
+    cache.flush()
+    assert block_files(cache.root) == []
+
+
+def test_an_id_with_odd_characters_is_kept_under_a_safe_name(
+    caches: Callable[..., DiskCache],
+) -> None:
+    cache = caches()
+    key = ("../../etc/passwd", 1)
+    cache.save(key, 0, b"abc")
+    cache.flush()
+    assert cache.load(key, 0, 3) == b"abc"
+    (path,) = block_files(cache.root)
+    assert path.parent.parent == cache.root / "blocks"
+
+
+def test_a_killed_writers_temporary_file_is_never_read_and_is_swept(
+    caches: Callable[..., DiskCache],
+) -> None:
+    cache = caches()
+    data = body(KEY, 0, BS)
+    cache.save(KEY, 0, data)
+    cache.flush()
+    (path,) = block_files(cache.root)
+    # What kill -9 leaves: half a block under a temporary name, beside the real one's name.
+    path.unlink()
+    tmp = path.parent / ".tmp.99999.dead"
+    tmp.write_bytes(path.name.encode() + data[: BS // 2])
+    assert cache.load(KEY, 0, BS) is None
+    os.utime(tmp, (1, 1))  # older than any write in progress
+    cache.close()
+    caches(max_bytes=1 << 30)  # a later mount sweeps it when it lists the directory
+    for _ in range(1000):
+        if not tmp.exists():
+            break
+        threading.Event().wait(0.01)
+    assert not tmp.exists()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["flip a byte", "truncate", "empty", "extend", "another block", "bad magic"],
+)
+def test_a_damaged_block_is_dropped_logged_and_fetched_again(
+    caches: Callable[..., DiskCache], damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    size = 3 * BS
+    content = body(KEY, 0, size)
+    cache = caches()
+    cache.save(KEY, 0, content[:BS])
+    cache.save(KEY, BS, content[BS : 2 * BS])
+    cache.flush()
+    a, b = sorted(block_files(cache.root), key=lambda p: int(p.name.split(".")[2]))
+    raw = bytearray(a.read_bytes())
+    if damage == "flip a byte":
+        raw[1000] ^= 0x01
+    elif damage == "truncate":
+        raw = raw[: len(raw) - 1]
+    elif damage == "empty":
+        raw = bytearray()
+    elif damage == "extend":
+        raw += b"\0"
+    elif damage == "another block":
+        raw = bytearray(b.read_bytes())
+    elif damage == "bad magic":
+        raw[0] ^= 0xFF
+    a.write_bytes(raw)
+
+    fetches: list[tuple[int, int]] = []
+
+    def fetch(start: int, end: int) -> bytes:
+        fetches.append((start, end))
+        return content[start:end]
+
+    with (
+        ThreadPoolExecutor(2) as pool,
+        RangedReader(KEY, size, fetch, BlockCache(1 << 20), pool, ReadConfig(), store=cache) as r,
+    ):
+        assert r.read(0, 2 * BS) == content[: 2 * BS]
+    # The read of a small file takes it whole: the damaged block and the one never kept
+    # crossed the network; the good one came from disk.
+    assert fetches == [(0, BS), (2 * BS, 3 * BS)]
+    assert cache.stats().corrupt == 1
+    assert "failed its check" in caplog.text
+    cache.flush()
+    assert cache.load(KEY, 0, BS) == content[:BS]  # kept again, whole
+
+
+def test_a_full_disk_keeps_nothing_and_reads_go_on(
+    caches: Callable[..., DiskCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, buffers: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "writev", full)
+    cache = caches()
+    content = body(KEY, 0, 4 * BS)
+    with (
+        ThreadPoolExecutor(2) as pool,
+        RangedReader(
+            KEY,
+            len(content),
+            lambda s, e: content[s:e],
+            BlockCache(0),
+            pool,
+            ReadConfig(),
+            store=cache,
+        ) as r,
+    ):
+        assert r.read(0, len(content)) == content
+        assert r.read(0, len(content)) == content
+    cache.flush()
+    assert block_files(cache.root) == []  # not even a temporary file
+    assert cache.stats().dropped >= 4 and cache.stats().writes == 0
+
+
+def test_a_second_reader_on_the_same_directory_fetches_nothing(
+    caches: Callable[..., DiskCache],
+) -> None:
+    content = body(KEY, 0, 5 * BS + 77)
+    fetched: list[int] = []
+
+    def fetch(start: int, end: int) -> bytes:
+        fetched.append(end - start)
+        return content[start:end]
+
+    first = caches()
+    with ThreadPoolExecutor(4) as pool:
+        with RangedReader(
+            KEY, len(content), fetch, BlockCache(1 << 20), pool, ReadConfig(), store=first
+        ) as r:
+            assert r.read(0, len(content)) == content
+        first.close()
+        assert sum(fetched) == len(content)
+        fetched.clear()
+        second = caches()
+        with RangedReader(
+            KEY, len(content), fetch, BlockCache(1 << 20), pool, ReadConfig(), store=second
+        ) as r:
+            for offset in range(0, len(content), 100_000):
+                assert r.read(offset, 100_000) == content[offset : offset + 100_000]
+    assert fetched == []
+
+
+def test_eviction_keeps_the_directory_under_its_size_and_the_recently_used(
+    caches: Callable[..., DiskCache],
+) -> None:
+    per_block = 36 * KiB  # 32 KiB + the header, in 4 KiB filesystem blocks
+    cache = caches(max_bytes=20 * per_block)
+    blocks = {i: body(KEY, i * 32 * KiB, 32 * KiB) for i in range(21)}
+    for i in range(10):
+        cache.save(KEY, i * 32 * KiB, blocks[i])
+    cache.flush()
+    # Blocks 1-9 were used long ago, in that order; block 0 is read just now.
+    for i, path in enumerate(
+        sorted(block_files(cache.root), key=lambda p: int(p.name.split(".")[2]))
+    ):
+        os.utime(path, (1000 + i, 1000 + i))
+    assert cache.load(KEY, 0, 32 * KiB) == blocks[0]
+    for i in range(10, 21):
+        cache.save(KEY, i * 32 * KiB, blocks[i])
+    cache.flush()
+    # The 21st block passed the budget: back under 90 % of it, the oldest first.
+    assert usage(cache.root).bytes <= 18 * per_block
+    assert cache.stats().evictions == 3
+    gone = [i for i in range(21) if cache.load(KEY, i * 32 * KiB, 32 * KiB) is None]
+    assert gone == [1, 2, 3]
+
+
+def test_two_caches_sharing_a_directory_and_evicting_never_give_a_wrong_byte(
+    caches: Callable[..., DiskCache], tmp_path: Path
+) -> None:
+    # Two mounts' caches (no shared memory: only the directory), a budget far below what
+    # they write, so both list and evict while the other writes and reads.
+    root = tmp_path / "shared"
+    mounts = [caches(max_bytes=40 * 36 * KiB, root=root) for _ in range(2)]
+    keys = [(f"{n:024x}", 1) for n in range(8)]
+    wrong: list[str] = []
+    hits = [0]
+
+    def work(cache: DiskCache, seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(400):
+            key = rng.choice(keys)
+            start = rng.randrange(16) * 32 * KiB
+            data = cache.load(key, start, 32 * KiB)
+            if data is None:
+                cache.save(key, start, body(key, start, 32 * KiB))
+            elif data != body(key, start, 32 * KiB):
+                wrong.append(f"{key} {start}")
+            else:
+                hits[0] += 1
+
+    threads = [threading.Thread(target=work, args=(mounts[n % 2], n)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for cache in mounts:
+        cache.flush()
+    assert wrong == []
+    assert hits[0] > 0
+    assert sum(cache.stats().evictions for cache in mounts) > 0
+    # Each mount stops writing past its budget; together they stay near it.
+    assert usage(root).bytes <= 2 * 40 * 36 * KiB
+
+
+def test_clear_and_usage_while_a_cache_is_in_use(caches: Callable[..., DiskCache]) -> None:
+    cache = caches()
+    for key in [("a" * 24, 1), ("b" * 24, 2)]:
+        for i in range(3):
+            cache.save(key, i * BS, body(key, i * BS, BS))
+    cache.flush()
+    now = usage(cache.root)
+    assert (now.blocks, now.files) == (6, 2)
+    assert now.bytes >= 6 * BS
+    assert clear(cache.root) == 6
+    assert usage(cache.root) == diskcache.Usage(0, 0, 0)
+    assert cache.load(("a" * 24, 1), 0, BS) is None
+    cache.save(("a" * 24, 1), 0, body(("a" * 24, 1), 0, BS))  # the mount goes on keeping
+    cache.flush()
+    assert cache.load(("a" * 24, 1), 0, BS) == body(("a" * 24, 1), 0, BS)
