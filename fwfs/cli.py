@@ -1,4 +1,4 @@
-"""Command line: `fwfs serve`, `mount`, `unmount`, `demo` and `doctor`.
+"""Command line: `fwfs serve`, `mount`, `unmount`, `demo`, `doctor`, `status` and `refresh`.
 
 The only place that reads argv. The flags of the commands that mount or reach a site come
 from the option table (fwfs/options.py); the sandbox's are declared here.
@@ -120,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     unmount = sub.add_parser("unmount", help="unmount a mounted site")
     unmount.add_argument("mountpoint", type=Path)
     add_arguments(unmount, "unmount")
+    status = sub.add_parser(
+        "status",
+        help="what a running mount has done: caches, bytes, requests, uploads, errors",
+    )
+    status.add_argument("mountpoint", type=Path)
+    add_arguments(status, "status")
+    refresh = sub.add_parser(
+        "refresh", help="forget the listings under PATH now: the next use lists from the site"
+    )
+    refresh.add_argument("path", type=Path, help="a directory (or file) inside a mount")
     demo = sub.add_parser("demo", help="run the demo sandbox site and mount it (foreground)")
     demo.add_argument(
         "mountpoint",
@@ -171,6 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fwfs.doctor import main as doctor
 
         return doctor(args.api_key, os.environ, Path.home(), sys.stdout)
+    if args.command in ("status", "refresh"):
+        # The mount's control channel: nothing of the model or of mfusepy is imported.
+        from fwfs import control
+
+        if args.command == "status":
+            return control.status_command(args.mountpoint, args.json, sys.stdout, sys.stderr)
+        return control.refresh_command(args.path, sys.stdout, sys.stderr)
     if args.command == "unmount":
         from fwfs.daemon import unmount
 

@@ -35,6 +35,14 @@ def pid_file(mountpoint: Path) -> Path:
     return cache_home() / "fwfs" / "run" / f"{digest}.pid"
 
 
+def control_socket(real_mountpoint: str) -> Path:
+    """Where the daemon of a mount point answers `fwfs status` (fwfs/control.py), beside
+    the pid files. Named by the mount point as the kernel lists it (symlinks resolved);
+    the caller resolves it, since resolving a mounted path would ask the mount."""
+    digest = hashlib.sha256(real_mountpoint.encode()).hexdigest()[:16]
+    return cache_home() / "fwfs" / "run" / f"{digest}.sock"
+
+
 def write_pid_file(mountpoint: Path, spool: Path | None) -> None:
     """Best effort: without it `fwfs unmount` only does not wait for the uploads."""
     path = pid_file(mountpoint)

@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -32,6 +33,34 @@ _PlusEntry = tuple[str, dict[str, int] | None]
 _UPLOADS = frozenset({"flush", "fsync", "release", "truncate", "rename"})
 
 
+class Served:
+    """What the adapter answered the kernel, for `fwfs status`: errors by errno (counted
+    by `_errors` alone) and the bytes programs read."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._errnos: Counter[int] = Counter()
+        self._bytes_read = 0
+
+    def error(self, code: int) -> None:
+        with self._lock:
+            self._errnos[code] += 1
+
+    def read(self, size: int) -> None:
+        with self._lock:
+            self._bytes_read += size
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready: `bytes_served`, and `errors` by errno name ("ENOENT": 3)."""
+        with self._lock:
+            errnos = sorted(self._errnos.items())
+            served = self._bytes_read
+        return {
+            "bytes_served": served,
+            "errors": {errno.errorcode.get(code, str(code)): n for code, n in errnos},
+        }
+
+
 def _errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(self: FuseOperations, *args: Any) -> Any:
@@ -47,16 +76,21 @@ def _errors(func: F) -> F:
                 where = args[0] if args and isinstance(args[0], str) else "(open file)"
                 code = errno.errorcode.get(err.errno)
                 log.log(level, "%s %r: %s (%s)", func.__name__, where, err, code)
+            self.served.error(err.errno)
             raise FuseOSError(err.errno) from None
-        except FuseOSError:
+        except FuseOSError as err:
+            self.served.error(err.errno)
             raise
         except OSError as err:
             if isinstance(err.errno, int) and err.errno > 0:
+                self.served.error(err.errno)
                 raise FuseOSError(err.errno) from None
             log.exception("%s failed", func.__name__)
+            self.served.error(errno.EIO)
             raise FuseOSError(errno.EIO) from None
         except Exception:
             log.exception("%s failed", func.__name__)
+            self.served.error(errno.EIO)
             raise FuseOSError(errno.EIO) from None
 
     return cast(F, wrapper)
@@ -72,6 +106,7 @@ class FuseOperations(Operations):  # type: ignore[misc]
         self.config = config
         self._on_ready = on_ready
         self.ready = threading.Event()
+        self.served = Served()
         # Open directories' entries with attributes, for READDIRPLUS resumed at an offset.
         self._dirs_lock = threading.Lock()
         self._dirs: dict[int, list[_PlusEntry] | None] = {}
@@ -158,7 +193,9 @@ class FuseOperations(Operations):  # type: ignore[misc]
 
     @_errors
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
-        return self.fs.read(fi.fh, offset, size)
+        data = self.fs.read(fi.fh, offset, size)
+        self.served.read(len(data))
+        return data
 
     @_errors
     def release(self, path: str, fi: Any) -> int:

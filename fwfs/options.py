@@ -2,8 +2,8 @@
 
 Each row names its flags (none for a setting fixed in the code), its default, its effect
 and its cost, the commands that take it and the typed-config field whose default it is.
-From the table come the argparse flags of `fwfs mount`, `demo`, `unmount` and `doctor`
-(`add_arguments`), the defaults of `MountConfig`, `WalkAheadConfig` and `ClientConfig`
+From the table come the argparse flags of `fwfs mount`, `demo`, `unmount`, `doctor` and
+`status` (`add_arguments`), the defaults of `MountConfig`, `WalkAheadConfig` and `ClientConfig`
 (`default`), docs/CONFIGURATION.md and the options table of README.md
 (`python -m fwfs.options`; tests/unit/test_options.py checks both are current).
 
@@ -323,6 +323,15 @@ OPTIONS: tuple[Option, ...] = (
         commands=("unmount",),
         parse=float,
     ),
+    Option(
+        "json",
+        ("--json",),
+        False,
+        "print the report as JSON, for scripts",
+        "none; asking a mount costs it no request",
+        commands=("status",),
+        action="store_true",
+    ),
     # Settings fixed in the code: no flag, but one default, here.
     _fixed(
         "block_size",
@@ -478,9 +487,9 @@ OPTIONS: tuple[Option, ...] = (
         (),
         None,
         "where ~/.cache is: the default spool (fwfs/spool/) and the daemons' pid files "
-        "(fwfs/run/, for `fwfs unmount`) are under it",
+        "(fwfs/run/, for `fwfs unmount`) and control sockets (for `fwfs status`) are under it",
         "none",
-        commands=("mount", "unmount"),
+        commands=("mount", "unmount", "status", "refresh"),
         env="XDG_CACHE_HOME",
         shown="~/.cache",
     ),

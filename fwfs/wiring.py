@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from fwfs import daemon, linux
+from fwfs import daemon, linux, report
 from fwfs.client import FlywheelClient, Json
 from fwfs.config import (
     ClientConfig,
@@ -237,6 +237,8 @@ def serve(
             on_ready()
 
     ops = FuseOperations(fs, config, on_ready=ready)
+    # `fwfs status` and `fwfs refresh` (fwfs/control.py): up before the kernel lists the mount.
+    control = report.start_control(mountpoint, site.config.base_url, fs, client, ops)
     stop_trim = threading.Event()
     threading.Thread(
         target=linux.trim_memory, args=(stop_trim,), name="fwfs-trim", daemon=True
@@ -252,6 +254,8 @@ def serve(
         log.error("mount of %s failed: %s", mountpoint, err)
         return 1
     finally:
+        if control is not None:
+            control.close()
         stop_trim.set()
         fs.close()
         client.close()

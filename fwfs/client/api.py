@@ -318,6 +318,7 @@ class FlywheelClient(Uploads):
             raise self._transport_error(exc, "GET", display) from exc
         finally:
             resp.close()
+            self.stats.add_bytes("download", received)
             log.debug("GET %s streamed %d bytes", display, received)
         if expected is not None and received != expected:
             why = f"body ended after {received} of {expected} bytes"

@@ -27,6 +27,7 @@ from fwfs.client.signed import (
     _SignedKey,
     _SignedUrls,
 )
+from fwfs.client.stats import RequestStats, kind_of
 from fwfs.client.wire import (
     _ERROR_BODY_LIMIT,
     _FEATURES,
@@ -94,6 +95,8 @@ class Transport:
         self._auth = _ApiKeyAuth(config.authorization)
         self._sleep, self._clock, self._jitter = sleep, clock, jitter
         self._signed_urls = _SignedUrls(clock)
+        # Every round trip by kind, for `fwfs status`.
+        self.stats = RequestStats()
         session = _Session(self._base)
         trust = config.trust
         self._trust = trust
@@ -324,15 +327,20 @@ class Transport:
     ) -> _T:
         """One round trip. Raises _Failed saying whether a retry could help."""
         cfg = self._config
+        signed = isinstance(send.get("auth"), _NoAuth)
+        path = "" if signed else urlsplit(url).path.removeprefix(self._base_path)
+        kind = kind_of(method, path, send.get("params"), send.get("headers"), signed)
         sent_at = self._clock()
         try:
             resp = self._session.request(
                 method, url, timeout=(cfg.connect_timeout, cfg.read_timeout), stream=True, **send
             )
         except (OSError, urllib3.exceptions.HTTPError) as exc:
+            self.stats.record(kind, self._clock() - sent_at, 0, failed=True)
             retry = _never_sent(exc) or (retry_ok and _transient(exc))
             raise _Failed(self._transport_error(exc, method, display), retry) from exc
         status = resp.status_code
+        failed = True
         try:
             if status >= 400 and status not in passthrough:
                 error = self._status_error(resp, method, display)
@@ -345,15 +353,16 @@ class Transport:
                 raise _Failed(error, retry_ok and exc.transient) from None
             except (OSError, urllib3.exceptions.HTTPError) as exc:
                 raise _Failed(self._transport_error(exc, method, display), retry_ok) from exc
+            failed = False
         except BaseException:
             resp.close()
             raise
         finally:
             # Bytes as read off the wire so far; a kept-open stream logs its total later.
             elapsed = self._clock() - sent_at
-            log.debug(
-                "%s %s -> %d, %d bytes, %.3f s", method, display, status, resp.raw.tell(), elapsed
-            )
+            received = resp.raw.tell()
+            self.stats.record(kind, elapsed, received, failed)
+            log.debug("%s %s -> %d, %d bytes, %.3f s", method, display, status, received, elapsed)
         if not keep_open:
             resp.close()
         return result

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple, Protocol
 
 from cachetools import TTLCache
@@ -493,6 +493,29 @@ class FlywheelFS:
                 f_bavail=int(st.f_bavail * scale),
             )
         return out
+
+    # ---- `fwfs status` and `fwfs refresh` ---------------------------------------------
+
+    def refresh(self, path: str) -> int:
+        """Forget the listings of the directory at `path` and below it (of a file's
+        directory; of the nearest directory the mount still lists, for a name it does not
+        know yet), so the next use lists them from the site. Nothing below `path` is
+        fetched here (an expired listing on the way to it is). How many were forgotten."""
+        parts = [p for p in path.split("/") if p]
+        while True:
+            try:
+                node = self.lookup_site("/".join(parts))
+            except (NotFound, NotADirectory):
+                node = None
+            if isinstance(node, Dir):
+                return self.tree.forget_under(node)
+            if not parts:
+                return 0
+            parts.pop()
+
+    def cache_stats(self) -> dict[str, int]:
+        """The memory block cache's counters, JSON-ready."""
+        return asdict(self.cache.stats())
 
     # ---- reading ----------------------------------------------------------------------
 

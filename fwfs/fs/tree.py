@@ -333,6 +333,27 @@ class Tree:
             self._listings.pop(node.key, None)
             self._changed[node.key] = self._clock()
 
+    def forget_under(self, node: Dir) -> int:
+        """`fwfs refresh`: forget `node`'s listing and every listing kept below it (found
+        through the kept listings, so without a request), with the misses and `<id:…>`
+        aliases noted in them. The next use lists each again. How many were forgotten."""
+        with self._lock:
+            todo, seen = [node], set()
+            while todo:
+                key = todo.pop().key
+                if key in seen:
+                    continue
+                seen.add(key)
+                listing = self._listings.pop(key, None)
+                self._changed[key] = self._clock()
+                if listing is not None:
+                    todo += [x for x in listing.entries.values() if isinstance(x, Dir)]
+                todo += [d for (parent, _), d in self._aliases.items() if parent == key]
+            for cache in (self._negative, self._aliases):
+                for k in [k for k in cache if k[0] in seen]:
+                    cache.pop(k, None)
+            return len(seen)
+
     def forget_container(self, cid: str) -> None:
         """As `forget`, by container id (uploads a previous run left, finished at mount)."""
         self.forget(Dir("container", _placeholder(cid)))

@@ -10,7 +10,13 @@ PACKAGE = Path(__file__).resolve().parents[2] / "fwfs"
 # module -> fwfs modules it may import. Anything not listed may import nothing from fwfs
 # except the package itself (for __version__).
 ALLOWED: dict[str, set[str]] = {
-    "cli": {"sandbox", "demo", "wiring", "daemon", "doctor", "options"},
+    "cli": {"sandbox", "demo", "wiring", "daemon", "doctor", "options", "control"},
+    # `fwfs status` and `fwfs refresh`, both sides of the socket: the standard library and
+    # where the daemon's socket is; never the model or mfusepy (the CLI side imports it).
+    "control": {"daemon"},
+    # The daemon's answers to `fwfs status` and `fwfs refresh`, gathered from the layers
+    # that count; started by the wiring beside the mount.
+    "report": {"client", "control", "daemon", "fs", "fuse_ops", "uploads"},
     # `fwfs doctor`: beside the mount's wiring, below the CLI; HTTP only through
     # FlywheelClient.probe.
     "doctor": {"client", "config", "errors", "models"},
@@ -26,6 +32,7 @@ ALLOWED: dict[str, set[str]] = {
         "fuse_ops",
         "linux",
         "options",
+        "report",
         "site",
         # The upload policy FlywheelFS is handed, and the spool checked before forking.
         "uploads",
