@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from fwfs.config import ClientConfig, TrustConfig
 from fwfs.wiring import SignedIn, connect, mount_config, mountpoint_problem, serve, spool_problem
+
+DEMO_DISK_CACHE = 1 << 30
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -40,6 +43,11 @@ def run_demo(args: argparse.Namespace) -> int:
         # The demo takes only some of the mount's flags; the others have their defaults
         # (so the demo mount is writable).
         config = mount_config(args, client_config.base_url, mountpoint, facts.audit_trail)
+        # The demo shows the disk cache (off by default for `fwfs mount`: patient data),
+        # in the site's own directory: its data is the demo's, and goes with it.
+        config = dataclasses.replace(
+            config, disk_cache=DEMO_DISK_CACHE, cache_dir=site.store.data_dir / "cache"
+        )
         problem = problem or spool_problem(config)
         if problem:
             print(f"fwfs: {problem}", file=sys.stderr)

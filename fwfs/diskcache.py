@@ -129,7 +129,9 @@ def prepare_dir(root: Path) -> None:
     tag = root / "CACHEDIR.TAG"
     if not tag.exists():
         with contextlib.suppress(OSError):
-            tag.write_text(_TAG)
+            fd = os.open(tag, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(_TAG)
 
 
 def _block_files(root: Path) -> Iterator[os.DirEntry[str]]:

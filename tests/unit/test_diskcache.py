@@ -68,6 +68,7 @@ def test_a_block_kept_is_read_back_by_a_later_process_private_to_the_user(
     assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
     assert stat.S_IMODE(files[0].parent.stat().st_mode) == 0o700
     assert (root / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172")
+    assert stat.S_IMODE((root / "CACHEDIR.TAG").stat().st_mode) == 0o600
     assert (again.stats().hits, again.stats().misses) == (1, 3)
 
 
