@@ -61,6 +61,8 @@ def test_a_reread_after_a_remount_makes_no_data_request(
     first = mount_site(big_site, read_only=True, args=args)
     small = first / "flywheel/Anxiety Study/protocol.pdf"
     small_bytes = small.read_bytes()
+    zip_dir = big_path(first).parent / "T1w.dicom.zip.d"
+    members = sorted(os.listdir(zip_dir))
     mark = quiet_mark(big_site)
     assert sha(big_path(first)) == big_sha
     assert data_gets(requests_since(big_site, mark))  # the cold read went to the site
@@ -73,6 +75,8 @@ def test_a_reread_after_a_remount_makes_no_data_request(
     mark = quiet_mark(big_site)
     assert sha(path) == big_sha
     assert (second / "flywheel/Anxiety Study/protocol.pdf").read_bytes() == small_bytes
+    # The zip's index is built again from its central directory's blocks, on disk.
+    assert sorted(os.listdir(big_path(second).parent / "T1w.dicom.zip.d")) == members
     with path.open("rb") as f:  # out of order, across block edges
         for offset in (BIG - 1000, 5, 3 * MiB - 7):
             f.seek(offset)
