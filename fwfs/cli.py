@@ -1,4 +1,5 @@
-"""Command line: `fwfs serve`, `mount`, `unmount`, `demo`, `doctor`, `status` and `refresh`.
+"""Command line: `fwfs serve`, `mount`, `unmount`, `demo`, `doctor`, `status`, `refresh` and
+`cache`.
 
 The only place that reads argv. The flags of the commands that mount or reach a site come
 from the option table (fwfs/options.py); the sandbox's are declared here.
@@ -130,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         "refresh", help="forget the listings under PATH now: the next use lists from the site"
     )
     refresh.add_argument("path", type=Path, help="a directory (or file) inside a mount")
+    cache = sub.add_parser(
+        "cache",
+        help="the disk cache (--disk-cache): stats, or clear it; without --cache-dir, every "
+        "site's cache under ~/.cache/fwfs/cache",
+    )
+    cache.add_argument("action", choices=("stats", "clear"))
+    add_arguments(cache, "cache")
     demo = sub.add_parser("demo", help="run the demo sandbox site and mount it (foreground)")
     demo.add_argument(
         "mountpoint",
@@ -188,6 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return control.status_command(args.mountpoint, args.json, sys.stdout, sys.stderr)
         return control.refresh_command(args.path, sys.stdout, sys.stderr)
+    if args.command == "cache":
+        from fwfs.daemon import cache_home
+        from fwfs.diskcache import cache_command
+
+        return cache_command(args.action, args.cache_dir, cache_home(), sys.stdout, sys.stderr)
     if args.command == "unmount":
         from fwfs.daemon import unmount
 

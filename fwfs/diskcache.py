@@ -52,6 +52,7 @@ from collections import deque
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from fwfs.errors import InvalidArgument
 
@@ -172,6 +173,44 @@ def clear(root: Path) -> int:
             os.unlink(entry.path)
             removed += 1
     return removed
+
+
+def _show(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def cache_command(
+    action: str, cache_dir: Path | None, cache_home: Path, out: TextIO, err: TextIO
+) -> int:
+    """`fwfs cache stats|clear [--cache-dir DIR]`: that cache, or every site's under
+    ``cache_home`` (``~/.cache/fwfs/cache/<site host>``). Clearing is safe while mounts
+    use a cache (see ``clear``); they go on keeping blocks."""
+    if cache_dir is not None:
+        roots = [cache_dir.expanduser()]
+        if not (roots[0] / "blocks").is_dir():
+            print(f"fwfs: {roots[0]} is not a disk cache (no blocks/ in it)", file=err)
+            return 1
+    else:
+        base = cache_home / "fwfs" / "cache"
+        roots = sorted(p for p in base.glob("*/blocks") if p.is_dir())
+        roots = [p.parent for p in roots]
+        if not roots:
+            print(f"no disk cache under {base}", file=out)
+            return 0
+    for root in roots:
+        if action == "clear":
+            print(f"{root}: {clear(root)} blocks removed", file=out)
+        else:
+            now = usage(root)
+            print(
+                f"{root}: {now.blocks} blocks of {now.files} file versions, "
+                f"{_show(now.bytes)} on disk",
+                file=out,
+            )
+    return 0
 
 
 class DiskCache:

@@ -2,9 +2,9 @@
 
 Each row names its flags (none for a setting fixed in the code), its default, its effect
 and its cost, the commands that take it and the typed-config field whose default it is.
-From the table come the argparse flags of `fwfs mount`, `demo`, `unmount`, `doctor` and
-`status` (`add_arguments`), the defaults of `MountConfig`, `WalkAheadConfig` and `ClientConfig`
-(`default`), docs/CONFIGURATION.md and the options table of README.md
+From the table come the argparse flags of `fwfs mount`, `demo`, `unmount`, `doctor`,
+`status` and `cache` (`add_arguments`), the defaults of `MountConfig`, `WalkAheadConfig`
+and `ClientConfig` (`default`), docs/CONFIGURATION.md and the options table of README.md
 (`python -m fwfs.options`; tests/unit/test_options.py checks both are current).
 
 It sits below config.py and imports nothing from fwfs. The sandbox's own flags
@@ -253,6 +253,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "where --disk-cache keeps blocks (default: {default}); mounts may share one",
         "none; made with mode 0700, and a directory of another user is refused",
+        commands=("mount", "cache"),
         parse=Path,
         metavar="DIR",
         shown="~/.cache/fwfs/cache/<site host>",
@@ -486,10 +487,11 @@ OPTIONS: tuple[Option, ...] = (
         "cache_home",
         (),
         None,
-        "where ~/.cache is: the default spool (fwfs/spool/) and the daemons' pid files "
+        "where ~/.cache is: the default spool (fwfs/spool/), disk cache (fwfs/cache/), the "
+        "daemons' pid files "
         "(fwfs/run/, for `fwfs unmount`) and control sockets (for `fwfs status`) are under it",
         "none",
-        commands=("mount", "unmount", "status", "refresh"),
+        commands=("mount", "unmount", "status", "refresh", "cache"),
         env="XDG_CACHE_HOME",
         shown="~/.cache",
     ),

@@ -6,6 +6,7 @@ evicting at the same time), and that the directory stays within its size and pri
 from __future__ import annotations
 
 import errno
+import io
 import os
 import random
 import stat
@@ -18,7 +19,7 @@ import pytest
 
 from fwfs import diskcache
 from fwfs.blockcache import BlockCache
-from fwfs.diskcache import DiskCache, clear, usage
+from fwfs.diskcache import DiskCache, cache_command, clear, usage
 from fwfs.rangedfile import RangedReader, ReadConfig
 
 KiB = 1 << 10
@@ -307,3 +308,27 @@ def test_clear_and_usage_while_a_cache_is_in_use(caches: Callable[..., DiskCache
     cache.save(("a" * 24, 1), 0, body(("a" * 24, 1), 0, BS))  # the mount goes on keeping
     cache.flush()
     assert cache.load(("a" * 24, 1), 0, BS) == body(("a" * 24, 1), 0, BS)
+
+
+def test_the_cache_command_shows_and_clears_every_sites_cache(
+    caches: Callable[..., DiskCache], tmp_path: Path
+) -> None:
+    home = tmp_path / "xdg"
+    site_a = caches(root=home / "fwfs" / "cache" / "a.example.org:443")
+    site_b = caches(root=home / "fwfs" / "cache" / "b.example.org:443")
+    for cache in (site_a, site_b):
+        cache.save(KEY, 0, body(KEY, 0, BS))
+        cache.save(KEY, BS, body(KEY, BS, BS))
+        cache.flush()
+    out, err = io.StringIO(), io.StringIO()
+    assert cache_command("stats", None, home, out, err) == 0
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert all("2 blocks of 1 file versions" in line for line in lines)
+    assert "a.example.org" in lines[0] and "b.example.org" in lines[1]
+    out = io.StringIO()
+    assert cache_command("clear", site_a.root, home, out, err) == 0
+    assert out.getvalue() == f"{site_a.root}: 2 blocks removed\n"
+    assert usage(site_a.root).blocks == 0 and usage(site_b.root).blocks == 2
+    assert cache_command("stats", tmp_path / "nothing", home, out, err) == 1
+    assert "is not a disk cache" in err.getvalue()
