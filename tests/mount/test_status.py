@@ -204,3 +204,23 @@ def test_another_user_is_refused(scratch: Scratch, mount_site: Callable[..., Mou
         for m in [m for m in LIVE if str(m.spool).startswith(str(base))]:
             stop_mount(m)
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def test_status_shows_the_disk_cache_when_there_is_one(
+    scratch: Scratch, mount_site: Callable[..., Mount], tmp_path: Path
+) -> None:
+    cache = ["--disk-cache", "64M", "--cache-dir", str(tmp_path / "cache")]
+    first = mount_site(scratch.site, args=cache)
+    assert (first / PROJECT / "notes.txt").read_bytes() == Scratch.NOTES
+    report = status(first)
+    assert report["disk_cache"]["misses"] >= 1 and report["disk_cache"]["hits"] == 0
+    wait_for(lambda: status(first)["disk_cache"]["writes"] >= 1, what="the block on disk")
+    stop_mount(first)
+    second = mount_site(scratch.site, args=cache)
+    mark = quiet_mark(scratch.site)
+    assert (second / PROJECT / "notes.txt").read_bytes() == Scratch.NOTES
+    report = status(second)
+    assert report["disk_cache"]["hits"] >= 1
+    assert report["bytes_served"] == len(Scratch.NOTES) and report["bytes_fetched"] == 0
+    assert not [e for e in requests_since(scratch.site, mark) if e.get("range")]
+    assert "disk      1 hits" in fwfs("status", str(second.path)).stdout
