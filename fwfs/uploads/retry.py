@@ -17,8 +17,9 @@ Both count against the same limit: no request of one close() is ever sent more t
 ``attempts`` times, whichever mix of in-place retries and restarts got it there. Any other
 error (4xx from the API: EACCES, EEXIST, EINVAL...) is never retried. Before this, the
 client's transport retried each PUT (8 sends) inside each of the Uploader's 3 attempts:
-up to 24 PUTs of one part for one close(); after h3's first step, every request was sent
-once per attempt, so one failed part of a multi-GB upload sent every part again.
+up to 24 PUTs of one part for one close(). Sending each request once per attempt instead
+would have bounded that, but one failed part of a multi-GB upload would then send every
+part again.
 """
 
 from __future__ import annotations
