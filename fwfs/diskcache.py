@@ -65,6 +65,8 @@ _HEADER = struct.Struct("<8sII")  # magic, length, crc32(name + bytes)
 _TMP_PREFIX = ".tmp."
 # A temporary file this old was left by a killed process: no write takes a minute.
 _STALE_TMP = 600.0
+# Seconds before a hit renews a block's mtime again.
+_TOUCH_AFTER = 60.0
 # Bytes of blocks waiting for the writer; past this a block is not kept.
 _QUEUE_BYTES = 64 << 20
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
@@ -268,17 +270,23 @@ class DiskCache:
             log.warning("disk cache: cannot open %s: %s", path, err.strerror)
             return None
         try:
-            head = os.read(fd, _HEADER.size)
-            body = os.read(fd, length + 1)
-            while len(body) < length + 1:
-                more = os.read(fd, length + 1 - len(body))
-                if not more:
-                    break
-                body += more
+            st = os.fstat(fd)
+            head = body = b""
+            # A file of the wrong size (torn, truncated, another block's) is not even read.
+            if st.st_size == _HEADER.size + length:
+                head = os.read(fd, _HEADER.size)
+                body = os.read(fd, length)
+                while 0 < len(body) < length:
+                    more = os.read(fd, length - len(body))
+                    if not more:
+                        break
+                    body += more
             if self._valid(head, body, name, length):
-                # The LRU clock: mtime, since atime is often not kept (noatime, relatime).
-                with contextlib.suppress(OSError):
-                    os.utime(fd)
+                # The LRU clock: mtime, since atime is often not kept (noatime, relatime);
+                # renewed at most once a minute, which is all the precision eviction needs.
+                if time.time() - st.st_mtime > _TOUCH_AFTER:
+                    with contextlib.suppress(OSError):
+                        os.utime(fd)
                 return body
         except OSError as err:
             log.warning("disk cache: cannot read %s: %s", path, err.strerror)

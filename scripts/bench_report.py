@@ -25,6 +25,7 @@ BEGIN, END = "<!-- bench:latest:begin -->", "<!-- bench:latest:end -->"
 CASES: dict[str, tuple[str, str, bool, str]] = {
     "cold_read": ("mb_s", "MB/s", True, "Cold sequential read of big.bin"),
     "warm_read": ("mb_s", "MB/s", True, "Warm re-read of big.bin"),
+    "disk_cache": ("mb_s", "MB/s", True, "big.bin with --disk-cache: cold, after a remount"),
     "memory": ("rss_peak_mib", "MiB", False, "Peak RSS of the mount daemon during the cold read"),
     "headers": ("seconds", "s", False, "NIfTI headers (first 352 bytes) of 50 .nii.gz files"),
     "tree": ("seconds", "s", False, "Tree walk of the Scale project"),

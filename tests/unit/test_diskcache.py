@@ -10,6 +10,8 @@ import io
 import os
 import random
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -332,3 +334,52 @@ def test_the_cache_command_shows_and_clears_every_sites_cache(
     assert usage(site_a.root).blocks == 0 and usage(site_b.root).blocks == 2
     assert cache_command("stats", tmp_path / "nothing", home, out, err) == 1
     assert "is not a disk cache" in err.getvalue()
+
+
+_OTHER_MOUNT = """
+import random, sys
+from pathlib import Path
+from fwfs.diskcache import DiskCache
+
+root, seed, budget = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+def body(key, start, length):
+    return random.Random(f"{key}/{start}").randbytes(length)
+cache = DiskCache(root, budget)
+rng = random.Random(seed)
+wrong = hits = 0
+for _ in range(600):
+    key = (f"{rng.randrange(8):024x}", 1)
+    start = rng.randrange(16) * 32768
+    data = cache.load(key, start, 32768)
+    if data is None:
+        cache.save(key, start, body(key, start, 32768))
+    elif data != body(key, start, 32768):
+        wrong += 1
+    else:
+        hits += 1
+cache.close()
+print(wrong, hits, cache.stats().evictions)
+"""
+
+
+def test_two_processes_sharing_a_directory_never_give_a_wrong_byte(tmp_path: Path) -> None:
+    """The same as two mounts: two daemons, one cache directory, both evicting."""
+    root = tmp_path / "shared"
+    budget = 40 * 36 * KiB
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OTHER_MOUNT, str(root), str(seed), str(budget)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0
+        results.append([int(x) for x in out.split()])
+    assert [wrong for wrong, _, _ in results] == [0, 0]
+    assert sum(hits for _, hits, _ in results) > 0
+    assert sum(evicted for _, _, evicted in results) > 0
+    assert usage(root).bytes <= 2 * budget
