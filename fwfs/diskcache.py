@@ -121,14 +121,17 @@ def _version_part(key: Hashable) -> str | None:
 def prepare_dir(root: Path) -> None:
     """``root`` as a private directory: made with mode 0700, or, when it exists, ours (the
     blocks are patient data: another user's directory is refused) and tightened to 0700."""
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = root.stat()
-    if st.st_uid != os.getuid():
-        raise InvalidArgument(f"cache directory {root} belongs to another user")
-    if st.st_mode & 0o077:
-        log.info("cache directory %s: mode %o -> 700", root, st.st_mode & 0o777)
-        root.chmod(0o700)
-    (root / "blocks").mkdir(exist_ok=True, mode=0o700)
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = root.stat()
+        if st.st_uid != os.getuid():
+            raise InvalidArgument(f"cache directory {root} belongs to another user")
+        if st.st_mode & 0o077:
+            log.info("cache directory %s: mode %o -> 700", root, st.st_mode & 0o777)
+            root.chmod(0o700)
+        (root / "blocks").mkdir(exist_ok=True, mode=0o700)
+    except OSError as err:
+        raise InvalidArgument(f"cannot use {root} as the disk cache: {err.strerror}") from None
     tag = root / "CACHEDIR.TAG"
     if not tag.exists():
         with contextlib.suppress(OSError):

@@ -22,6 +22,7 @@ import pytest
 from fwfs import diskcache
 from fwfs.blockcache import BlockCache
 from fwfs.diskcache import DiskCache, cache_command, clear, usage
+from fwfs.errors import InvalidArgument
 from fwfs.rangedfile import RangedReader, ReadConfig
 
 KiB = 1 << 10
@@ -81,6 +82,12 @@ def test_an_existing_directory_is_made_private(tmp_path: Path) -> None:
     root.chmod(0o755)
     DiskCache(root, 1 << 20).close()
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
+
+
+def test_a_directory_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InvalidArgument, match=r"cannot use .* as the disk cache"):
+        DiskCache(tmp_path / "file" / "cache", 1 << 20)
 
 
 def test_keys_that_name_no_file_version_are_not_kept(caches: Callable[..., DiskCache]) -> None:
