@@ -390,3 +390,53 @@ def test_two_processes_sharing_a_directory_never_give_a_wrong_byte(tmp_path: Pat
     assert sum(hits for _, hits, _ in results) > 0
     assert sum(evicted for _, _, evicted in results) > 0
     assert usage(root).bytes <= 2 * budget
+
+
+class _RangeIgnored(Exception):
+    whole_file_only = True
+
+
+def test_a_site_that_ignores_range_fills_the_disk_cache_from_its_stream(
+    caches: Callable[..., DiskCache],
+) -> None:
+    content = body(KEY, 0, 3 * 1024 * KiB + 5)
+    streams: list[int] = []
+
+    def fetch(start: int, end: int) -> bytes:
+        raise _RangeIgnored("the site sent the whole file")
+
+    def stream() -> Iterator[bytes]:
+        streams.append(1)
+        for at in range(0, len(content), 100_000):
+            yield content[at : at + 100_000]
+
+    first = caches()
+    with ThreadPoolExecutor(2) as pool:
+        with RangedReader(
+            KEY,
+            len(content),
+            fetch,
+            BlockCache(1 << 30),
+            pool,
+            ReadConfig(),
+            stream=stream,
+            store=first,
+        ) as r:
+            # Out of order: the stream passes blocks the reader has not asked for yet.
+            assert r.read(2 * 1024 * KiB, 300_000) == content[2 * 1024 * KiB :][:300_000]
+            assert r.read(0, len(content)) == content
+        first.close()
+        assert streams == [1]
+        second = caches()
+        with RangedReader(
+            KEY,
+            len(content),
+            fetch,
+            BlockCache(1 << 30),
+            pool,
+            ReadConfig(),
+            stream=stream,
+            store=second,
+        ) as r:
+            assert r.read(0, len(content)) == content
+    assert streams == [1]  # every block came from disk
