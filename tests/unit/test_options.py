@@ -61,8 +61,9 @@ def test_each_config_default_is_its_rows_and_of_the_fields_type(row: options.Opt
 def test_a_mount_with_no_flags_runs_with_the_configs_defaults() -> None:
     """What `fwfs mount` builds from its defaults is `MountConfig()`, but for what the
     wiring decides: writable (a model built without saying is read-only), the user's ids
-    and the places of the spool and of the disk cache (which stays off: 0 bytes). --no-archives and --read-only have no field of their own: this
-    is where their defaults and the fields' are proved to agree."""
+    and the places of the spool and of the disk cache (which stays off: 0 bytes).
+    --no-archives and --read-only have no field of their own: this is where their defaults
+    and the fields' are proved to agree."""
     args = build_parser().parse_args(["mount", "/mnt/fw"])
     built = mount_config(args, "https://site.example.org/api", Path("/mnt/fw"))
     assert built == dataclasses.replace(
