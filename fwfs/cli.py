@@ -1,5 +1,5 @@
-"""Command line: `fwfs serve`, `mount`, `unmount`, `demo`, `doctor`, `status`, `refresh` and
-`cache`.
+"""Command line: `fwfs serve`, `mount`, `unmount`, `demo`, `doctor`, `status`, `refresh`,
+`cache` and `prefetch`.
 
 The only place that reads argv. The flags of the commands that mount or reach a site come
 from the option table (fwfs/options.py); the sandbox's are declared here.
@@ -138,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache.add_argument("action", choices=("stats", "clear"))
     add_arguments(cache, "cache")
+    prefetch = sub.add_parser(
+        "prefetch",
+        help="warm the disk cache: read files, directories or projects into it, in parallel, "
+        "within its size; run again to go on after an interruption",
+    )
+    prefetch.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="a path inside a running fwfs mount, or a site path (group/project/...)",
+    )
+    add_arguments(prefetch, "prefetch")
     demo = sub.add_parser("demo", help="run the demo sandbox site and mount it (foreground)")
     demo.add_argument(
         "mountpoint",
@@ -201,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fwfs.diskcache import cache_command
 
         return cache_command(args.action, args.cache_dir, cache_home(), sys.stdout, sys.stderr)
+    if args.command == "prefetch":
+        from fwfs.prefetch import prefetch_command
+
+        return prefetch_command(args, sys.stdout, sys.stderr)
     if args.command == "unmount":
         from fwfs.daemon import unmount
 

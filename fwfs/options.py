@@ -3,7 +3,7 @@
 Each row names its flags (none for a setting fixed in the code), its default, its effect
 and its cost, the commands that take it and the typed-config field whose default it is.
 From the table come the argparse flags of `fwfs mount`, `demo`, `unmount`, `doctor`,
-`status` and `cache` (`add_arguments`), the defaults of `MountConfig`, `WalkAheadConfig`
+`status`, `cache` and `prefetch` (`add_arguments`), the defaults of `MountConfig`, `WalkAheadConfig`
 and `ClientConfig` (`default`), docs/CONFIGURATION.md and the options table of README.md
 (`python -m fwfs.options`; tests/unit/test_options.py checks both are current).
 
@@ -127,7 +127,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Flywheel API key (visible in `ps`: prefer FWFS_API_KEY or `fw login`)",
         "none; on the command line, other users can read it in `ps`",
-        commands=("mount", "doctor"),
+        commands=("mount", "doctor", "prefetch"),
         env="FWFS_API_KEY",
         shown="$FWFS_API_KEY, then `fw login`'s user.json",
     ),
@@ -241,6 +241,7 @@ OPTIONS: tuple[Option, ...] = (
         "it puts patient data on this machine's disk (docs/SEMANTICS.md, Caching)",
         "disk: up to SIZE under --cache-dir, readable only by you; a block read again, "
         "after a remount too, costs no request",
+        commands=("mount", "prefetch"),
         field="MountConfig.disk_cache",
         parse=parse_size,
         metavar="SIZE",
@@ -253,10 +254,34 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "where --disk-cache keeps blocks (default: {default}); mounts may share one",
         "none; made with mode 0700, and a directory of another user is refused",
-        commands=("mount", "cache"),
+        commands=("mount", "cache", "prefetch"),
         parse=Path,
         metavar="DIR",
         shown="~/.cache/fwfs/cache/<site host>",
+    ),
+    Option(
+        "mount",
+        ("--mount",),
+        None,
+        "prefetch into the disk cache of the running mount at MP, reading through it (the "
+        "default when every PATH is inside an fwfs mount); PATHs not inside it are site "
+        "paths under MP",
+        "the mount's link and daemon are busy while it runs; a mount without --disk-cache "
+        "is refused",
+        commands=("prefetch",),
+        parse=Path,
+        metavar="MP",
+    ),
+    Option(
+        "jobs",
+        ("--jobs", "-j"),
+        8,
+        "files read at once (default {default})",
+        "each file in flight holds up to its readahead window of memory; fewer than 4 "
+        "may not fill a long fat link",
+        commands=("prefetch",),
+        parse=parse_count,
+        metavar="N",
     ),
     Option(
         "walk_ahead",
@@ -459,7 +484,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "a CA bundle to trust instead of the OS store and certifi (FW_SSL_CERT_FILE wins)",
         "none",
-        commands=("mount", "doctor"),
+        commands=("mount", "doctor", "prefetch"),
         field="TrustConfig.ca_file",
         env="FW_SSL_CERT_FILE, REQUESTS_CA_BUNDLE",
     ),
@@ -469,7 +494,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "where the OS trust store's bundle is, when not where OpenSSL looks",
         "none",
-        commands=("mount", "doctor"),
+        commands=("mount", "doctor", "prefetch"),
         field="TrustConfig.os_ca_file",
         env="SSL_CERT_FILE",
     ),
@@ -479,7 +504,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "where the OS trust store's hashed directory is, when not where OpenSSL looks",
         "none",
-        commands=("mount", "doctor"),
+        commands=("mount", "doctor", "prefetch"),
         field="TrustConfig.os_ca_dir",
         env="SSL_CERT_DIR",
     ),
@@ -491,7 +516,7 @@ OPTIONS: tuple[Option, ...] = (
         "daemons' pid files "
         "(fwfs/run/, for `fwfs unmount`) and control sockets (for `fwfs status`) are under it",
         "none",
-        commands=("mount", "unmount", "status", "refresh", "cache"),
+        commands=("mount", "unmount", "status", "refresh", "cache", "prefetch"),
         env="XDG_CACHE_HOME",
         shown="~/.cache",
     ),
@@ -501,7 +526,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "where `fw login` keeps its user.json (.config/flywheel/ under it)",
         "none",
-        commands=("mount", "doctor"),
+        commands=("mount", "doctor", "prefetch"),
         env="FLYWHEEL_USER_HOME",
         shown="~",
     ),

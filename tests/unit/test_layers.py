@@ -11,7 +11,20 @@ PACKAGE = Path(__file__).resolve().parents[2] / "fwfs"
 # except the package itself (for __version__).
 ALLOWED: dict[str, set[str]] = {
     # `fwfs cache stats|clear` works on the disk cache's directory itself.
-    "cli": {"sandbox", "demo", "wiring", "daemon", "doctor", "options", "control", "diskcache"},
+    "cli": {
+        "sandbox",
+        "demo",
+        "wiring",
+        "daemon",
+        "doctor",
+        "options",
+        "control",
+        "diskcache",
+        "prefetch",
+    },
+    # `fwfs prefetch`: through a mount (its control channel), or an in-process model built
+    # as the wiring builds one; beside the wiring, below the CLI.
+    "prefetch": {"client", "config", "control", "daemon", "errors", "fs", "options", "wiring"},
     # `fwfs status` and `fwfs refresh`, both sides of the socket: the standard library and
     # where the daemon's socket is; never the model or mfusepy (the CLI side imports it).
     "control": {"daemon"},
