@@ -48,7 +48,7 @@ import errno
 import functools
 import logging
 import threading
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from types import TracebackType
@@ -69,12 +69,14 @@ log = logging.getLogger("fwfs.rangedfile")
 class BlockStore(Protocol):
     """A slower tier of blocks behind the memory cache (``fwfs.diskcache.DiskCache``).
 
-    ``load``: bytes ``[start, start + length)`` of the content ``key`` names, exactly, or
-    None. ``save``: keep them, if it can; it must not block on I/O (the read path calls it).
-    Both are called from any thread and raise nothing.
+    ``load_many``: for each ``(start, length)``, bytes ``[start, start + length)`` of the
+    content ``key`` names, exactly, or None; asked for a run at once so that a store on
+    disk can have the whole run read in parallel. ``save``: keep them, if it can; it must
+    not block on I/O (the read path calls it). Both are called from any thread and raise
+    nothing.
     """
 
-    def load(self, key: Hashable, start: int, length: int) -> bytes | None: ...
+    def load_many(self, key: Hashable, ranges: Sequence[tuple[int, int]]) -> list[bytes | None]: ...
 
     def save(self, key: Hashable, start: int, data: bytes | memoryview) -> None: ...
 
@@ -459,10 +461,10 @@ class RangedReader:
         if store is None:
             return self._network_blocks(first, last)
         bs = self._config.block_size
-        blocks: list[memoryview | None] = []
-        for i in range(first, last):
-            data = store.load(self.key, i * bs, min(bs, self.size - i * bs))
-            blocks.append(None if data is None else memoryview(data))
+        ranges = [(i * bs, min(bs, self.size - i * bs)) for i in range(first, last)]
+        blocks = [
+            None if data is None else memoryview(data) for data in store.load_many(self.key, ranges)
+        ]
         missing = [i for i in range(first, last) if blocks[i - first] is None]
         for run_first, run_last in block_runs(missing):
             for i, view in enumerate(self._network_blocks(run_first, run_last), run_first):

@@ -440,3 +440,35 @@ def test_a_site_that_ignores_range_fills_the_disk_cache_from_its_stream(
         ) as r:
             assert r.read(0, len(content)) == content
     assert streams == [1]  # every block came from disk
+
+
+def test_a_run_loaded_at_once_gives_each_block_or_nothing_and_leaves_no_file_open(
+    caches: Callable[..., DiskCache], caplog: pytest.LogCaptureFixture
+) -> None:
+    # More blocks than one batch of open files (diskcache._BATCH), with holes and a damaged
+    # one in the middle: what a readahead request of a partly kept file asks for.
+    small = 4 * KiB
+    count = diskcache._BATCH + 9
+    kept = [i for i in range(count) if i % 5 != 2]
+    cache = caches()
+    for i in kept:
+        cache.save(KEY, i * small, body(KEY, i * small, small))
+    cache.flush()
+    damaged = next(p for p in block_files(cache.root) if p.name.endswith(f".{3 * small}.{small}"))
+    raw = bytearray(damaged.read_bytes())
+    raw[-1] ^= 0x01
+    damaged.write_bytes(raw)
+    open_before = len(os.listdir("/proc/self/fd"))
+
+    got = cache.load_many(KEY, [(i * small, small) for i in range(count)])
+
+    assert len(os.listdir("/proc/self/fd")) == open_before
+    for i, data in enumerate(got):
+        if i in kept and i != 3:
+            assert data == body(KEY, i * small, small), i
+        else:
+            assert data is None, i
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.corrupt) == (len(kept) - 1, count - len(kept) + 1, 1)
+    assert not damaged.exists() and "failed its check" in caplog.text
+    assert cache.load_many(("x", "not a version"), [(0, 3), (3, 3)]) == [None, None]
