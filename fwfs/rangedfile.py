@@ -438,9 +438,15 @@ class RangedReader:
         keys = [(self.key, i) for i in range(first, max(last, upto))]
         blocks = self._cache.get_or_fetch_many(keys, self._fetch_keys)[: last - first]
         head, tail = offset - first * bs, end - (last - 1) * bs
-        # The one copy of the read path: FUSE replies must be bytes.
+        # The one copy of the read path: FUSE replies must be bytes. A read of one whole
+        # block the disk cache gave (its own bytes object) needs none.
         if len(blocks) == 1:
-            data = bytes(blocks[0][head:tail])
+            block = blocks[0]
+            whole = block.obj if isinstance(block, memoryview) else block
+            if type(whole) is bytes and head == 0 and tail == len(block) == len(whole):
+                data = whole
+            else:
+                data = bytes(block[head:tail])
         else:
             data = b"".join([blocks[0][head:], *blocks[1:-1], blocks[-1][:tail]])
         if len(data) != end - offset:

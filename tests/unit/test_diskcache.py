@@ -472,3 +472,38 @@ def test_a_run_loaded_at_once_gives_each_block_or_nothing_and_leaves_no_file_ope
     assert (stats.hits, stats.misses, stats.corrupt) == (len(kept) - 1, count - len(kept) + 1, 1)
     assert not damaged.exists() and "failed its check" in caplog.text
     assert cache.load_many(("x", "not a version"), [(0, 3), (3, 3)]) == [None, None]
+
+
+def test_block_aligned_reads_from_disk_give_each_block_exactly(
+    caches: Callable[..., DiskCache],
+) -> None:
+    # The kernel's reads are whole 128 KiB blocks: those are handed on without a copy.
+    content = body(KEY, 0, 6 * BS + 1000)
+    first = caches()
+    with ThreadPoolExecutor(4) as pool:
+        with RangedReader(
+            KEY,
+            len(content),
+            lambda s, e: content[s:e],
+            BlockCache(1 << 20),
+            pool,
+            ReadConfig(),
+            store=first,
+        ) as r:
+            assert r.read(0, len(content)) == content
+        first.close()
+
+        def no_fetch(start: int, end: int) -> bytes:
+            raise AssertionError(f"fetched {start}-{end}")
+
+        with RangedReader(
+            KEY,
+            len(content),
+            no_fetch,
+            BlockCache(1 << 20),
+            pool,
+            ReadConfig(),
+            store=caches(),
+        ) as r:
+            for offset in [*range(0, len(content), BS), 0, BS]:
+                assert r.read(offset, BS) == content[offset : offset + BS], offset
