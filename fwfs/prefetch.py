@@ -38,6 +38,7 @@ from fwfs.config import ClientConfig, WalkAheadConfig, load_api_key, tls_verify_
 from fwfs.daemon import control_socket
 from fwfs.errors import FwfsError
 from fwfs.fs import FlywheelFS
+from fwfs.fs.nodes import ARCHIVE_SUFFIX
 from fwfs.options import option
 from fwfs.wiring import connect, default_cache_dir, mount_config
 
@@ -49,6 +50,11 @@ CHUNK = 8 << 20
 KEEPS = 0.9
 _BLOCK = int(option("block_size").default)
 _PAGE = 4096
+# In process, the readers wait for the disk cache's writer every this many bytes: its
+# queue holds 64 MiB and drops what does not fit. 8 files at 1 Gbit/s: 100 MB/s and no
+# block dropped; waiting at the end of each file instead: 85 MB/s; never: 105 MB/s, with
+# 634 blocks dropped at 16 files at once.
+FLUSH_EVERY = 32 << 20
 OnBytes = Callable[[int], None]
 
 
@@ -106,8 +112,11 @@ def plan(reader: Reader, paths: Iterable[str]) -> Plan:
         except (OSError, FwfsError) as err:
             failed.append((path, _why(err)))
             return
+        plain = {name for name, is_dir, _ in entries if not is_dir}
         for name, is_dir, size in sorted(entries):
             child = join(path, name)
+            if is_dir and name.endswith(ARCHIVE_SUFFIX) and name[: -len(ARCHIVE_SUFFIX)] in plain:
+                continue  # a zip's members (--list-archives): its bytes are the zip's
             if is_dir:
                 walk(child)
             else:
@@ -286,6 +295,12 @@ class ModelReader:
         if fs.disk is None:
             raise ValueError("the model has no disk cache")
         self.fs = fs
+        self.disk = fs.disk
+        # The disk cache's writer sits behind a bounded queue (64 MiB) and drops what does
+        # not fit: every FLUSH_EVERY bytes read, the readers wait until it has caught up.
+        self._gate = threading.Condition()
+        self._unflushed = 0
+        self._flushing = False
 
     def stat(self, path: str) -> tuple[bool, int]:
         attr = self.fs.getattr(path)
@@ -308,15 +323,29 @@ class ModelReader:
                     break
                 offset += len(data)
                 on_bytes(len(data))
+                self._catch_up(len(data))
         finally:
             self.fs.release(fh)
-        # The writer is behind a bounded queue: wait for it, or the next files' blocks
-        # would be dropped instead of kept.
-        if self.fs.disk is not None:
-            self.fs.disk.flush()
+
+    def _catch_up(self, n: int) -> None:
+        with self._gate:
+            self._unflushed += n
+            if self._flushing:
+                self._gate.wait_for(lambda: not self._flushing)
+                return
+            if self._unflushed < FLUSH_EVERY:
+                return
+            self._flushing = True
+        try:
+            self.disk.flush()
+        finally:
+            with self._gate:
+                self._flushing = False
+                self._unflushed = 0
+                self._gate.notify_all()
 
     def dropped(self) -> int:
-        return self.fs.disk.stats().dropped if self.fs.disk is not None else 0
+        return self.disk.stats().dropped
 
 
 def site_path(text: str) -> str:
@@ -444,9 +473,15 @@ def _finish(
         return 130
     code = 0
     if result.dropped:
+        again = "run again to fetch them"
+        if isinstance(reader, MountReader):
+            # The daemon keeps on disk what it fetches, not what its memory cache serves.
+            again += (
+                " (through a mount, those still in its memory cache are kept only after a remount)"
+            )
         print(
             f"fwfs: {result.dropped} block(s) were not kept (the disk was full, or its writer "
-            "behind): run again to fetch them",
+            f"behind): {again}",
             file=err,
         )
         code = 1
