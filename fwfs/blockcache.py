@@ -11,18 +11,40 @@ a caller gets back the kind it stores.
 Single flight: a key that someone is fetching has a ``_Flight``. Other callers wait on it
 instead of fetching again. Whoever created a flight must settle it (with bytes, an error
 or a release), which ``Reservation`` guarantees by settling leftovers on exit.
+
+A fetch made as a guess ahead of a program (``with guessing():``: an archive's bulk fetch,
+members inflated ahead) releases what it claimed when it fails, instead of failing it: a
+program's read that was waiting for those blocks fetches them itself and meets its own
+error, never the guess's (a guess may meet a fault the program's own read would not).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Generic, TypeVar, cast
 
 K = TypeVar("K", bound=Hashable)
+# Set by `guessing()` in the thread (or task) making guesses ahead of a program.
+_GUESSING: ContextVar[bool] = ContextVar("fwfs_blockcache_guessing", default=False)
+
+
+@contextlib.contextmanager
+def guessing() -> Iterator[None]:
+    """Fetches made inside are guesses: a failed one releases its claimed keys (waiters
+    fetch them themselves) instead of failing them with its error."""
+    token = _GUESSING.set(True)
+    try:
+        yield
+    finally:
+        _GUESSING.reset(token)
+
+
 Block = bytes | memoryview
 B = TypeVar("B", bytes, memoryview)
 
@@ -288,8 +310,8 @@ class Reservation(Generic[K]):
     ``fulfil`` settles one key with its bytes. ``fail`` settles the rest with an error that
     their waiters re-raise; ``release`` settles the rest with nothing, so waiters fetch for
     themselves. Used as a context manager it fails the rest with the exception that ended
-    the block (a real error, not an interrupt) and releases them otherwise. Not shared
-    between threads: one fetcher owns it at a time.
+    the block (a real error, not an interrupt, and not inside ``guessing()``) and releases
+    them otherwise. Not shared between threads: one fetcher owns it at a time.
     """
 
     def __init__(self, cache: BlockCache, claimed: Sequence[tuple[K, _Flight]]) -> None:
@@ -328,7 +350,7 @@ class Reservation(Generic[K]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if isinstance(exc, Exception):
+        if isinstance(exc, Exception) and not _GUESSING.get():
             self.fail(exc)
         else:
             self.release()

@@ -28,7 +28,7 @@ from fwfs.archives.layout import (
     Directory,
 )
 from fwfs.archives.settings import ArchiveConfig, MiB
-from fwfs.blockcache import BlockCache
+from fwfs.blockcache import BlockCache, guessing
 from fwfs.rangedfile import RangedReader
 
 # The bulk fetch's parts: at least this large, and cut on multiples of the alignment.
@@ -189,7 +189,7 @@ class BulkFetch:
             )
             # Only a head start: a member that fails here fails again for its reader, who
             # gets the error.
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), guessing():
                 self._inflate(member)
 
     def _parts(self, directory: Directory, here: int, head: int) -> list[tuple[int, int]]:
@@ -221,7 +221,7 @@ class BulkFetch:
         # a block a part failed to fetch fetches it again.
         reader = self._open_reader()
         try:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), guessing():
                 reader.read(start, end - start)
         finally:
             reader.close()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Hashable
 
 import pytest
 
-from fwfs.blockcache import BlockCache
+from fwfs.blockcache import BlockCache, guessing
 
 
 class Boom(Exception):
@@ -189,6 +190,39 @@ def test_a_failed_fetch_reaches_every_waiter_and_caches_nothing() -> None:
     assert cache.get("k") is None
     # Nothing of the failure lingers: the next caller fetches again.
     assert cache.get_or_fetch("k", lambda: b"ok") == b"ok"
+
+
+def test_a_failed_guess_leaves_its_waiters_to_fetch_for_themselves() -> None:
+    """A guess ahead of the program (an archive's bulk fetch, a member inflated ahead) may
+    meet an error the program's own read would not: the reader waiting on it must fetch
+    the block itself, not be handed the guess's error (found by the reference model: a
+    short body met by a bulk fetch surfaced as EIO to a later plain read)."""
+    cache = BlockCache(100)
+    entered, release = threading.Event(), threading.Event()
+
+    def failing_guess(keys: list[str]) -> list[bytes]:
+        entered.set()
+        release.wait()
+        raise Boom("short body")
+
+    def guess() -> None:
+        with contextlib.suppress(Boom), guessing():
+            cache.get_or_fetch_many(["k"], failing_guess)
+
+    got: list[bytes] = []
+    guesser = threading.Thread(target=guess)
+    guesser.start()
+    entered.wait()
+    program = threading.Thread(
+        target=lambda: got.extend(cache.get_or_fetch_many(["k"], lambda keys: [b"own"]))
+    )
+    program.start()
+    wait_until(lambda: cache.stats().waits == 1)
+    release.set()
+    guesser.join()
+    program.join()
+    assert got == [b"own"]
+    assert cache.get("k") == b"own"
 
 
 def test_get_or_fetch_many_fetches_only_the_missing_keys_in_order() -> None:
