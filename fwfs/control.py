@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fwfs.daemon import control_socket
+from fwfs.linux import mount_table
 
 log = logging.getLogger("fwfs.control")
 
@@ -47,18 +48,11 @@ class ControlError(Exception):
 
 
 def fwfs_mounts() -> list[Path]:
-    """Mount points of fwfs mounts, from /proc/self/mounts (which touches no mount)."""
-    found = []
-    with contextlib.suppress(OSError), open("/proc/self/mounts", encoding="utf-8") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 2 and fields[2] == "fuse.fwfs":
-                # /proc/self/mounts escapes space, tab, newline and backslash as octal.
-                point = fields[1]
-                for code in ("\\040", "\\011", "\\012", "\\134"):
-                    point = point.replace(code, chr(int(code[1:], 8)))
-                found.append(Path(point))
-    return found
+    """Mount points of fwfs mounts (`linux.mount_table`, which touches no mount)."""
+    try:
+        return [Path(point) for point, kind in mount_table() if kind == "fuse.fwfs"]
+    except OSError:
+        return []
 
 
 def mount_of(path: Path) -> tuple[Path, str] | None:

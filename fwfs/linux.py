@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import re
 import threading
 from typing import Any
 
@@ -65,6 +66,18 @@ def trim_memory(stop: threading.Event, every: float = 5.0) -> None:
         return
     while not stop.wait(every):
         trim(0)
+
+
+def mount_table() -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of every mount, once per mount (stacked mounts
+    repeat), from /proc/self/mounts: reading it touches no mount, so a hung daemon cannot
+    hang the reader. The kernel escapes space, tab, newline and backslash there as octal."""
+    with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+        return [
+            (re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1]), fields[2])
+            for fields in map(str.split, f)
+            if len(fields) > 2
+        ]
 
 
 def raise_readahead(mountpoint: str, ready: threading.Event) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from fwfs.linux import mount_table
 from fwfs.testing.sites import Site, tail_text
 
 MOUNT_TIMEOUT = 30.0
@@ -40,15 +40,9 @@ class MountError(RuntimeError):
 # ---- mount state ----------------------------------------------------------------------------
 
 
-def _unescape_mountinfo(field: str) -> str:
-    # /proc/self/mounts escapes space, tab, newline and backslash as octal.
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def mounted_paths() -> list[str]:
-    """Every mount point, once per mount (stacked mounts repeat), from /proc/self/mounts."""
-    with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
-        return [_unescape_mountinfo(line.split()[1]) for line in f if line.strip()]
+    """Every mount point, once per mount (stacked mounts repeat): `linux.mount_table`."""
+    return [point for point, _ in mount_table()]
 
 
 def is_mounted(path: Path | str) -> bool:

@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "prefetch": {"client", "config", "control", "daemon", "errors", "fs", "options", "wiring"},
     # `fwfs status` and `fwfs refresh`, both sides of the socket: the standard library and
     # where the daemon's socket is; never the model or mfusepy (the CLI side imports it).
-    "control": {"daemon"},
+    "control": {"daemon", "linux"},
     # The daemon's answers to `fwfs status` and `fwfs refresh`, gathered from the layers
     # that count; started by the wiring beside the mount.
     "report": {"client", "control", "daemon", "fs", "fuse_ops", "uploads"},
@@ -91,7 +91,7 @@ ALLOWED: dict[str, set[str]] = {
     "sandbox": {"sandbox"},
     # Test support (fault injection, the site and mount runners): it stands beside the
     # product, over the seams it tests; nothing in the product imports it.
-    "testing": {"config", "errors", "models", "site", "testing"},
+    "testing": {"config", "errors", "linux", "models", "site", "testing"},
 }
 # Third-party imports reserved to one layer.
 ONLY_IN = {"mfusepy": "fuse_compat", "requests": "client", "urllib3": "client"}
