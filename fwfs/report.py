@@ -18,7 +18,7 @@ from fwfs.client import FlywheelClient
 from fwfs.control import ControlServer
 from fwfs.fs import FlywheelFS
 from fwfs.fuse_ops import FuseOperations
-from fwfs.uploads.journal import RUNNING, State, entries, read_json
+from fwfs.uploads.journal import RUNNING, State, peek
 
 log = logging.getLogger("fwfs.control")
 
@@ -36,13 +36,7 @@ def uploads(spool: Path | None) -> dict[str, list[dict[str, Any]]]:
     if spool is None:
         return out
     for where, directory in (("staging", spool / "journal"), ("recovery", spool / "recovery")):
-        if not directory.is_dir():
-            continue
-        for entry in entries(directory, ".json"):
-            try:
-                record = read_json(directory / f"{entry}.json")
-            except (OSError, ValueError):
-                continue  # written or removed as we read: the next question sees it
+        for record in peek(directory):
             target = record.get("target")
             item = {
                 "path": target.get("path") if isinstance(target, dict) else None,

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -302,17 +303,20 @@ class Journal:
                 tmp.unlink(missing_ok=True)
 
 
+def peek(directory: Path) -> Iterator[Json]:
+    """The records of ``directory`` (``journal/`` or ``recovery/``), read without taking
+    the spool's lock, while a daemon may hold it: a record written or removed as it is
+    read is skipped (the next look sees it), and a missing directory has none."""
+    if not directory.is_dir():
+        return
+    for entry in entries(directory, ".json"):
+        try:
+            yield read_json(directory / f"{entry}.json")
+        except (OSError, ValueError):
+            continue
+
+
 def uploads_running(root: Path) -> int:
     """How many uploads the spool at ``root`` shows as running, read from the journal
     without taking the spool's lock (for ``fwfs unmount``, while the daemon holds it)."""
-    journal = Path(root) / "journal"
-    if not journal.is_dir():
-        return 0
-    running = 0
-    for entry in entries(journal, ".json"):
-        try:
-            if read_json(journal / f"{entry}.json").get("state") in RUNNING:
-                running += 1
-        except (OSError, ValueError):
-            continue
-    return running
+    return sum(record.get("state") in RUNNING for record in peek(Path(root) / "journal"))
