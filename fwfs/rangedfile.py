@@ -71,8 +71,9 @@ class BlockStore(Protocol):
 
     ``load_many``: for each ``(start, length)``, bytes ``[start, start + length)`` of the
     content ``key`` names, exactly, or None; asked for a run at once so that a store on
-    disk can have the whole run read in parallel. ``save``: keep them, if it can; it must
-    not block on I/O (the read path calls it). Both are called from any thread and raise
+    disk can have the whole run read in parallel. ``save``: keep them, if it can; it may wait
+    for room when it is behind (the read path calls it, so a store slower than the link
+    slows reads to its rate), but never without bound. Both are called from any thread and raise
     nothing.
     """
 

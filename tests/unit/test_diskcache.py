@@ -211,6 +211,64 @@ def test_a_full_disk_keeps_nothing_and_reads_go_on(
     assert cache.stats().dropped >= 4 and cache.stats().writes == 0
 
 
+def test_a_writer_slower_than_the_reads_holds_them_back_and_keeps_every_block(
+    caches: Callable[..., DiskCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A queue of two blocks and a disk that takes a while per block: reads faster than the
+    # disk must wait for it, not leave holes that a re-read would fetch again.
+    monkeypatch.setattr(diskcache, "_QUEUE_BYTES", 2 * BS)
+    real_writev = os.writev
+    gate = threading.Semaphore(0)
+
+    def slow(fd: int, buffers: list[bytes]) -> int:
+        gate.acquire()  # one block per release: the test, not a clock, paces the disk
+        return real_writev(fd, buffers)
+
+    monkeypatch.setattr(os, "writev", slow)
+    cache = caches()
+    blocks = [body(KEY, i * BS, BS) for i in range(12)]
+    saver = threading.Thread(
+        target=lambda: [cache.save(KEY, i * BS, b) for i, b in enumerate(blocks)]
+    )
+    saver.start()
+    for _ in blocks:
+        gate.release()
+    saver.join(timeout=30)
+    assert not saver.is_alive()
+    cache.flush()
+    assert cache.stats().dropped == 0 and cache.stats().writes == len(blocks)
+    assert cache.load_many(KEY, [(i * BS, BS) for i in range(12)]) == blocks
+
+
+def test_a_writer_that_keeps_nothing_is_given_up_on_then_trusted_again(
+    caches: Callable[..., DiskCache],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A hung cache filesystem must not hang reads: after _STALL seconds without progress,
+    # saves return at once and drop their blocks, until the writer writes again.
+    monkeypatch.setattr(diskcache, "_QUEUE_BYTES", 2 * BS)
+    monkeypatch.setattr(diskcache, "_STALL", 0.2)
+    real_writev = os.writev
+    hung = threading.Event()
+
+    def stuck(fd: int, buffers: list[bytes]) -> int:
+        hung.wait(30)
+        return real_writev(fd, buffers)
+
+    monkeypatch.setattr(os, "writev", stuck)
+    cache = caches()
+    for i in range(10):
+        cache.save(KEY, i * BS, body(KEY, i * BS, BS))
+    assert cache.stats().dropped >= 7  # one being written, two queued, the rest dropped
+    assert "has kept no block" in caplog.text
+    hung.set()
+    cache.flush()
+    cache.save(KEY, 20 * BS, body(KEY, 20 * BS, BS))
+    cache.flush()
+    assert cache.load(KEY, 20 * BS, BS) == body(KEY, 20 * BS, BS)
+
+
 def test_a_second_reader_on_the_same_directory_fetches_nothing(
     caches: Callable[..., DiskCache],
 ) -> None:
