@@ -24,7 +24,22 @@ ALLOWED: dict[str, set[str]] = {
     },
     # `fwfs prefetch`: through a mount (its control channel), or an in-process model built
     # as the wiring builds one; beside the wiring, below the CLI.
-    "prefetch": {"client", "config", "control", "daemon", "errors", "fs", "options", "wiring"},
+    # diskcache: what a selection takes on disk, by the cache's own count.
+    "prefetch": {
+        "client",
+        "config",
+        "control",
+        "daemon",
+        "diskcache",
+        "errors",
+        "fs",
+        "options",
+        "wiring",
+    },
+    # `flywheel://` (fsspec): a second adapter beside fuse_ops, over the same model, built
+    # as prefetch builds its in-process one; not through the wiring, which imports
+    # fuse_ops and so mfusepy (absent where there is no FUSE). daemon: the cache home.
+    "remote": {"client", "config", "daemon", "errors", "fs", "options", "uploads"},
     # `fwfs status` and `fwfs refresh`, both sides of the socket: the standard library and
     # where the daemon's socket is; never the model or mfusepy (the CLI side imports it).
     "control": {"daemon", "linux"},
