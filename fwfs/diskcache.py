@@ -125,7 +125,7 @@ def _checksum(data: Block, name: str) -> int:
     return xxhash.xxh3_64_intdigest(data, xxhash.xxh3_64_intdigest(name.encode()))
 
 
-def _on_disk(length: int) -> int:
+def footprint(length: int) -> int:
     """The disk a block of ``length`` bytes takes, in 4 KiB filesystem blocks."""
     return -(-(_HEADER.size + length) // 4096) * 4096
 
@@ -518,8 +518,8 @@ class DiskCache:
         self._full_logged = False
         with self._lock:
             self._writes += 1
-            self._used += _on_disk(len(data))
-            self._since_scan += _on_disk(len(data))
+            self._used += footprint(len(data))
+            self._since_scan += footprint(len(data))
 
     # ---- eviction -------------------------------------------------------------------
 
