@@ -398,17 +398,26 @@ def nifti_gz(
     voxel_mm: tuple[float, float, float],
     seed: int,
     description: str = "",
+    volumes: Sequence[float] = (),
+    repetition_time: float = 0.0,
 ) -> bytes:
     """A gzipped NIfTI-1 of the phantom; ``shape`` and ``voxel_mm`` are in (i, j, k) order.
 
     The affine is RAS+ with the origin at the volume's centre, set as both qform and sform
     (code 1, scanner anatomical), and the units are millimetres. ``description`` goes in the
     header's 80-byte ``descrip`` field, truncated to fit.
+
+    ``volumes`` makes a 4-D series: one volume per entry, the phantom scaled by that factor
+    (1.0 for a BOLD frame or a b=0 image, less for a diffusion-weighted one) plus fresh noise,
+    with ``repetition_time`` seconds as the fourth zoom (``pixdim[4]``). Without it the image
+    is 3-D, and the bytes are those it always had.
     """
     ni, nj, nk = shape
     # The phantom is built as (slices, rows, columns); transposing gives (x, y, z), so the
     # NIfTI looks like the DICOM series of the same seed does after dcm2niix.
     data = np.ascontiguousarray(phantom_volume((nk, nj, ni), seed).transpose(2, 1, 0))
+    if volumes:
+        data = _series(data, volumes, seed)
     affine = _nifti_affine(shape, voxel_mm)
     # nibabel's methods are unannotated; one Any-typed handle keeps mypy --strict quiet
     # without an ignore comment per call.
@@ -419,10 +428,25 @@ def nifti_gz(
     header.set_qform(affine, code=1)
     header.set_sform(affine, code=1)
     header.set_xyzt_units("mm", "sec")
+    if volumes:
+        header.set_zooms((*voxel_mm, repetition_time))
     header["descrip"] = description.encode("utf-8")[:79]
     raw: bytes = image.to_bytes()
     # mtime=0 keeps the gzip header, and so the bytes, independent of when it was built.
     return gzip.compress(raw, compresslevel=6, mtime=0)
+
+
+def _series(
+    volume: npt.NDArray[np.int16], scales: Sequence[float], seed: int
+) -> npt.NDArray[np.int16]:
+    rng = np.random.Generator(np.random.PCG64(seed ^ 0x5EED))
+    frames = [
+        volume.astype(np.float32) * np.float32(scale)
+        + rng.standard_normal(volume.shape, dtype=np.float32) * np.float32(6.0)
+        for scale in scales
+    ]
+    series = np.clip(np.stack(frames, axis=-1), 0.0, 32767.0)
+    return np.ascontiguousarray(np.rint(series).astype(np.int16))
 
 
 def _csv_cell(value: object) -> object:

@@ -31,6 +31,8 @@ _TYPES = (
     (".csv", "tabular data"),
     (".tsv", "tabular data"),
     (".json", "source code"),
+    (".bval", "bval"),
+    (".bvec", "bvec"),
     (".pdf", "pdf"),
     (".txt", "text"),
     (".log", "log"),

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from fwfs.sandbox import demodata
+from fwfs.sandbox import bids_demo, demodata
 from fwfs.sandbox.files import file_type, mimetype, zip_member_count
 from fwfs.sandbox.names import ADMIN_USER, GROUP, PROJECT
 from fwfs.sandbox.store import Container, FileRec, Store, iso
@@ -25,6 +25,8 @@ _SERIES = {
     "T2/FLAIR": ("T2_FLAIR", "MR", (12, 64, 64), (4.0, 2.0, 2.0)),
     "localizer": ("localizer", "MR", (3, 32, 32), (8.0, 4.0, 4.0)),
     "CT head": ("CT_head", "CT", (8, 64, 64), (5.0, 1.0, 1.0)),
+    # BIDS curation's fieldmap (bids_demo.py): the BOLD's grid, the opposite phase encoding.
+    bids_demo.FMAP_LABEL: ("fmap_PA_epi", "MR", (12, 48, 48), (4.0, 3.0, 3.0)),
 }
 
 
@@ -110,11 +112,15 @@ class Seeder:
         self.file(
             acq, f"{stem}.dicom.zip", zipped, when, modality=modality, classification=classification
         )
+        # fMRI and DWI are series of volumes, with the TR as the fourth zoom.
+        volumes, tr = bids_demo.SERIES_4D.get(label, ((), 0.0))
         nifti = demodata.nifti_gz(
             shape=(shape[2], shape[1], shape[0]),
             voxel_mm=(voxel[2], voxel[1], voxel[0]),
             seed=seed,
             description=stem,
+            volumes=volumes,
+            repetition_time=tr,
         )
         self.file(
             acq,
@@ -231,6 +237,7 @@ def _anxiety_study(s: Seeder) -> None:
             )
             if code == "sub-01" and label == "ses-baseline":
                 _first_session_extras(s, session, built["T1w"], when)
+    bids_demo.curate(s, project, _SERIES, _when(2019, 3, 1))
 
 
 def _first_session_extras(s: Seeder, session: Container, t1w: Container, when: datetime) -> None:

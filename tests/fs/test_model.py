@@ -120,6 +120,7 @@ def test_root_lists_groups_by_id(model: FlywheelFS, fw: Any) -> None:
 def test_project_lists_its_files_and_subjects(model: FlywheelFS) -> None:
     listing = dict(model.readdir(PROJECT))
     files = {"participants.csv", "dataset_description.json", "protocol.pdf"}
+    files |= {"README.txt", "participants.tsv", "participants.json"}  # the BIDS curation's
     subjects = {"sub-01", "sub-02", "sub-03", "sub-04 Zoë"}
     assert set(listing) == files | subjects  # no analyses/: the project has none
     assert all(not listing[f].is_dir for f in files)

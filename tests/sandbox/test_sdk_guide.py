@@ -39,6 +39,8 @@ SESSIONS = {
 }
 ALL_SESSIONS = sorted(name for name, _ in SESSIONS)
 SUBJECTS = ["sub-01", "sub-02", "sub-03", "sub-04 Zoë"]
+# The project attachments the BIDS curation added (fwfs/sandbox/bids_demo.py).
+BIDS_FILES = ["README.txt", "participants.tsv", "participants.json"]
 # The demo's jobs in creation order: (gear, state).
 JOBS = [
     ("dcm2niix", "complete"),
@@ -122,7 +124,7 @@ def test_resolve_project_path_and_children(fw: Any, capsys: Any) -> None:
     assert lines[:2] == ["Flywheel Demo: flywheel", f"Anxiety Study: {project.id}"]
     children = [line.split(": ")[0] for line in lines[2:]]
     assert sorted(children) == sorted(
-        [*SUBJECTS, "participants.csv", "dataset_description.json", "protocol.pdf"]
+        [*SUBJECTS, "participants.csv", "dataset_description.json", "protocol.pdf", *BIDS_FILES]
     )
     kinds = {(el.container_type, type(el).__name__) for el in result.children}
     assert kinds == {("subject", "SubjectOutput"), ("file", "FileNode")}
