@@ -430,7 +430,12 @@ def _finish(
     out: IO[str],
     err: IO[str],
 ) -> int:
-    selection = plan(reader, paths)
+    try:
+        selection = plan(reader, paths)
+    except KeyboardInterrupt:
+        # Nothing was read yet: no traceback for a Ctrl-C while the listings come in.
+        print("fwfs: interrupted while listing; nothing was prefetched", file=err)
+        return 130
     refusal = fitting(selection, budget)
     if refusal:
         print(f"fwfs: nothing prefetched: {refusal}", file=err)

@@ -73,3 +73,21 @@ def test_a_selection_over_the_budget_is_refused_saying_what_fits() -> None:
     # The on-disk size counts a header per 128 KiB block, in whole 4 KiB pages.
     assert on_disk(128 << 10) == (128 << 10) + 4096
     assert on_disk(1) == 4096
+
+
+def test_ctrl_c_while_listing_exits_130_without_a_traceback() -> None:
+    import argparse
+    import io
+
+    from fwfs.prefetch import _finish
+
+    class Interrupted(Tree):
+        def listdir(self, path: str) -> list[tuple[str, bool, int]]:
+            raise KeyboardInterrupt
+
+    out, err = io.StringIO(), io.StringIO()
+    code = _finish(
+        argparse.Namespace(jobs=2), Interrupted(TREE.entries), ["/g/p"], 1 << 30, out, err
+    )
+    assert code == 130
+    assert "interrupted while listing" in err.getvalue()
