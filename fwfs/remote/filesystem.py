@@ -25,7 +25,7 @@ from fsspec.spec import make_instance  # type: ignore[import-untyped]
 from fwfs.errors import AlreadyExists, NotFound
 from fwfs.fs import Attr, FlywheelFS
 from fwfs.fs.core import XATTR_PREFIX
-from fwfs.options import parse_size
+from fwfs.options import DELETE_REASONS, parse_size
 from fwfs.remote.files import FlywheelFile
 from fwfs.remote.model import (
     PROTOCOL,
@@ -60,8 +60,9 @@ class FlywheelFileSystem(AbstractFileSystem):  # type: ignore[misc]
     user.json); ``site`` (the site's API URL, checked against the key's: a pickled
     instance carries it, so a worker whose key is for another site fails rather than reads
     elsewhere); ``verify`` (a CA bundle's path, or False; default: the environment's
-    trust, as for the mount); ``read_only``; ``allow_delete`` (rm, as the mount's
-    ``--allow-delete``); ``disk_cache`` (bytes, or "10G") with ``cache_dir`` (default: the
+    trust, as for the mount); ``read_only``; ``allow_delete`` and ``delete_reason`` (rm,
+    as the mount's ``--allow-delete`` and ``--delete-reason``, which a site with an audit
+    trail needs); ``disk_cache`` (bytes, or "10G") with ``cache_dir`` (default: the
     mounts' disk cache of the site); ``spool_dir`` (where bytes being uploaded are staged;
     default: the temporary directory, ``TMPDIR``).
     """
@@ -77,6 +78,7 @@ class FlywheelFileSystem(AbstractFileSystem):  # type: ignore[misc]
         verify: bool | str | None = None,
         read_only: bool = False,
         allow_delete: bool = False,
+        delete_reason: str | None = None,
         disk_cache: int | str = 0,
         cache_dir: str | os.PathLike[str] | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
@@ -87,11 +89,14 @@ class FlywheelFileSystem(AbstractFileSystem):  # type: ignore[misc]
         size = parse_size(disk_cache) if isinstance(disk_cache, str) else int(disk_cache)
         if size < 0:
             raise ValueError("disk_cache must not be negative")
+        if delete_reason is not None and delete_reason not in DELETE_REASONS:
+            raise ValueError(f"delete_reason must be one of: {', '.join(DELETE_REASONS)}")
         self._options = Options(
             site=site.rstrip("/") if site else None,
             verify=verify,
             read_only=read_only,
             allow_delete=allow_delete,
+            delete_reason=delete_reason,
             disk_cache=size,
             cache_dir=Path(cache_dir).expanduser().absolute() if cache_dir else None,
             spool_dir=Path(spool_dir).expanduser().absolute() if spool_dir else None,

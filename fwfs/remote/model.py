@@ -97,6 +97,7 @@ class Options:
     verify: bool | str | None = None
     read_only: bool = False
     allow_delete: bool = False
+    delete_reason: str | None = None
     disk_cache: int = 0
     cache_dir: Path | None = None
     spool_dir: Path | None = None
@@ -182,6 +183,7 @@ class Model:
                 gid=os.getgid(),
                 spool_dir=spool,
                 allow_delete=options.allow_delete,
+                delete_reason=options.delete_reason,
                 disk_cache=options.disk_cache,
                 cache_dir=settings.cache_dir,
                 # Programs, not shells: Dask hands a directory's files to many workers,
