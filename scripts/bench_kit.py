@@ -12,6 +12,7 @@ import datetime as dt
 import gzip
 import os
 import platform
+import struct
 import subprocess
 import sys
 import time
@@ -125,6 +126,68 @@ def traffic(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "file_bytes": sum(int(e.get("bytes") or 0) for e in files),
         "errors": sum(1 for e in entries if int(e.get("status") or 0) >= 400),
     }
+
+
+# ---- a full disk cache ---------------------------------------------------------------------
+
+FILL_PREFIX = "benchfill"
+FILL_BLOCK = 128 << 10
+
+
+def _fill_key(i: int) -> tuple[str, int]:
+    # 1,000 blocks (125 MiB) per fake file version, as a cache of many files would hold.
+    return (f"{FILL_PREFIX}{i // 1000:05d}", 1)
+
+
+def fill_disk_cache(root: Path, count: int) -> str:
+    """Make `root` a disk cache holding `count` valid 128 KiB blocks of fake file versions
+    (blocks already there are kept; blocks of other versions are removed, so the next read
+    fetches its file again). Returns how: "fallocate" or "save".
+
+    The fast way writes each block file as fwfs.diskcache would, its bytes zeros that
+    posix_fallocate allocates without writing (ext4: unwritten extents), so ~80,000 files
+    take seconds and the disk counts every byte; it uses the module's private layout, so
+    it is checked by a `load` through the public API, and when that fails (the format
+    changed) the blocks are written through `DiskCache.save`: 10 GiB of real writes."""
+    from fwfs import diskcache
+
+    zeros = bytes(FILL_BLOCK)
+    for entry in list(diskcache._block_files(root)) if (root / "blocks").is_dir() else []:
+        if not entry.name.startswith(FILL_PREFIX):
+            os.unlink(entry.path)
+    probe = diskcache.DiskCache(root, 1 << 60)  # a budget nothing is evicted under
+    try:
+        try:
+            for i in range(count):
+                key = _fill_key(i)
+                part = diskcache._version_part(key)
+                assert part is not None
+                start = (i % 1000) * FILL_BLOCK
+                name = f"{part}.{start}.{FILL_BLOCK}"
+                path = probe._path(part, name)
+                if os.path.exists(path):
+                    continue
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                try:
+                    os.posix_fallocate(fd, 0, diskcache._HEADER.size + FILL_BLOCK)
+                    check = diskcache._checksum(zeros, name)
+                    os.pwrite(fd, diskcache._HEADER.pack(diskcache._MAGIC, FILL_BLOCK, check), 0)
+                finally:
+                    os.close(fd)
+            last = count - 1
+            if probe.load(_fill_key(last), (last % 1000) * FILL_BLOCK, FILL_BLOCK) == zeros:
+                return "fallocate"
+            log("  the fast fill of the disk cache is not what fwfs reads: writing it")
+        except (AttributeError, TypeError, struct.error) as err:
+            log(f"  the fast fill of the disk cache failed ({err!r}): writing it")
+        diskcache.clear(root)
+        for i in range(count):
+            probe.save(_fill_key(i), (i % 1000) * FILL_BLOCK, zeros)
+        probe.flush()
+        return "save"
+    finally:
+        probe.close()
 
 
 # ---- mounts --------------------------------------------------------------------------------

@@ -350,15 +350,131 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "profile": "cold_read" if cache == default_cache_mib() else "memory",
         }
         out.append(t)
+    out += disk_cache_targets(results)
     skipped = {**results["skipped"], **results["failed"]}
     runs_in = {"cold": "cold_read", "warm": "cold_read", "memory": "cold_read"}
     runs_in.update(member="archives", dcm2niix="archives", dcm2niix200="series")
-    runs_in.update(copy="copy_tree")
+    runs_in.update(copy="copy_tree", disk="disk_cache", prefetch="disk_cache")
     for t in out:
         prefix = t["id"].split("-")[0]
         why = skipped.get(runs_in.get(prefix, prefix))
+        if t["id"] == "disk-memory":
+            why = why or skipped.get("disk_cache_10g")
         if why and t.get("measured") is None:
             t["why_not_run"] = why
+    return out
+
+
+DISK_REREAD = "mount, re-read after remount"
+DISK_COLD = "mount, cold (fills it)"
+DISK_FULL = "mount --disk-cache 10G (full), cold"
+
+
+def _by_variant(records: list[dict[str, Any]], case: str, variant: str) -> list[dict[str, Any]]:
+    return [r for r in records if r["case"] == case and r["variant"] == variant]
+
+
+def disk_cache_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 14's targets, from the disk_cache case: ratios within one pass, each the
+    median of the per-repetition ratios (the variants of one repetition ran side by side).
+    The ratio to the link's rate only over a link; the memory path and the RSS with a
+    10 GiB disk cache only on loopback, where they are measured."""
+    records: list[dict[str, Any]] = results["records"]
+    wan = results.get("link") is not None
+    out: list[dict[str, Any]] = []
+
+    def target(tid: str, text: str, variant: str, op: str, need: float) -> dict[str, Any]:
+        shown = {">=": f">= {need:g}x", "<=": f"<= {need:g}", "<": f"< {need:.0f} MiB"}[op]
+        shown = "0" if op == "<=" and need == 0 else shown
+        t: dict[str, Any] = {"id": tid, "text": text, "needed": shown, "need": need, "op": op}
+        t.update(case="disk_cache", variant=variant, profile=None, measured=None, met=None)
+        out.append(t)
+        return t
+
+    def judge(t: dict[str, Any], values: list[float], value: float, unit: str) -> None:
+        if not values:
+            return
+        need, op = t["need"], t["op"]
+        met = value >= need if op == ">=" else value <= need if op == "<=" else value < need
+        t.update(measured=value, met=met, unit=unit, spread=[min(values), max(values)])
+
+    reread = _by_variant(records, "disk_cache", DISK_REREAD)
+    t = target(
+        "disk-requests",
+        "disk cache: data requests of the re-read after a remount (worst run)",
+        DISK_REREAD,
+        "<=",
+        0,
+    )
+    counts = [float(r["file_requests"]) for r in reread]
+    judge(t, counts, max(counts, default=0.0), " requests")
+
+    t = target(
+        "disk-vs-cold",
+        "disk cache: re-read after a remount vs the cold read that filled it (MB/s)"
+        + ("" if wan else "; judged over the link"),
+        DISK_REREAD,
+        ">=",
+        5,
+    )
+    t["informational"] = not wan
+    pairs = _paired(records, "disk_cache", DISK_REREAD, DISK_COLD, "mb_s")
+    judge(t, pairs, statistics.median(pairs) if pairs else 0.0, "x")
+
+    if not wan:
+        memory = next(
+            (
+                r["variant"]
+                for r in records
+                if r["case"] == "disk_cache" and "re-read from the memory cache" in r["variant"]
+            ),
+            "mount --cache-size, re-read from the memory cache",
+        )
+        mem_recs = _by_variant(records, "disk_cache", memory)
+        fetched = sum(int(r["file_requests"]) for r in mem_recs)
+        t = target(
+            "disk-vs-memory",
+            "disk cache: re-read after a remount vs a re-read from the memory cache (MB/s)"
+            + (f"; the memory re-reads made {fetched} data requests!" if fetched else ""),
+            DISK_REREAD,
+            ">=",
+            0.8,
+        )
+        pairs = _paired(records, "disk_cache", DISK_REREAD, memory, "mb_s")
+        judge(t, pairs, statistics.median(pairs) if pairs else 0.0, "x")
+
+    if wan:
+        rate = float(results["link"]["mbit"]) / 8  # MB/s
+        for tid, variant in (
+            ("prefetch-vs-link", "prefetch through the mount"),
+            ("prefetch-nomount-vs-link", "prefetch to --cache-dir, no mount"),
+        ):
+            t = target(
+                tid,
+                f"fwfs {variant} of 50 NIfTI files: rate vs the link's ({rate:g} MB/s)",
+                variant,
+                ">=",
+                0.9,
+            )
+            shares = [
+                float(r["link_ratio"])
+                for r in _by_variant(records, "disk_cache", variant)
+                if "link_ratio" in r
+            ]
+            judge(t, shares, statistics.median(shares) if shares else 0.0, "x")
+
+    if not wan:
+        cache = default_cache_mib()
+        t = target(
+            "disk-memory",
+            f"peak daemon RSS during a cold read with a full 10 GiB disk cache, --cache-size "
+            f"{cache:.0f}M (worst run)",
+            DISK_FULL,
+            "<",
+            cache + 150,
+        )
+        rss = [float(r["rss_peak_mib"]) for r in _by_variant(records, "disk_cache", DISK_FULL)]
+        judge(t, rss, max(rss, default=0.0), "MiB")
     return out
 
 
@@ -492,6 +608,8 @@ def _measured(t: dict[str, Any]) -> tuple[str, str]:
             return f"{100 * v:.2f}%"
         if unit == "MiB":
             return f"{v:.0f} MiB"
+        if unit == " requests":
+            return f"{v:.0f}{unit}"
         return f"{v:.2f}{unit}"
 
     return fmt(value), (f"{fmt(spread[0])} – {fmt(spread[1])}" if spread else "")
@@ -512,7 +630,8 @@ def _verdict(t: dict[str, Any]) -> str:
         return "skipped"
     if t.get("informational"):
         return "(info)"
-    return "met" if t["met"] else f"**missed** ({shortfall(t)})"
+    short = shortfall(t)
+    return "met" if t["met"] else "**missed**" + (f" ({short})" if short else "")
 
 
 def describe(results: dict[str, Any]) -> str:
@@ -747,6 +866,7 @@ def plots(results: dict[str, Any], out: Path, prefix: str = "") -> list[str]:
     panels: dict[str, list[tuple[str, str]]] = {
         "cold_read.png": [("cold_read", "median")],
         "warm_read.png": [("warm_read", "median")],
+        "disk_cache.png": [("disk_cache", "median")],
         "memory.png": [("memory", "median")],
         "headers.png": [("headers", "median"), ("headers", "bytes")],
         "tree.png": [("tree", "median"), ("tree", "requests")],
