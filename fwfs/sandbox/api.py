@@ -19,6 +19,8 @@ from fwfs.sandbox.fidelity import (
     check_page_limit,
     log,
     trim_child,
+    trim_list_info,
+    wants_all_info,
     wants_subjects,
 )
 from fwfs.sandbox.httpd import ApiError, Request, Response, Router
@@ -109,8 +111,17 @@ class SiteApi:
             raise ApiError(404, f"no such endpoint: /api/{plural}")
         return SINGULAR[plural]
 
-    def find(self, req: Request, docs: list[dict[str, Any]], id_key: str = "_id") -> Response:
-        """Finder semantics: filter, sort, then after_id or skip/page, then limit."""
+    def find(
+        self,
+        req: Request,
+        docs: list[dict[str, Any]],
+        id_key: str = "_id",
+        containers: bool = False,
+    ) -> Response:
+        """Finder semantics: filter, sort, then after_id or skip/page, then limit.
+
+        A list of `containers` (not groups) has its `info` trimmed after filtering, as a real
+        core filters on the stored documents and projects the answer."""
         try:
             conds = filters.parse_filters(req.query.get("filter", []))
             sort = filters.parse_sort(req.arg("sort") or "")
@@ -134,6 +145,9 @@ class SiteApi:
         docs = docs[skip:]
         if limit is not None and limit > 0:
             docs = docs[:limit]
+        if containers and self.fidelity.trim_list_info and not wants_all_info(req):
+            # Groups have no list projection in CORE19 (containerstorage.py GroupStorage).
+            docs = [d if d.get("container_type") == "group" else trim_list_info(d) for d in docs]
         features = (req.headers.get("x-accept-feature") or "").lower()
         if "pagination" in [f.strip() for f in features.split(",")]:
             return Response.json({"count": len(docs), "total": total, "results": docs})
@@ -313,7 +327,7 @@ class SiteApi:
         ctype = self.kind(req.params["kind"])
         assert ctype is not None
         found = self.visible(req.user, self.store.all_of_type(ctype))
-        return self.find(req, self.views.containers(found))
+        return self.find(req, self.views.containers(found), containers=True)
 
     def get_one(self, req: Request) -> Response:
         ctype = self.kind(req.params["kind"], allow_any=True)
@@ -338,7 +352,8 @@ class SiteApi:
             found = self.store.descendants_of_type(parent.id, child)
         else:
             raise ApiError(404, f"a {parent.type} has no {req.params['children']}")
-        return self.find(req, self.views.containers(self.visible(req.user, found)))
+        found = self.visible(req.user, found)
+        return self.find(req, self.views.containers(found), containers=True)
 
     def create(self, req: Request) -> Response:
         ctype = self.kind(req.params["kind"])

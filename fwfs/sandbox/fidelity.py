@@ -38,6 +38,7 @@ DELETE_REASONS = frozenset(
 @dataclass(frozen=True)
 class Fidelity:
     trim_resolve: bool = False
+    trim_list_info: bool = False
     gate_subjects: bool = False
     strict_permissions: bool = False
     redirect_downloads: bool = False
@@ -60,6 +61,7 @@ class Fidelity:
         return replace(
             self,
             trim_resolve=True,
+            trim_list_info=True,
             gate_subjects=True,
             strict_permissions=True,
             redirect_downloads=True,
@@ -91,6 +93,32 @@ def trim_child(node: dict[str, Any]) -> dict[str, Any]:
         node.pop("analyses", None)
         node.pop("age", None)
     return node
+
+
+def wants_all_info(req: Request) -> bool:
+    """`include_all_info=true`: "Include all info in returned objects" (SDK 23, every finder)."""
+    return (req.arg("include_all_info") or "").lower() in ("true", "1")
+
+
+def trim_list_info(doc: dict[str, Any]) -> dict[str, Any]:
+    """A container in a list answer as a real core sends it: of its `info` (and its files',
+    its joined subject's, its embedded analyses') only the `BIDS` key, and `info_exists`
+    saying whether the whole was empty (CORE19 basecontainerstorage.py:389-424,
+    containerutil.py:268-277 `sanitize_info`, formalized_keys = ['BIDS'])."""
+    _sanitize_info(doc)
+    for key in ("files", "analyses"):
+        for item in doc.get(key) or []:
+            _sanitize_info(item)
+    subject = doc.get("subject")
+    if isinstance(subject, dict):
+        _sanitize_info(subject)
+    return doc
+
+
+def _sanitize_info(doc: dict[str, Any]) -> None:
+    info = doc.get("info") or {}
+    doc["info_exists"] = bool(info)
+    doc["info"] = {"BIDS": info["BIDS"]} if "BIDS" in info else {}
 
 
 def check_page_limit(req: Request, fid: Fidelity) -> int | None:

@@ -44,6 +44,7 @@ class ServeOptions:
     # Real-server behaviours (fidelity.py); None: the default, or --strict's value.
     strict: bool = False
     trim_resolve: bool = False
+    trim_list_info: bool = False
     gate_subjects: bool = False
     strict_permissions: bool = False
     redirect_downloads: bool = False
@@ -72,7 +73,9 @@ class ServeOptions:
     def from_args(cls, args: Any, demo: bool) -> ServeOptions:
         """From the parsed `fwfs serve`/`fwfs demo` arguments (same names as the fields)."""
         names = [f for f in cls.__dataclass_fields__ if f != "demo"]
-        return cls(demo=demo, **{name: getattr(args, name) for name in names})
+        # A behaviour with no flag of its own (--strict's trim_list_info) keeps its default.
+        given: dict[str, Any] = {n: getattr(args, n) for n in names if hasattr(args, n)}
+        return cls(demo=demo, **given)
 
 
 class Sandbox:
