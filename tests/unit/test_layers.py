@@ -40,6 +40,9 @@ ALLOWED: dict[str, set[str]] = {
     # as prefetch builds its in-process one; not through the wiring, which imports
     # fuse_ops and so mfusepy (absent where there is no FUSE). daemon: the cache home.
     "remote": {"client", "config", "daemon", "errors", "fs", "options", "uploads"},
+    # A project's NIfTI headers as a table, in one process or on Dask's workers: over
+    # `flywheel://` (or any fsspec filesystem, a mount's included), beside the adapters.
+    "cohort": {"remote"},
     # `fwfs status` and `fwfs refresh`, both sides of the socket: the standard library and
     # where the daemon's socket is; never the model or mfusepy (the CLI side imports it).
     "control": {"daemon", "linux"},
