@@ -73,8 +73,6 @@ MODES: dict[str, dict[str, int]] = {
 }
 MEMBER = "bench/bench_0500.dcm"
 SMALL_CACHE = "64M"
-# A 128 KiB block of the disk cache on disk: a 24-byte header, in 4 KiB filesystem blocks.
-DISK_BLOCK_ON_DISK = 33 * 4096
 PROFILE_RATE = 500  # py-spy samples per second
 
 
@@ -490,35 +488,41 @@ class Bench:
     def _fill_10g(self, where: Path, size: int) -> int | None:
         """A disk cache directory holding valid blocks up to half big.bin short of 10 GiB
         (so the read pushes it past its budget and the eviction lists it), made once per
-        pass; the number of blocks, or None (and why, in `skipped`) when it cannot be."""
+        pass; the bytes it is filled to, or None (and why, in `skipped`) when it cannot be."""
         free = shutil.disk_usage(self.work).free
         if free < 15 << 30:
             why = f"{free / (1 << 30):.1f} GiB free on {self.work}: a 10 GiB disk cache needs 15"
             self.skipped["disk_cache_10g"] = why
             kit.log(f"  the 10 GiB disk cache variant is skipped: {why}")
             return None
-        count = ((10 << 30) - size // 2) // DISK_BLOCK_ON_DISK
+        target = (10 << 30) - size // 2
         t0 = time.monotonic()
         try:
-            how = kit.fill_disk_cache(where, count)
+            used, how = kit.fill_disk_cache(where, target)
         except OSError as err:
             shutil.rmtree(where, ignore_errors=True)
             self.skipped["disk_cache_10g"] = f"could not fill a 10 GiB disk cache: {err}"
             kit.log(f"  the 10 GiB disk cache variant is skipped: {err}")
             return None
         took = time.monotonic() - t0
-        kit.log(f"  filled a 10 GiB disk cache: {count} blocks in {took:.0f} s ({how})")
-        self.checks["disk_cache_10g_fill"] = {"blocks": count, "seconds": round(took), "how": how}
-        return count
+        files = sum(len(names) for _, _, names in os.walk(where / "blocks"))
+        kit.log(f"  filled a 10 GiB disk cache: {used >> 20} MiB, {files} files in {took:.0f} s")
+        self.checks["disk_cache_10g_fill"] = {
+            "bytes": used,
+            "files": files,
+            "seconds": round(took),
+            "how": how,
+        }
+        return target
 
     def _disk_cache_10g_rep(
-        self, rep: int, size: int, count: int, cat: Callable[[Path], Any]
+        self, rep: int, size: int, target: int, cat: Callable[[Path], Any]
     ) -> None:
         where = self.work / "disk-cache-10g"
         if rep:
             # What the last read evicted comes back, and its own blocks go: the read
             # fetches the file again and pushes the directory past its budget again.
-            kit.fill_disk_cache(where, count)
+            kit.fill_disk_cache(where, target)
         with self.m.mount("--disk-cache", "10G", "--cache-dir", str(where)) as mnt:
             self.measure(
                 "disk_cache",

@@ -16,7 +16,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,60 +132,108 @@ def traffic(entries: list[dict[str, Any]]) -> dict[str, Any]:
 
 FILL_PREFIX = "benchfill"
 FILL_BLOCK = 128 << 10
+# Each fake file version is 128 MiB, as a cache of many scans would hold.
+FILL_VERSION = 128 << 20
 
 
-def _fill_key(i: int) -> tuple[str, int]:
-    # 1,000 blocks (125 MiB) per fake file version, as a cache of many files would hold.
-    return (f"{FILL_PREFIX}{i // 1000:05d}", 1)
+def _fill_files(probe: Any) -> tuple[int, Callable[[tuple[str, int], int], str]]:
+    """Bytes of data per file of the on-disk format in use, and a function that writes the
+    `i`th file of a fake version as fwfs.diskcache would, its bytes zeros that
+    posix_fallocate allocates without writing them (ext4: unwritten extents, counted by the
+    disk). Uses the module's private layout: a change shows as AttributeError, or as a
+    failed `load`, and fill_disk_cache falls back to `save`."""
+    import fwfs.diskcache as dc
+
+    cache = sys.modules.get("fwfs.diskcache.cache", dc)
+    version_part = cache._version_part
+    zeros = bytes(FILL_BLOCK)
+    if "fwfs.diskcache.segment" in sys.modules:
+        seg = sys.modules["fwfs.diskcache.segment"]
+        per = seg.SEGMENT // FILL_BLOCK
+
+        def one_segment(key: tuple[str, int], i: int) -> str:
+            part = version_part(key)
+            starts = [i * seg.SEGMENT + k * FILL_BLOCK for k in range(per)]
+            table = b"".join(
+                seg.ENTRY.pack(s, FILL_BLOCK, seg.checksum(zeros, part, s, FILL_BLOCK))
+                for s in starts
+            )
+            head = seg.HEAD.pack(seg.MAGIC, per) + table
+            path: str = probe._path(part, i)
+            _allocate(path, head, len(head) + per * FILL_BLOCK)
+            return path
+
+        return per * FILL_BLOCK, one_segment
+
+    def one_block(key: tuple[str, int], i: int) -> str:
+        part = version_part(key)
+        name = f"{part}.{i * FILL_BLOCK}.{FILL_BLOCK}"
+        head = cache._HEADER.pack(cache._MAGIC, FILL_BLOCK, cache._checksum(zeros, name))
+        path: str = probe._path(part, name)
+        _allocate(path, head, len(head) + FILL_BLOCK)
+        return path
+
+    return FILL_BLOCK, one_block
 
 
-def fill_disk_cache(root: Path, count: int) -> str:
-    """Make `root` a disk cache holding `count` valid 128 KiB blocks of fake file versions
-    (blocks already there are kept; blocks of other versions are removed, so the next read
-    fetches its file again). Returns how: "fallocate" or "save".
+def _allocate(path: str, head: bytes, size: int) -> None:
+    """The file at `path`, `size` bytes, `head` then zeros; kept as it is if it exists."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+        os.pwrite(fd, head, 0)
+    finally:
+        os.close(fd)
 
-    The fast way writes each block file as fwfs.diskcache would, its bytes zeros that
-    posix_fallocate allocates without writing (ext4: unwritten extents), so ~80,000 files
-    take seconds and the disk counts every byte; it uses the module's private layout, so
-    it is checked by a `load` through the public API, and when that fails (the format
-    changed) the blocks are written through `DiskCache.save`: 10 GiB of real writes."""
+
+def _remove_others(root: Path) -> None:
+    """Every file under root/blocks but the fill's: what a read through the cache kept."""
+    for dirpath, _, names in os.walk(root / "blocks"):
+        for name in names:
+            if not name.startswith(FILL_PREFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(dirpath, name))
+
+
+def fill_disk_cache(root: Path, target: int) -> tuple[int, str]:
+    """Make `root` a disk cache holding valid blocks of fake file versions up to `target`
+    bytes on disk (those already there are kept and counted; every other file is removed,
+    so the next read fetches its file again). Returns the bytes on disk and how: "fallocate"
+    (seconds for 10 GiB) or "save" (through DiskCache.save: 10 GiB of real writes)."""
     from fwfs import diskcache
 
-    zeros = bytes(FILL_BLOCK)
-    for entry in list(diskcache._block_files(root)) if (root / "blocks").is_dir() else []:
-        if not entry.name.startswith(FILL_PREFIX):
-            os.unlink(entry.path)
+    _remove_others(root)
     probe = diskcache.DiskCache(root, 1 << 60)  # a budget nothing is evicted under
     try:
+        used = 0
         try:
-            for i in range(count):
-                key = _fill_key(i)
-                part = diskcache._version_part(key)
-                assert part is not None
-                start = (i % 1000) * FILL_BLOCK
-                name = f"{part}.{start}.{FILL_BLOCK}"
-                path = probe._path(part, name)
-                if os.path.exists(path):
-                    continue
-                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                try:
-                    os.posix_fallocate(fd, 0, diskcache._HEADER.size + FILL_BLOCK)
-                    check = diskcache._checksum(zeros, name)
-                    os.pwrite(fd, diskcache._HEADER.pack(diskcache._MAGIC, FILL_BLOCK, check), 0)
-                finally:
-                    os.close(fd)
-            last = count - 1
-            if probe.load(_fill_key(last), (last % 1000) * FILL_BLOCK, FILL_BLOCK) == zeros:
-                return "fallocate"
+            unit, make = _fill_files(probe)
+            per_version = FILL_VERSION // unit
+            i = 0
+            while used < target:
+                key = (f"{FILL_PREFIX}{i // per_version:05d}", 1)
+                i_in = i % per_version
+                path = make(key, i_in)
+                used += os.stat(path).st_blocks * 512
+                i += 1
+            got = probe.load(key, i_in * unit, FILL_BLOCK)
+            if got is not None and bytes(got) == bytes(FILL_BLOCK):
+                return used, "fallocate"
             log("  the fast fill of the disk cache is not what fwfs reads: writing it")
-        except (AttributeError, TypeError, struct.error) as err:
+        except (AttributeError, TypeError, KeyError, struct.error) as err:
             log(f"  the fast fill of the disk cache failed ({err!r}): writing it")
         diskcache.clear(root)
-        for i in range(count):
-            probe.save(_fill_key(i), (i % 1000) * FILL_BLOCK, zeros)
+        zeros = bytes(FILL_BLOCK)
+        for i in range(target // (FILL_BLOCK + 4096)):
+            per_version = FILL_VERSION // FILL_BLOCK
+            key = (f"{FILL_PREFIX}{i // per_version:05d}", 1)
+            probe.save(key, (i % per_version) * FILL_BLOCK, zeros)
         probe.flush()
-        return "save"
+        return diskcache.usage(root).bytes, "save"
     finally:
         probe.close()
 
