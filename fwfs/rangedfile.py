@@ -77,7 +77,9 @@ class BlockStore(Protocol):
     nothing.
     """
 
-    def load_many(self, key: Hashable, ranges: Sequence[tuple[int, int]]) -> list[bytes | None]: ...
+    def load_many(
+        self, key: Hashable, ranges: Sequence[tuple[int, int]]
+    ) -> list[bytes | memoryview | None]: ...
 
     def save(self, key: Hashable, start: int, data: bytes | memoryview) -> None: ...
 

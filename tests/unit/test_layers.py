@@ -97,7 +97,7 @@ ALLOWED: dict[str, set[str]] = {
     "rangedfile": {"blockcache"},
     "blockcache": set(),
     # The disk cache: the block cache's second tier, beside it; only the errno table.
-    "diskcache": {"errors"},
+    "diskcache": {"diskcache", "errors"},
     "client": {"config", "errors", "models"},
     "site": {"models"},
     "models": set(),

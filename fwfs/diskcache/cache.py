@@ -5,28 +5,25 @@ A block is bytes ``[start, start + length)`` of one file version, named by
 forever: nothing is revalidated, and a block is kept until evicted. What is on disk is
 trusted only after it is checked; no file is ever trusted because of its name alone.
 
-Layout under ``root`` (mode 0700; files 0600)::
+Blocks are kept a megabyte of a version to a file (fwfs/diskcache/segment.py: the format;
+fwfs/diskcache/directory.py: the layout). A block joining a segment file that exists is
+written with the blocks already there into a new file that replaces it.
 
-    CACHEDIR.TAG                        backup tools skip the directory
-    blocks/<xx>/<file_id>.<version>.<start>.<length>
-
-``xx`` is a hash of ``<file_id>.<version>``, so the blocks of one version share a
-directory and no directory grows past a few thousand entries. Each file is a 16-byte
-header (magic, length, XXH3-64 of the name and the bytes) and the bytes.
-
-Crash safety: a block is written to a temporary file in its directory and renamed into
-place, so a name holds a whole file or nothing. Nothing is fsync'ed: after a power loss a
-renamed file may hold zeros, and the check on read catches it. A file that fails the check
-(truncated, corrupt, a block of another file moved or copied in) is logged, removed, and
-the block is fetched again: the cache never serves a wrong byte.
+Crash safety: a segment file is written to a temporary file in its directory and renamed
+into place, so a name holds a whole file or nothing. Nothing is fsync'ed: after a power
+loss a renamed file may hold zeros, and the checks on read catch it. A file that fails
+them (truncated, corrupt, bytes of another block moved or copied in) is logged, removed,
+and its blocks are fetched again: the cache never serves a wrong byte.
 
 Sharing: several processes (mounts of one site, nodes on a shared scratch directory) may
-use one ``root``. There is no shared index: each process keeps only an estimate of the
+use one root. There is no shared index: each process keeps only an estimate of the
 bytes on disk and, when its estimate passes the budget (or it has written an eighth of the
-budget since it last looked), lists the directory, which shows every process's blocks,
+budget since it last looked), lists the directory, which shows every process's files,
 and removes the least recently used (by mtime, which a hit renews: atime is often off) to
-come back under 90 % of it. A block another process removes between the listing and the
-open is a miss; a block removed while open is still read whole (POSIX keeps its inode).
+come back under 90 % of it. A file another process removes between the listing and the
+open is a miss; one removed while open is still read whole (POSIX keeps its inode). Two
+processes adding blocks to one segment at once may each replace the other's file: a
+block is then lost (fetched again later), never wrong.
 
 Writes happen on one background thread behind a bounded queue (64 MiB), so a read from
 the network waits for the disk only when the disk is slower than the link: then the
@@ -47,57 +44,56 @@ import logging
 import os
 import re
 import secrets
-import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, TextIO
+from typing import NamedTuple
 
-import xxhash
-
+from fwfs.diskcache import segment
+from fwfs.diskcache.directory import TMP_PREFIX, entries, prepare_dir
+from fwfs.diskcache.segment import Block
 from fwfs.errors import InvalidArgument
 
 log = logging.getLogger("fwfs.diskcache")
 
-Block = bytes | memoryview
-
-_MAGIC = b"fwfsblk2"
-_HEADER = struct.Struct("<8sI4xQ")  # magic, length, xxh3_64(bytes, seed=xxh3_64(name))
-_TMP_PREFIX = ".tmp."
 # A temporary file this old was left by a killed process: no write takes a minute.
 _STALE_TMP = 600.0
-# Seconds before a hit renews a block's mtime again.
+# Seconds before a hit renews a file's mtime again.
 _TOUCH_AFTER = 60.0
 # Bytes of blocks waiting for the writer; past this a save waits for room.
 _QUEUE_BYTES = 64 << 20
 # Seconds a save waits for a writer that keeps nothing before blocks are no longer kept.
 _STALL = 5.0
-# Blocks one ``load_many`` opens at once (each an open file until it is read).
+# Segment files one ``load_many`` opens at once (each an open file until it is read).
 _BATCH = 64
+# No segment file fwfs writes is larger (MAX_ENTRIES blocks of at most a few MiB).
+_MAX_FILE = 256 << 20
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
-_TAG = (
-    "Signature: 8a477f597d28d172789f06886806bc55\n"
-    "# fwfs's disk cache of Flywheel file blocks; see `fwfs cache clear`.\n"
-)
 
 
 class _Open(NamedTuple):
-    """A block file opened by ``load_many``, not yet read; ``st`` None if fstat failed."""
+    """A segment file opened by ``load_many``, not yet read; ``st`` None if fstat failed."""
 
     fd: int
     path: str
-    name: str
-    length: int
+    segment: int
     st: os.stat_result | None
+
+
+class _Queued(NamedTuple):
+    part: str
+    segment: int
+    start: int
+    data: Block
 
 
 @dataclass(frozen=True)
 class DiskStats:
     """Counters of this process's use of the cache, and its estimate of the bytes on disk
-    (every process's blocks, as of its last listing plus its own writes since)."""
+    (every process's files, as of its last listing plus its own writes since)."""
 
     hits: int
     misses: int
@@ -107,27 +103,6 @@ class DiskStats:
     evictions: int
     bytes_on_disk: int
     max_bytes: int
-
-
-@dataclass(frozen=True)
-class Usage:
-    """What a listing of the directory shows (`fwfs cache stats`)."""
-
-    blocks: int
-    bytes: int
-    files: int
-
-
-def _checksum(data: Block, name: str) -> int:
-    """XXH3-64 of the bytes, seeded by the block's name, so a block's bytes moved or copied
-    under another name fail. XXH3 runs at tens of GB/s where zlib's CRC-32 ran at about
-    2 GB/s: CRC-32 was 0.45 s of CPU for every GiB read from the cache, on the read path."""
-    return xxhash.xxh3_64_intdigest(data, xxhash.xxh3_64_intdigest(name.encode()))
-
-
-def footprint(length: int) -> int:
-    """The disk a block of ``length`` bytes takes, in 4 KiB filesystem blocks."""
-    return -(-(_HEADER.size + length) // 4096) * 4096
 
 
 def _version_part(key: Hashable) -> str | None:
@@ -143,112 +118,29 @@ def _version_part(key: Hashable) -> str | None:
     return f"{file_id}.{version}"
 
 
-def prepare_dir(root: Path) -> None:
-    """``root`` as a private directory: made with mode 0700, or, when it exists, ours (the
-    blocks are patient data: another user's directory is refused) and tightened to 0700."""
-    try:
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        st = root.stat()
-        if st.st_uid != os.getuid():
-            raise InvalidArgument(f"cache directory {root} belongs to another user")
-        if st.st_mode & 0o077:
-            log.info("cache directory %s: mode %o -> 700", root, st.st_mode & 0o777)
-            root.chmod(0o700)
-        (root / "blocks").mkdir(exist_ok=True, mode=0o700)
-    except OSError as err:
-        raise InvalidArgument(f"cannot use {root} as the disk cache: {err.strerror}") from None
-    tag = root / "CACHEDIR.TAG"
-    if not tag.exists():
-        with contextlib.suppress(OSError):
-            fd = os.open(tag, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(_TAG)
-
-
-def _block_files(root: Path) -> Iterator[os.DirEntry[str]]:
-    """Every entry of every shard directory; entries that vanish meanwhile are skipped."""
-    try:
-        shards = list(os.scandir(root / "blocks"))
-    except FileNotFoundError:
-        return
-    for shard in shards:
-        try:
-            with os.scandir(shard.path) as entries:
-                yield from entries
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-
-
-def usage(root: Path) -> Usage:
-    """Blocks, bytes on disk and file versions in the cache at ``root`` now."""
-    blocks = size = 0
-    versions: set[str] = set()
-    for entry in _block_files(root):
-        if entry.name.startswith(_TMP_PREFIX):
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            size += entry.stat().st_blocks * 512
-            blocks += 1
-            versions.add(entry.name.rsplit(".", 2)[0])
-    return Usage(blocks, size, len(versions))
-
-
-def clear(root: Path) -> int:
-    """Remove every block; returns how many. Safe while mounts use the cache: a block
-    removed under a reader is a miss (or, once open, still read whole), and the
-    directories stay so writers in flight land their files."""
-    removed = 0
-    for entry in _block_files(root):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(entry.path)
-            removed += 1
-    return removed
-
-
-def _show(size: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
-
-
-def cache_command(
-    action: str, cache_dir: Path | None, cache_home: Path, out: TextIO, err: TextIO
-) -> int:
-    """`fwfs cache stats|clear [--cache-dir DIR]`: that cache, or every site's under
-    ``cache_home`` (``~/.cache/fwfs/cache/<site host>``). Clearing is safe while mounts
-    use a cache (see ``clear``); they go on keeping blocks."""
-    if cache_dir is not None:
-        roots = [cache_dir.expanduser()]
-        if not (roots[0] / "blocks").is_dir():
-            print(f"fwfs: {roots[0]} is not a disk cache (no blocks/ in it)", file=err)
-            return 1
-    else:
-        base = cache_home / "fwfs" / "cache"
-        roots = sorted(p for p in base.glob("*/blocks") if p.is_dir())
-        roots = [p.parent for p in roots]
-        if not roots:
-            print(f"no disk cache under {base}", file=out)
-            return 0
-    for root in roots:
-        if action == "clear":
-            print(f"{root}: {clear(root)} blocks removed", file=out)
-        else:
-            now = usage(root)
-            print(
-                f"{root}: {now.blocks} blocks of {now.files} file versions, "
-                f"{_show(now.bytes)} on disk",
-                file=out,
-            )
-    return 0
+def _read_whole(fd: int, size: int) -> bytes:
+    """The file's bytes; fewer than ``size`` if it shrank meanwhile."""
+    data = os.read(fd, size)
+    if len(data) == size or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = os.read(fd, size - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 class DiskCache:
     """Blocks of file versions on disk, up to ``max_bytes`` (see the module).
 
-    ``load`` runs on the reading threads; ``save`` only queues. The writer thread owns
-    the files' creation and eviction. Guarded by ``_lock``: the queue, its byte count,
-    ``_closed`` and the counters.
+    ``load_many`` runs on the reading threads; ``save`` only queues (waiting for room when
+    the writer is behind). The writer thread owns the files' creation and eviction.
+    Guarded by ``_lock``: the queue, its byte count, ``_closed``, ``_stalled`` and the
+    counters.
     """
 
     def __init__(self, root: Path, max_bytes: int) -> None:
@@ -260,7 +152,7 @@ class DiskCache:
         self._blocks = root / "blocks"
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._queue: deque[tuple[str, str, Block]] = deque()
+        self._queue: deque[_Queued] = deque()
         self._queued_bytes = 0
         self._busy = True  # the first listing, until it is done
         self._closed = False
@@ -275,46 +167,53 @@ class DiskCache:
 
     # ---- reading --------------------------------------------------------------------
 
-    def load(self, key: Hashable, start: int, length: int) -> bytes | None:
+    def load(self, key: Hashable, start: int, length: int) -> Block | None:
         """Bytes ``[start, start + length)`` of the version ``key`` names, or None."""
         return self.load_many(key, [(start, length)])[0]
 
-    def load_many(self, key: Hashable, ranges: Sequence[tuple[int, int]]) -> list[bytes | None]:
+    def load_many(self, key: Hashable, ranges: Sequence[tuple[int, int]]) -> list[Block | None]:
         """``load`` of each ``(start, length)`` of one version, in order.
 
-        Every file is opened and announced to the kernel (``POSIX_FADV_WILLNEED``) before
-        the first is read, so the disk works on the whole run at once instead of one
-        128 KiB read at a time: with the page cache cold, 32 blocks on one thread load at
-        685-853 MB/s this way and at 304-385 MB/s one by one (bench machine, virtio disk).
+        Each segment file the ranges fall in is opened and announced to the kernel
+        (``POSIX_FADV_WILLNEED``) before the first is read, so that with the page cache
+        cold the disk works on the whole run at once; each is then read whole, in one
+        call. A block comes back as a view of its segment's bytes: no copy.
         """
+        out: list[Block | None] = [None] * len(ranges)
         part = _version_part(key)
         if part is None:
-            return [None] * len(ranges)
-        directory = os.path.dirname(self._path(part, part))
-        out: list[bytes | None] = []
-        for at in range(0, len(ranges), _BATCH):
-            batch = ranges[at : at + _BATCH]
+            return out
+        wanted: dict[int, list[int]] = {}
+        for i, (start, _) in enumerate(ranges):
+            wanted.setdefault(segment.index(start), []).append(i)
+        directory = os.path.dirname(self._path(part, 0))
+        runs = list(wanted.items())
+        for at in range(0, len(runs), _BATCH):
+            batch = runs[at : at + _BATCH]
             opened: list[_Open | None] = []
             try:
-                for start, length in batch:
-                    name = f"{part}.{start}.{length}"
-                    path = os.path.join(directory, name)
-                    opened.append(self._open(path, name, length))
-                for pos, entry in enumerate(opened):
-                    opened[pos] = None
-                    out.append(None if entry is None else self._read(entry))
+                for seg, _ in batch:
+                    opened.append(self._open(directory, part, seg))
+                for pos, (_, indexes) in enumerate(batch):
+                    entry, opened[pos] = opened[pos], None
+                    if entry is None:
+                        continue
+                    found = self._read(entry, part, [ranges[i] for i in indexes])
+                    for i, data in zip(indexes, found, strict=True):
+                        out[i] = data
             finally:
                 for entry in opened:
                     if entry is not None:
                         os.close(entry.fd)
         with self._lock:
-            found = sum(data is not None for data in out)
-            self._hits += found
-            self._misses += len(out) - found
+            hits = sum(data is not None for data in out)
+            self._hits += hits
+            self._misses += len(out) - hits
         return out
 
-    def _open(self, path: str, name: str, length: int) -> _Open | None:
-        """The block's file, open, with the kernel asked to read it in now; None if absent."""
+    def _open(self, directory: str, part: str, seg: int) -> _Open | None:
+        """The segment file, open, with the kernel asked to read it in now; None if absent."""
+        path = os.path.join(directory, segment.name(part, seg))
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -324,56 +223,48 @@ class DiskCache:
             return None
         try:
             st = os.fstat(fd)
-            # A file of the wrong size (torn, truncated, another block's) is not even read.
-            if st.st_size == _HEADER.size + length:
+            if st.st_size <= _MAX_FILE:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
         except OSError as err:
             log.warning("disk cache: cannot read %s: %s", path, err.strerror)
             st = None
-        return _Open(fd, path, name, length, st)
+        return _Open(fd, path, seg, st)
 
-    def _read(self, entry: _Open) -> bytes | None:
-        """The checked bytes of an opened block; None (and the file removed) if they fail
-        their check. Closes the file."""
-        fd, path, name, length, st = entry
+    def _read(
+        self, entry: _Open, part: str, wanted: Sequence[tuple[int, int]]
+    ) -> list[Block | None]:
+        """The checked bytes of each wanted block the opened file holds. A file that fails
+        a check is removed whole (its good blocks are fetched again too: which of its
+        bytes a torn write reached is not worth guessing). Closes the file."""
+        fd, path, seg, st = entry
+        missing: list[Block | None] = [None] * len(wanted)
         if st is None:
             os.close(fd)
-            return None  # fstat failed, and was logged: a miss, not a corrupt block
+            return missing  # fstat failed, and was logged: a miss, not a corrupt file
         try:
-            head = body = b""
-            if st.st_size == _HEADER.size + length:
-                head = os.read(fd, _HEADER.size)
-                body = os.read(fd, length)
-                while 0 < len(body) < length:
-                    more = os.read(fd, length - len(body))
-                    if not more:
-                        break
-                    body += more
-            if self._valid(head, body, name, length):
-                # The LRU clock: mtime, since atime is often not kept (noatime, relatime);
-                # renewed at most once a minute, which is all the precision eviction needs.
-                if time.time() - st.st_mtime > _TOUCH_AFTER:
-                    with contextlib.suppress(OSError):
-                        os.utime(fd)
-                return body
+            raw = _read_whole(fd, st.st_size) if st.st_size <= _MAX_FILE else b""
         except OSError as err:
             log.warning("disk cache: cannot read %s: %s", path, err.strerror)
-            return None
+            return missing
         finally:
             os.close(fd)
+        held = segment.blocks(raw, part, seg)
+        if held is None:
+            self._drop_corrupt(path)
+            return missing
+        # The LRU clock: mtime, since atime is often not kept (noatime, relatime); renewed
+        # at most once a minute, which is all the precision eviction needs.
+        if time.time() - st.st_mtime > _TOUCH_AFTER:
+            with contextlib.suppress(OSError):
+                os.utime(path)
+        return [held[at][0] if at in held else None for at in wanted]
+
+    def _drop_corrupt(self, path: str) -> None:
         with self._lock:
             self._corrupt += 1
         log.warning("disk cache: %s failed its check; removed, and fetched again", path)
         with contextlib.suppress(OSError):
             os.unlink(path)
-        return None
-
-    @staticmethod
-    def _valid(head: bytes, body: bytes, name: str, length: int) -> bool:
-        if len(head) != _HEADER.size or len(body) != length:
-            return False
-        magic, stored_length, crc = _HEADER.unpack(head)
-        return bool(magic == _MAGIC and stored_length == length and _checksum(body, name) == crc)
 
     # ---- writing --------------------------------------------------------------------
 
@@ -383,7 +274,6 @@ class DiskCache:
         part = _version_part(key)
         if part is None or not data:
             return
-        name = f"{part}.{start}.{len(data)}"
         with self._lock:
             if self._closed:
                 return
@@ -416,7 +306,7 @@ class DiskCache:
                 ):
                     self._dropped += 1
                     return
-            self._queue.append((part, name, data))
+            self._queue.append(_Queued(part, segment.index(start), start, data))
             self._queued_bytes += len(data)
             self._wake.notify()
 
@@ -446,9 +336,27 @@ class DiskCache:
                 max_bytes=self.max_bytes,
             )
 
-    def _path(self, part: str, name: str) -> str:
+    def _path(self, part: str, seg: int) -> str:
         shard = hashlib.blake2b(part.encode(), digest_size=1).hexdigest()
-        return os.path.join(self._blocks, shard, name)
+        return os.path.join(self._blocks, shard, segment.name(part, seg))
+
+    def _take(self) -> list[_Queued] | None:
+        """The next queued block and every other one queued for its segment; None once
+        closed and drained. Called with ``_lock`` held."""
+        while not self._queue and not self._closed:
+            self._wake.wait()
+        if not self._queue:
+            return None
+        first = self._queue.popleft()
+        taken = [first]
+        rest: deque[_Queued] = deque()
+        for item in self._queue:
+            same = item.part == first.part and item.segment == first.segment
+            (taken if same else rest).append(item)
+        self._queue = rest
+        self._queued_bytes -= sum(len(item.data) for item in taken)
+        self._busy = True
+        return taken
 
     def _run(self) -> None:
         # Know what other runs left before adding to it; a listing of a large cache takes
@@ -463,33 +371,57 @@ class DiskCache:
                 self._wake.notify_all()
         while True:
             with self._lock:
-                while not self._queue and not self._closed:
-                    self._wake.wait()
-                if not self._queue:
-                    return
-                part, name, data = self._queue.popleft()
-                self._queued_bytes -= len(data)
-                self._busy = True
+                taken = self._take()
+            if taken is None:
+                return
             try:
-                self._write(part, name, data)
+                self._write(taken)
                 with self._lock:
-                    self._stalled = False
+                    self._stalled = False  # it answered, kept or not: no hung disk
                 if self._used > self.max_bytes or self._since_scan > self.max_bytes // 8:
                     self._evict()
             except Exception:
-                log.exception("disk cache: keeping %s failed", name)
+                log.exception("disk cache: keeping blocks of %s failed", taken[0].part)
             finally:
                 with self._lock:
                     self._busy = False
                     self._wake.notify_all()
 
-    def _write(self, part: str, name: str, data: Block) -> None:
-        path = self._path(part, name)
-        if os.path.exists(path):
-            return  # another reader or mount kept it first: the same bytes
-        header = _HEADER.pack(_MAGIC, len(data), _checksum(data, name))
+    def _existing(self, path: str, part: str, seg: int) -> tuple[dict[int, tuple[Block, int]], int]:
+        """The blocks a segment file already holds, checked, by start; and its size (0 when
+        there is none or it fails its check: then it is replaced whole)."""
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(_MAX_FILE + 1)
+        except FileNotFoundError:
+            return {}, 0
+        held = segment.blocks(raw, part, seg)
+        if held is None:
+            return {}, 0
+        return {start: checked for (start, _), checked in held.items()}, len(raw)
+
+    def _write(self, taken: list[_Queued]) -> None:
+        """Add ``taken`` (blocks of one segment) to its file, or count them dropped."""
+        part, seg = taken[0].part, taken[0].segment
+        path = self._path(part, seg)
+        blocks, old_size = self._existing(path, part, seg)
+        new = [
+            item
+            for item in taken
+            if item.start not in blocks or len(blocks[item.start][0]) != len(item.data)
+        ]
+        if not new:
+            return  # another reader or mount kept them first: the same bytes
+        for item in new:
+            crc = segment.checksum(item.data, part, item.start, len(item.data))
+            blocks[item.start] = (item.data, crc)
+        if len(blocks) > segment.MAX_ENTRIES:
+            mine = {item.start for item in new}
+            blocks = {s: b for s, b in blocks.items() if s in mine}
+        buffers = segment.pack((start, data, crc) for start, (data, crc) in blocks.items())
+        total = sum(len(b) for b in buffers)
         directory = os.path.dirname(path)
-        tmp = os.path.join(directory, f"{_TMP_PREFIX}{os.getpid()}.{secrets.token_hex(6)}")
+        tmp = os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}.{secrets.token_hex(6)}")
         try:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -497,8 +429,7 @@ class DiskCache:
                 os.makedirs(directory, mode=0o700, exist_ok=True)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                written = os.writev(fd, [header, data])
-                if written != len(header) + len(data):
+                if os.writev(fd, buffers) != total:
                     raise OSError(errno.ENOSPC, "short write")
             finally:
                 os.close(fd)
@@ -507,7 +438,7 @@ class DiskCache:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             with self._lock:
-                self._dropped += 1
+                self._dropped += len(new)
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 if not self._full_logged:
                     self._full_logged = True
@@ -516,24 +447,30 @@ class DiskCache:
             log.warning("disk cache: cannot keep a block in %s: %s", directory, err.strerror)
             return
         self._full_logged = False
+        grown = segment.size_on_disk(total) - segment.size_on_disk(old_size)
         with self._lock:
-            self._writes += 1
-            self._used += footprint(len(data))
-            self._since_scan += footprint(len(data))
+            self._writes += len(new)
+            self._used += grown
+            self._since_scan += max(0, grown)
 
     # ---- eviction -------------------------------------------------------------------
 
     def _evict(self) -> None:
-        """List every process's blocks; remove the least recently used past 90 % of the
-        budget, and temporary files killed writers left."""
+        """List every process's files; remove the least recently used past 90 % of the
+        budget, temporary files killed writers left, and block files of an older fwfs."""
         now = time.time()
         found: list[tuple[float, int, str]] = []
-        for entry in _block_files(self.root):
+        for entry in entries(self.root):
             try:
                 st = entry.stat()
             except FileNotFoundError:
                 continue
-            if entry.name.startswith(_TMP_PREFIX) and now - st.st_mtime > _STALE_TMP:
+            if entry.name.startswith(TMP_PREFIX):
+                if now - st.st_mtime > _STALE_TMP:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                continue
+            if segment.version_of(entry.name) is None:
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
                 continue
@@ -546,8 +483,6 @@ class DiskCache:
             for _, size, path in found:
                 if used <= target:
                     break
-                if os.path.basename(path).startswith(_TMP_PREFIX):
-                    continue
                 try:
                     os.unlink(path)
                     evicted += 1
