@@ -177,7 +177,8 @@ class DiskCache:
         Each segment file the ranges fall in is opened and announced to the kernel
         (``POSIX_FADV_WILLNEED``) before the first is read, so that with the page cache
         cold the disk works on the whole run at once; each is then read whole, in one
-        call. A block comes back as a view of its segment's bytes: no copy.
+        call. A block comes back as a view of its segment's bytes (no copy), unless it is
+        one of few blocks asked of the file (see ``_read``).
         """
         out: list[Block | None] = [None] * len(ranges)
         part = _version_part(key)
@@ -257,7 +258,12 @@ class DiskCache:
         if time.time() - st.st_mtime > _TOUCH_AFTER:
             with contextlib.suppress(OSError):
                 os.utime(path)
-        return [held[at][0] if at in held else None for at in wanted]
+        found: list[Block | None] = [held[at][0] if at in held else None for at in wanted]
+        if 2 * sum(len(block) for block in found if block is not None) < len(raw):
+            # The memory cache charges a view for the whole buffer under it: a header read
+            # would hold a megabyte for 128 KiB. Few blocks asked for get their own bytes.
+            return [None if block is None else bytes(block) for block in found]
+        return found
 
     def _drop_corrupt(self, path: str) -> None:
         with self._lock:

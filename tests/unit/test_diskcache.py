@@ -588,3 +588,19 @@ def test_block_aligned_reads_from_disk_give_each_block_exactly(
         ) as r:
             for offset in [*range(0, len(content), BS), 0, BS]:
                 assert r.read(offset, BS) == content[offset : offset + BS], offset
+
+
+def test_a_block_read_alone_does_not_hold_its_whole_segment_in_memory(
+    caches: Callable[..., DiskCache],
+) -> None:
+    # The memory cache charges a view for the buffer under it: a header read from a
+    # segment of eight blocks must not pin the other seven in memory.
+    cache = caches()
+    for i in range(8):
+        cache.save(KEY, i * BS, body(KEY, i * BS, BS))
+    cache.flush()
+    (alone,) = cache.load_many(KEY, [(0, BS)])
+    assert isinstance(alone, bytes) and alone == body(KEY, 0, BS)
+    run = cache.load_many(KEY, [(i * BS, BS) for i in range(8)])
+    assert all(isinstance(b, memoryview) for b in run)
+    assert [bytes(b) for b in run if b is not None] == [body(KEY, i * BS, BS) for i in range(8)]
