@@ -249,9 +249,12 @@ def test_a_writer_slower_than_the_reads_holds_them_back_and_keeps_every_block(
     monkeypatch.setattr(os, "writev", slow)
     cache = caches()
     blocks = [body(KEY, i * BS, BS) for i in range(12)]
-    saver = threading.Thread(
-        target=lambda: [cache.save(KEY, i * BS, b) for i, b in enumerate(blocks)]
-    )
+
+    def save_all() -> None:
+        for i, block in enumerate(blocks):
+            cache.save(KEY, i * BS, block)
+
+    saver = threading.Thread(target=save_all)
     saver.start()
     for _ in blocks:
         gate.release()
