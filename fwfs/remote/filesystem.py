@@ -41,6 +41,8 @@ from fwfs.remote.model import (
 # cat_ranges: ranges read at once. The model fetches a range's missing blocks in one
 # request, so this is how many requests are in flight for scattered small reads.
 RANGE_THREADS = 8
+# cp_file: the reads a copy makes; the model reads ahead of them.
+COPY_CHUNK = 8 << 20
 # info(): the extended attributes of a file shown as its details (s3fs shows its ETag).
 _DETAILS = (
     ("id", "file_id"),
@@ -268,6 +270,16 @@ class FlywheelFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
         with ThreadPoolExecutor(min(RANGE_THREADS, max(count, 1))) as pool:
             return list(pool.map(one, range(count)))
+
+    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+        """A file copied is read and uploaded through this process (the site copies no
+        files); a directory copied (fsspec's recursive copy) is a container made."""
+        if self.isdir(path1):
+            self.makedirs(path2, exist_ok=True)
+            return
+        with self.open(path1, "rb") as source, self.open(path2, "wb") as target:
+            while data := source.read(COPY_CHUNK):
+                target.write(data)
 
     # ---- the namespace ---------------------------------------------------------------------
 
