@@ -6,7 +6,8 @@ the sources): `info.BIDS` on the project, sessions, acquisitions and files; the 
 on files no rule matched; dcm2niix's sidecar fields at the top of a NIfTI's `info`, from which
 the exporter synthesizes the sidecar when no JSON sidecar file is curated. The planted cases
 (an ignored acquisition, an invalid file, a duplicate path, sourcedata, a fieldmap with
-`IntendedFor`, a real sidecar) are listed in PLANTED, which the tests check one by one.
+`IntendedFor`, a real sidecar) are listed in PLANTED; tests/sandbox/test_bids_seed.py finds
+each on the site by the exporter's rules, without this module.
 
 Image headers agree with the metadata: RepetitionTime is a 4-D image's `pixdim[4]`, and a DWI
 has one b-value and one b-vector per volume.
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 # (file stem, modality, shape (slices, rows, cols), voxel mm (slice, row, col)).
 Series: TypeAlias = tuple[str, str, tuple[int, int, int], tuple[float, float, float]]
 
-# 4-D series, by acquisition label: (scale of each volume against the phantom, TR in s).
 BOLD_VOLUMES = 10
 BOLD_TR = 2.0
 DWI_BVALS = (0, 1000, 1000, 1000, 1000, 1000, 1000)
@@ -41,6 +41,7 @@ DWI_BVECS = (
     (0.0, 0.7071, 0.7071),
 )
 DWI_TR = 2.3
+# 4-D series, by acquisition label: (scale of each volume against the phantom, TR in s).
 SERIES_4D: dict[str, tuple[tuple[float, ...], float]] = {
     "fMRI rest": ((1.0,) * BOLD_VOLUMES, BOLD_TR),
     # A b=0 image, then six diffusion-weighted ones: attenuated signal.
@@ -57,9 +58,9 @@ FMAP_SESSION = ("sub-01", "ses-followup")
 # written "04 Zoë", which no BIDS tool accepts.
 SUBJECT_LABELS = {"sub-01": "01", "sub-02": "02", "sub-03": "03", "sub-04 Zoë": "04"}
 
-# (subject, session label, session index among same-label ones, what).
 PLANTED: dict[str, Any] = {
-    # The curator ignored the aborted first scan of sub-03's same-day pair...
+    # (subject, session label, index among the sessions of that label, acquisition): the
+    # curator ignored the aborted first scan of sub-03's same-day pair...
     "ignored_acquisitions": [
         ("sub-03", "ses-baseline", 0, "fMRI rest"),
         ("sub-03", "ses-baseline", 0, "DWI"),
