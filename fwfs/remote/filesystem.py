@@ -16,6 +16,7 @@ import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,12 @@ class FlywheelFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     def checksum(self, path: str) -> int:
         return int(hashlib.sha256(self.ukey(path).encode()).hexdigest()[:32], 16)
+
+    def modified(self, path: str) -> datetime:
+        return datetime.fromtimestamp(self.info(path)["mtime"], tz=timezone.utc)
+
+    def created(self, path: str) -> datetime:
+        return datetime.fromtimestamp(self.info(path)["created"], tz=timezone.utc)
 
     def invalidate_cache(self, path: str | None = None) -> None:
         """No listings are kept here (see the module's docstring)."""

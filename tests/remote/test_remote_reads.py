@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import fsspec  # type: ignore[import-untyped]
@@ -107,6 +108,7 @@ def test_info_of_a_file_has_its_id_version_and_hash(fsys: FlywheelFileSystem, sd
     assert fsys.ukey(path) == witness.hash
     assert fsys.checksum(path) == fsys.checksum(f"flywheel://{path}")
     assert fsys.checksum(path) != fsys.checksum(f"{T1W}/T1w.dicom.zip")
+    assert fsys.modified(path).timestamp() == witness.modified.timestamp()
     assert fsys.info(T1W)["type"] == "directory"
     assert fsys.isdir(DEMO_PROJECT) and fsys.isfile(path) and not fsys.exists(f"{T1W}/nope")
 
@@ -262,6 +264,30 @@ def test_a_sequential_read_is_few_large_requests(big_site: Any) -> None:
     # Readahead windows of up to 4 MiB per request (the mount's), not a request per read.
     assert sum(e["bytes"] for e in gets) == total
     assert len(gets) <= 40, [e["range"] for e in gets]
+
+
+def test_a_disk_cache_serves_the_next_process(demo_site: Any, tmp_path: Path) -> None:
+    """`disk_cache=` keeps blocks on disk as the mount's --disk-cache does: a second process
+    with the same cache_dir reads the file without fetching it."""
+    script = (
+        "import sys, fsspec\n"
+        "fs = fsspec.filesystem('flywheel', disk_cache='64M', cache_dir=sys.argv[2])\n"
+        "sys.stdout.buffer.write(fs.cat_file(sys.argv[1]))\n"
+    )
+    env = demo_site.subprocess_env(clean_env(("FW_", "FWFS_")))
+    env["FWFS_API_KEY"] = demo_site.api_key
+    path = f"{T1W}/T1w.nii.gz"
+    argv = [sys.executable, "-c", script, path, str(tmp_path / "cache")]
+    outputs, fetched = [], []
+    for _ in range(2):
+        mark = demo_site.quiet_mark()
+        done = subprocess.run(argv, env=env, capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr.decode()
+        outputs.append(done.stdout)
+        log = demo_site.requests_since(mark)
+        fetched.append(sum(e["bytes"] for e in log if e["path"].endswith("/T1w.nii.gz")))
+    assert outputs[0] == outputs[1] == acq_file(demo_site.client(), path)
+    assert fetched == [len(outputs[0]), 0]
 
 
 def test_one_model_serves_every_thread_and_instance(make_fs: MakeFs) -> None:
