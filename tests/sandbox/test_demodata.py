@@ -310,6 +310,22 @@ def test_nifti_matches_the_dicom_phantom_of_the_same_seed() -> None:
     assert np.array_equal(np.asarray(image.dataobj), expected)
 
 
+def test_nifti_series_is_4d_with_the_tr_as_fourth_zoom() -> None:
+    args: dict[str, Any] = {"shape": (20, 24, 12), "voxel_mm": (1.0, 1.5, 2.5), "seed": 5}
+    data = nifti_gz(**args, volumes=(1.0, 0.5, 0.5), repetition_time=2.3)
+    assert data == nifti_gz(**args, volumes=(1.0, 0.5, 0.5), repetition_time=2.3)
+    image = load_nifti(data)
+    assert image.shape == (20, 24, 12, 3)
+    assert np.allclose(image.header.get_zooms(), (1.0, 1.5, 2.5, 2.3))
+    assert image.header.get_xyzt_units() == ("mm", "sec")
+    series = np.asarray(image.dataobj).astype(float)
+    phantom = np.asarray(load_nifti(nifti_gz(**args)).dataobj).astype(float)
+    # Each volume is the phantom at its scale, plus noise of its own.
+    assert np.corrcoef(series[..., 0].ravel(), phantom.ravel())[0, 1] > 0.95
+    assert series[..., 1].mean() == pytest.approx(0.5 * series[..., 0].mean(), rel=0.05)
+    assert not np.array_equal(series[..., 1], series[..., 2])
+
+
 def test_nifti_long_description_is_truncated() -> None:
     image = load_nifti(nifti_gz(shape=(4, 4, 4), voxel_mm=(1, 1, 1), seed=0, description="x" * 200))
     assert len(image.header["descrip"].item().rstrip(b"\0")) < 80
