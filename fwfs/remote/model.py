@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fwfs.client import FlywheelClient
 from fwfs.config import (
@@ -103,11 +104,18 @@ class Options:
     spool_dir: Path | None = None
 
     def check_site(self, base_url: str) -> None:
-        if self.site is not None and self.site != base_url:
+        if self.site is not None and _where(self.site) != _where(base_url):
             raise denied(
                 f"this filesystem is for {self.site}, and the API key found is for "
                 f"{base_url}: give a key of {self.site}"
             )
+
+
+def _where(url: str) -> tuple[str | None, int]:
+    """A site's host and port: `site="site.example.org"` is the key's
+    `https://site.example.org:443/api`."""
+    split = urlsplit(url if "://" in url else f"https://{url}")
+    return split.hostname, split.port or (80 if split.scheme == "http" else 443)
 
 
 @dataclass(frozen=True)

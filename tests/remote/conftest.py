@@ -33,7 +33,7 @@ def sdk(site: Any) -> Any:
     return site.client()
 
 
-def options_of(site: Any, **options: Any) -> dict[str, Any]:
+def options_of(site: Any, /, **options: Any) -> dict[str, Any]:
     """Storage options for `site` as Ada: her key, and the site's CA when it has one."""
     out: dict[str, Any] = {"api_key": site.api_key, "skip_instance_cache": True}
     if site.ca_cert is not None:

@@ -118,3 +118,12 @@ def test_a_wrong_key_is_permission_error_without_the_key(site: Any) -> None:
     with pytest.raises(PermissionError) as malformed:
         FlywheelFileSystem(api_key="only-a-secret-no-host")
     assert "only-a-secret" not in str(malformed.value)
+
+
+def test_site_names_the_keys_host_in_any_spelling(site: Any) -> None:
+    for spelling in (site.api_url, site.url, f"{site.url}/api/"):
+        fsys = FlywheelFileSystem(**options_of(site, site=spelling))
+        assert fsys.ls(DEMO_PROJECT)
+    with pytest.raises(PermissionError) as err:
+        FlywheelFileSystem(**options_of(site, site="https://flywheel.example.org"))
+    assert "flywheel.example.org" in str(err.value) and site.secret not in str(err.value)
