@@ -59,6 +59,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     )
     for flag, text in (
         ("--trim-resolve", "resolve children without files/info/tags, as the real resolver"),
+        ("--trim-list-info", "list answers keep only info.BIDS (and info_exists) unless asked"),
         ("--gate-subjects", "subjects only for clients sending x-accept-feature subject-container"),
         ("--strict-permissions", "members see and write only their groups/projects"),
         ("--redirect-downloads", "downloads answer 302 to a signed URL on a storage listener"),

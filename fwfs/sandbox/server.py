@@ -73,7 +73,7 @@ class ServeOptions:
     def from_args(cls, args: Any, demo: bool) -> ServeOptions:
         """From the parsed `fwfs serve`/`fwfs demo` arguments (same names as the fields)."""
         names = [f for f in cls.__dataclass_fields__ if f != "demo"]
-        # A behaviour with no flag of its own (--strict's trim_list_info) keeps its default.
+        # A behaviour with no flag of its own keeps its default.
         given: dict[str, Any] = {n: getattr(args, n) for n in names if hasattr(args, n)}
         return cls(demo=demo, **given)
 

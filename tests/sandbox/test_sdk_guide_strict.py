@@ -20,6 +20,7 @@ globals().pop("test_fw_ssl_cert_file")
 
 STRICT_BUT_SUBJECTS = {
     "trim_resolve": True,
+    "trim_list_info": True,
     "strict_permissions": True,
     "redirect_downloads": True,
     "default_page_limit": 100,
