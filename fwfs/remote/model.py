@@ -10,6 +10,7 @@ the user is, for the write checks), a `MountConfig`, a `FlywheelClient` and a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import os
@@ -40,6 +41,8 @@ from fwfs.fs import FlywheelFS
 from fwfs.uploads import RetryPolicy
 
 PROTOCOL = "flywheel"
+# Seconds the key check may take, retries included (wiring._CONNECT_BUDGET for the mount).
+CHECK_BUDGET = 10.0
 
 
 # ---- errors -----------------------------------------------------------------------------------
@@ -173,10 +176,16 @@ class Model:
 
     def __init__(self, settings: Settings) -> None:
         options = settings.options
+        # The key is checked first, within the mount's budget for its checks (10 s), not
+        # the minute a read may retry for: a dead site fails the first call soon.
+        quick = dataclasses.replace(
+            settings.client, total_timeout=min(settings.client.total_timeout, CHECK_BUDGET)
+        )
+        with FlywheelClient(quick) as checking:
+            user_id = checking.auth_status().get("user_id")
         self.client = FlywheelClient(settings.client)
         spool: Path | None = None
         try:
-            user_id = self.client.auth_status().get("user_id")
             if not options.read_only:
                 # One spool per process: a spool is held by one process (two would
                 # recover each other's uploads), and Dask runs several on one machine.
@@ -233,9 +242,10 @@ def shared_model(settings: Settings) -> Model:
             try:
                 model = Model(settings)
             except FwfsError as err:
+                site = settings.client.base_url
                 if err.errno == errno.EACCES:
-                    why = f"{settings.client.base_url} refused the API key: {err}"
-                    raise denied(why) from None
-                raise as_oserror(err, "") from None
+                    raise denied(f"{site} refused the API key: {err}") from None
+                why = f"cannot use the site at {site}: {err}"
+                raise OSError(err.errno, why, f"{PROTOCOL}://") from None
             _models[key] = model
         return model

@@ -127,3 +127,19 @@ def test_site_names_the_keys_host_in_any_spelling(site: Any) -> None:
     with pytest.raises(PermissionError) as err:
         FlywheelFileSystem(**options_of(site, site="https://flywheel.example.org"))
     assert "flywheel.example.org" in str(err.value) and site.secret not in str(err.value)
+
+
+def test_a_site_that_does_not_answer_fails_the_first_call(tmp_path: Path) -> None:
+    """A key whose site refuses connections: an OSError naming the site, after the mount's
+    budget for its checks, not a hang."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    fsys = FlywheelFileSystem(
+        api_key=f"127.0.0.1:{port}:__force_insecure:nobody-listens", skip_instance_cache=True
+    )
+    with pytest.raises(OSError) as err:
+        fsys.ls("")
+    assert f"127.0.0.1:{port}" in str(err.value) and "nobody-listens" not in str(err.value)
