@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
 from conftest import DEMO_PROJECT, T1W, MakeFs, Scratch, options_of
+from linkkit import round_trips
 
 from fwfs.remote import FlywheelFileSystem
 from fwfs.testing.sites import clean_env
@@ -326,3 +328,26 @@ def test_h5py_reads_one_plane_of_a_volume_without_the_whole_file(
     assert np.array_equal(plane, volume[10]) and units == "mm"
     fetched = sum(e["bytes"] for e in site.requests_since(mark) if e["method"] == "GET")
     assert fetched < size // 4
+
+
+def test_cat_ranges_reads_the_ranges_side_by_side(start_site: Callable[..., Any]) -> None:
+    """Over a link with a 50 ms round trip, eight scattered ranges go out together, not
+    one round trip after another."""
+    site = start_site(rtt_ms=50, big_file_mb=16)
+    fsys = FlywheelFileSystem(**options_of(site))
+    path = f"{T1W}/big.bin"
+    expected = fsys.cat_file(path, 0, 16 << 20)
+    starts = [(2 * i + 1) << 20 for i in range(8)]
+    mark = site.quiet_mark()
+    got = fsys.cat_ranges([path] * 8, starts, [s + 1000 for s in starts])
+    assert got == [expected[s : s + 1000] for s in starts]
+    gets = [e for e in site.requests_since(mark) if e["path"].endswith("/big.bin")]
+    assert len(gets) == 0  # every block was read above: the model's cache answers
+    fresh = FlywheelFileSystem(**options_of(site, read_only=True))  # a model of its own
+    fresh.info(path)
+    mark = site.quiet_mark()
+    assert fresh.cat_ranges([path] * 8, starts, [s + 1000 for s in starts]) == got
+    gets = [e for e in site.requests_since(mark) if e["path"].endswith("/big.bin")]
+    assert len(gets) == 8, gets
+    # One after another, they would be a chain of 8 round trips.
+    assert round_trips(gets, 50) <= 2, gets
