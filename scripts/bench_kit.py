@@ -268,11 +268,12 @@ class Mounter:
             raise RuntimeError(f"the mount hung: its watchdog killed fwfs after {MOUNT_WATCHDOG} s")
 
     def problems(self) -> list[str]:
-        """ERROR lines and tracebacks of every mount's log."""
+        """ERROR lines, tracebacks and disk cache warnings of every mount's log."""
         out: list[str] = []
         for path in sorted((self.workdir / "mounts").glob("*/fwfs.log")):
             for line in path.read_text(errors="replace").splitlines():
-                if " ERROR " in line or "Traceback" in line:
+                # The disk cache warns (and reads go on) when it stops keeping blocks.
+                if " ERROR " in line or "Traceback" in line or "diskcache WARNING" in line:
                     out.append(f"{path.parent.name}: {line[:300]}")
         return out
 
