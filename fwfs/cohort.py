@@ -24,7 +24,9 @@ dask, pandas and nibabel are imported when used: `pip install 'fwfs[dask]'`.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import math
 import struct
 from typing import IO, TYPE_CHECKING, Any
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
     from distributed import Client
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# What is read of a file at once: the model's block (fwfs.blockcache), so one request.
+HEADER_BUFFER = 128 << 10
 # sizeof_hdr, the header's first field: NIfTI-1's and NIfTI-2's.
 _SIZES = {348: "nifti1", 540: "nifti2"}
 # The columns of a row, in order (header_table's columns).
@@ -80,12 +84,16 @@ def nifti_files(fs: Any, project_path: str) -> list[str]:
     return sorted(p for p in fs.find(root) if p.lower().endswith(NIFTI_SUFFIXES))
 
 
-def _open_header(raw: IO[bytes], path: str) -> IO[bytes] | gzip.GzipFile:
-    """The file's uncompressed bytes: a .nii.gz is inflated as it is read (only its first
-    compressed block is fetched for a header)."""
+def _open_header(raw: Any, path: str) -> IO[bytes] | gzip.GzipFile:
+    """The file's uncompressed bytes, read HEADER_BUFFER at a time: gzip parses its own
+    header a few bytes at a time, and nibabel reads 348 bytes and then 4, which a
+    filesystem with readahead (the model's) would take for a sequential read and fetch
+    megabytes ahead of. Buffered, the first read is the only one: one request, as through
+    the mount, where the kernel's page cache does the same."""
+    buffered = io.BufferedReader(raw, HEADER_BUFFER)
     if path.lower().endswith(".gz"):
-        return gzip.GzipFile(fileobj=raw, mode="rb")
-    return raw
+        return gzip.GzipFile(fileobj=buffered, mode="rb")
+    return buffered
 
 
 def _format(first: bytes) -> tuple[str, str] | None:
@@ -130,7 +138,7 @@ def header_row(path: str, fs: Any = None) -> dict[str, Any]:
                 if found is None:
                     raise ValueError(f"{url}: not a NIfTI-1 or NIfTI-2 file")
                 kind = found[0]
-                f.seek(0)  # within the block just read: no request
+                f.seek(0)  # within the buffer: no read
                 # Any: nibabel types some of its functions, not these.
                 header_class: Any = nib.Nifti1Header if kind == "nifti1" else nib.Nifti2Header
                 header = header_class.from_fileobj(f)
@@ -168,6 +176,13 @@ def header_row(path: str, fs: Any = None) -> dict[str, Any]:
     }
 
 
+def _open_project(fs: Any, root: str) -> None:
+    """A worker's head start (header_table): an error here is the rows' to report, with
+    their paths."""
+    with contextlib.suppress(Exception):
+        fs.info(root)
+
+
 def header_table(
     project_path: str,
     client: Client | None = None,
@@ -196,14 +211,21 @@ def header_table(
         else:
             fs = FlywheelFileSystem(**options)
     root = fs._strip_protocol(project_path).rstrip("/")
-    files = nifti_files(fs, root)
     if client is None:
-        rows = [header_row(p, fs) for p in files]
+        rows = [header_row(p, fs) for p in nifti_files(fs, root)]
     else:
+        cluster: Any = client  # Client's methods are not typed
+        # While the files are listed here, each worker opens the project: its key checked
+        # and the path's containers looked up (several round trips) before its first file.
+        opening = [
+            cluster.submit(_open_project, fs, root, workers=[w], pure=False)
+            for w in cluster.scheduler_info()["workers"]
+        ]
+        files = nifti_files(fs, root)
         # pure=False: a file's row is read again by every table, not taken from a result
         # the cluster still holds from an earlier one (the file may have a new version).
-        cluster: Any = client  # Client.gather is not typed
         rows = cluster.gather(cluster.map(header_row, files, fs=fs, pure=False))
+        cluster.gather(opening)
     for row in rows:
         row["path"] = row["path"][len(root) + 1 :] if root else row["path"]
     table = pd.DataFrame(rows, columns=list(COLUMNS))
