@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,8 @@ from fwfs.remote.model import (
 RANGE_THREADS = 8
 # cp_file: the reads a copy makes; the model reads ahead of them.
 COPY_CHUNK = 8 << 20
+# What makes a path a pattern for fsspec's expand_path (its has_magic).
+_MAGIC = re.compile(r"[*?\[]")
 # info(): the extended attributes of a file shown as its details (s3fs shows its ETag).
 _DETAILS = (
     ("id", "file_id"),
@@ -322,6 +325,28 @@ class FlywheelFileSystem(AbstractFileSystem):  # type: ignore[misc]
         path = self._strip_protocol(path)
         with errors(path):
             self.model.unlink("/" + path)
+
+    def mv(
+        self,
+        path1: Any,
+        path2: Any,
+        recursive: bool = False,
+        maxdepth: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """One file or container is moved or renamed by the site, no bytes copied, as `mv`
+        on the mount (into a directory that exists, under its own name); globs and lists
+        are fsspec's copy then rm."""
+        if not (isinstance(path1, str) and isinstance(path2, str)) or _MAGIC.search(path1):
+            super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
+            return
+        source, target = self._strip_protocol(path1), self._strip_protocol(path2)
+        if target != source and self.isdir(target):
+            target = f"{target}/{source.rsplit('/', 1)[-1]}"
+        if target == source:
+            return
+        with errors(source):
+            self.model.rename("/" + source, "/" + target)
 
     def _rm(self, path: str) -> None:
         if self.isdir(path):

@@ -155,3 +155,19 @@ def test_a_file_removed_between_ls_and_open_is_file_not_found(demo_site: Any, fw
     with pytest.raises(FileNotFoundError) as err:
         fsys.cat_file(path)  # its listing still shows the file: the read finds it gone
     assert f"flywheel://{path}" in str(err.value)
+
+
+def test_mv_moves_and_renames_on_the_site(fsys: FlywheelFileSystem, scratch: Scratch) -> None:
+    """As `mv` on the mount: the file keeps its id (no bytes copied), and needs no
+    allow_delete; a container is renamed."""
+    fsys.pipe_file(f"{scratch.path}/draft.txt", b"moving")
+    file_id = fsys.info(f"{scratch.path}/draft.txt")["file_id"]
+    fsys.mv(f"{scratch.path}/draft.txt", scratch.acq_path)  # into an existing directory
+    moved = fsys.info(f"{scratch.acq_path}/draft.txt")
+    assert moved["file_id"] == file_id and not fsys.exists(f"{scratch.path}/draft.txt")
+    fsys.mv(f"{scratch.acq_path}/draft.txt", f"{scratch.acq_path}/final.txt")
+    assert fsys.cat_file(f"{scratch.acq_path}/final.txt") == b"moving"
+    assert [f.name for f in scratch.acquisition.reload().files] == ["final.txt"]
+    fsys.mv(f"{scratch.path}/sub-01", f"{scratch.path}/sub-09")
+    assert [s.label for s in scratch.project.subjects()] == ["sub-09"]
+    assert fsys.cat_file(f"{scratch.path}/sub-09/ses-01/acq-01/final.txt") == b"moving"
