@@ -43,3 +43,29 @@ ensure_venv() {
         echo "$want" > "$stamp"
     fi
 }
+
+# The official BIDS validator, the legacy JavaScript CLI (npm `bids-validator`), which
+# tests/mount/test_bids_tools.py runs on the BIDS view of the demo. Pinned to the release the
+# demo's curation was checked with (docs/SANDBOX.md); node >= 18. Lives in the checkout, not
+# the system: BIDS_VALIDATOR_BIN.
+BIDS_VALIDATOR_VERSION=1.14.6
+BIDS_VALIDATOR_PREFIX=.cache/node
+BIDS_VALIDATOR_BIN=$BIDS_VALIDATOR_PREFIX/node_modules/.bin/bids-validator
+
+ensure_bids_validator() {
+    # Installs only when the pinned version is not there yet: a second run reads one
+    # package.json and touches no network.
+    local installed=$BIDS_VALIDATOR_PREFIX/node_modules/bids-validator/package.json
+    if [ -x "$BIDS_VALIDATOR_BIN" ] && [ -f "$installed" ] &&
+        grep -q "\"version\": \"$BIDS_VALIDATOR_VERSION\"" "$installed"; then
+        return 0
+    fi
+    # nodesource's nodejs ships npm inside it, and conflicts with Debian's npm package.
+    if ! command -v npm >/dev/null; then
+        ensure_system_packages nodejs npm
+    fi
+    echo "installing bids-validator $BIDS_VALIDATOR_VERSION into $BIDS_VALIDATOR_PREFIX" >&2
+    # --omit=optional: next.js's native builds (~140 MB), which the CLI never loads.
+    npm install --prefix "$BIDS_VALIDATOR_PREFIX" --save-exact --no-audit --no-fund \
+        --omit=optional --loglevel=error "bids-validator@$BIDS_VALIDATOR_VERSION" >&2
+}
