@@ -81,6 +81,7 @@ ALLOWED: dict[str, set[str]] = {
     # injector), not only over HTTP.
     "fs": {
         "archives",
+        "bids",
         "blockcache",
         "config",
         "diskcache",
@@ -93,6 +94,9 @@ ALLOWED: dict[str, set[str]] = {
         "uploads",
     },
     "uploads": {"config", "errors", "models"},
+    # The BIDS exporter's rules, pure functions over the site's metadata: beside archives/,
+    # below the model; the models it reads and the name rule, no I/O.
+    "bids": {"bids", "models", "paths"},
     "archives": {"archives", "blockcache", "errors", "models", "paths", "rangedfile"},
     "rangedfile": {"blockcache"},
     "blockcache": set(),
