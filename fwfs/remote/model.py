@@ -182,7 +182,11 @@ class Model:
             settings.client, total_timeout=min(settings.client.total_timeout, CHECK_BUDGET)
         )
         with FlywheelClient(quick) as checking:
-            user_id = checking.auth_status().get("user_id")
+            status = checking.auth_status()
+        user_id, origin = status.get("user_id"), status.get("origin")
+        if not isinstance(user_id, str) and isinstance(origin, dict):
+            # Cores before user_id still say who in origin (as wiring.connect reads it).
+            user_id = origin.get("id") if origin.get("type") == "user" else None
         self.client = FlywheelClient(settings.client)
         spool: Path | None = None
         try:
@@ -210,7 +214,7 @@ class Model:
             self.fs = FlywheelFS(
                 self.client,
                 config,
-                user_id if isinstance(user_id, str) else None,
+                user_id if isinstance(user_id, str) and user_id else None,
                 upload_retry=RetryPolicy.from_config(settings.client),
             )
         except BaseException:
