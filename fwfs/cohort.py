@@ -25,6 +25,7 @@ dask, pandas and nibabel are imported when used: `pip install 'fwfs[dask]'`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import io
 import math
@@ -81,7 +82,13 @@ def nifti_files(fs: Any, project_path: str) -> list[str]:
     acquisitions' and analyses'), sorted, as `fs.find` names them. Zip archives' members are
     not looked into: their `NAME.zip.d` directories are not listed (docs/SEMANTICS.md)."""
     root = fs._strip_protocol(project_path)
-    return sorted(p for p in fs.find(root) if p.lower().endswith(NIFTI_SUFFIXES))
+    # fsspec's find says nothing of a path that is not there or cannot be listed (an empty
+    # table): the project is looked at first, and a directory below it that cannot be
+    # listed fails the walk.
+    if fs.info(root)["type"] != "directory":
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", _url(fs, root))
+    found = fs.find(root, on_error="raise")
+    return sorted(p for p in found if p.lower().endswith(NIFTI_SUFFIXES))
 
 
 def _open_header(raw: Any, path: str) -> IO[bytes] | gzip.GzipFile:

@@ -159,3 +159,23 @@ def test_a_worker_without_credentials_is_told_what_is_missing(
     assert "FWFS_API_KEY" in message and str(tmp_path / ".config/flywheel/user.json") in message
     assert f"flywheel://{path}" in message
     assert demo_site.secret not in message
+
+
+def test_a_wrong_path_or_no_key_fails_the_table_naming_what_is_wrong(
+    demo_site: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not an empty table, which fsspec's find would give for both."""
+    fsys = FlywheelFileSystem(**options_of(demo_site))
+    with pytest.raises(FileNotFoundError) as missing:
+        header_table(f"{DEMO_PROJECT}/sub-99", fs=fsys)
+    assert f"flywheel://{DEMO_PROJECT}/sub-99" in str(missing.value)
+    with pytest.raises(NotADirectoryError):
+        nifti_files(fsys, f"{DEMO_PROJECT}/participants.csv")
+    for name in list(os.environ):
+        if name.startswith(("FW_", "FWFS_")) or name == "FLYWHEEL_USER_HOME":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    keyless = FlywheelFileSystem(skip_instance_cache=True)
+    with pytest.raises(PermissionError) as denied:
+        header_table(DEMO_PROJECT, fs=keyless)
+    assert "FWFS_API_KEY" in str(denied.value)
