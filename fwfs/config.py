@@ -286,6 +286,10 @@ class MountConfig:
     # reachable) when list_archives.
     archives: bool = True
     list_archives: bool = default("MountConfig.list_archives")
+    # `<project>.bids` views (fwfs/fs/bidsview.py): listed in their group (not only
+    # reachable) when list_bids; their sourcedata/ shown when bids_sourcedata.
+    list_bids: bool = default("MountConfig.list_bids")
+    bids_sourcedata: bool = default("MountConfig.bids_sourcedata")
     # Writes (when not read_only): where staged bytes wait for upload, and whether unlink
     # and rmdir may delete on the site.
     spool_dir: Path | None = None

@@ -313,6 +313,28 @@ OPTIONS: tuple[Option, ...] = (
         action="store_true",
     ),
     Option(
+        "list_bids",
+        ("--list-bids",),
+        False,
+        "list each project's BIDS view <project>.bids beside it (it is always reachable)",
+        "walks (`find`, `du`, `ls -R`) of a group enter every project's view: three "
+        "listing requests per project, more per 250 sessions or acquisitions",
+        commands=_MOUNT_DEMO,
+        field="MountConfig.list_bids",
+        action="store_true",
+    ),
+    Option(
+        "bids_sourcedata",
+        ("--bids-sourcedata",),
+        False,
+        "show the files curated to sourcedata/ (the DICOM archives) in BIDS views, as "
+        "the exporter's --source-data does",
+        "none in requests; BIDS apps that index the whole tree see more files",
+        commands=_MOUNT_DEMO,
+        field="MountConfig.bids_sourcedata",
+        action="store_true",
+    ),
+    Option(
         "log_file",
         ("--log-file",),
         None,

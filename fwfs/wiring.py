@@ -75,6 +75,8 @@ def mount_config(
         gid=os.getgid(),
         archives=not given("no_archives"),
         list_archives=given("list_archives"),
+        list_bids=given("list_bids"),
+        bids_sourcedata=given("bids_sourcedata"),
         spool_dir=(given("spool_dir") or default_spool_dir(base_url, mountpoint)).absolute(),
         disk_cache=given("disk_cache"),
         cache_dir=(given("cache_dir") or default_cache_dir(base_url)).absolute(),
