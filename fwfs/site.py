@@ -49,8 +49,12 @@ class SiteClient(Protocol):
         """Every project the key can read, all pages."""
         ...
 
-    def list_children(self, kind: Kind, cid: str, child_kind: Kind) -> list[Json]:
-        """Every child of ``child_kind`` under container ``cid``, all pages."""
+    def list_children(
+        self, kind: Kind, cid: str, child_kind: Kind, *, all_info: bool = False
+    ) -> list[Json]:
+        """Every child of ``child_kind`` under container ``cid`` (a project's sessions or
+        acquisitions: all of them, at any depth), all pages. ``all_info``: with their and
+        their files' whole ``info`` (``include_all_info``), which lists may trim."""
         ...
 
     # -- file reads ----------------------------------------------------------------------

@@ -153,11 +153,16 @@ class FlywheelClient(Uploads):
         """Every project the key can read, paged like ``list_groups``."""
         return self._paged("/projects")
 
-    def list_children(self, kind: Kind, cid: str, child_kind: Kind) -> list[Json]:
-        """All children, paged by ``after_id`` until an empty page, as the SDK finders do."""
-        return self._paged(f"/{_plural(kind)}/{_segment(cid)}/{_plural(child_kind)}")
+    def list_children(
+        self, kind: Kind, cid: str, child_kind: Kind, *, all_info: bool = False
+    ) -> list[Json]:
+        """All children, paged by ``after_id`` until an empty page, as the SDK finders do.
+        ``all_info``: ``include_all_info=true``, the children's (and their files') whole
+        ``info``, which a real core trims to its ``BIDS`` key in lists."""
+        path = f"/{_plural(kind)}/{_segment(cid)}/{_plural(child_kind)}"
+        return self._paged(path, {"include_all_info": "true"} if all_info else None)
 
-    def _paged(self, path: str) -> list[Json]:
+    def _paged(self, path: str, extra: Mapping[str, str] | None = None) -> list[Json]:
         """GET ``path`` page by page (``limit`` always sent, never the site's default page
         size) until the list is provably complete.
 
@@ -171,7 +176,7 @@ class FlywheelClient(Uploads):
         items: list[Json] = []
         seen: set[str] = set()
         first_total: int | None = None
-        params = {"limit": str(_PAGE_SIZE)}
+        params = {**(extra or {}), "limit": str(_PAGE_SIZE)}
         while True:
             page, total = self._request(
                 "GET",
@@ -197,7 +202,7 @@ class FlywheelClient(Uploads):
                 len(page) == total or (total == first_total and len(items) == total)
             ):
                 return items
-            params = {"limit": str(_PAGE_SIZE), "after_id": cursor}
+            params = {**(extra or {}), "limit": str(_PAGE_SIZE), "after_id": cursor}
 
     def create_container(self, kind: Kind, body: Mapping[str, Any]) -> str:
         if kind == "analysis":

@@ -7,6 +7,7 @@ are cached by that key without expiry; only names and attributes go stale (the T
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -39,15 +40,21 @@ from fwfs.errors import (
     StaleFile,
 )
 from fwfs.fs.archived import Archives
+from fwfs.fs.bidsview import BidsViews, BytesReads
 from fwfs.fs.nodes import (
     ARCHIVE_SUFFIX,
+    BIDS_SUFFIX,
     ArchiveDir,
     ArchiveFile,
     Attr,
+    BidsDir,
+    BidsFile,
     Dir,
     File,
     Node,
+    ViewNode,
     archive_attr,
+    bids_attr,
     dir_attr,
     file_attr,
     is_archive,
@@ -55,7 +62,7 @@ from fwfs.fs.nodes import (
 from fwfs.fs.tree import NAME_SHARED, ROOT, Listing, Tree
 from fwfs.fs.walkahead import WalkAhead
 from fwfs.fs.writes import Pending, WriteHandle, Writes, is_write
-from fwfs.models import FileInfo
+from fwfs.models import Container, FileInfo
 from fwfs.rangedfile import RangedReader, ReadConfig
 from fwfs.site import SiteClient
 from fwfs.uploads import RetryPolicy, Spool
@@ -87,7 +94,7 @@ _LAZY_FILE_FIELDS: tuple[str, ...] = ("info", "tags")
 _LAZY_CONTAINER_FIELDS: tuple[str, ...] = ("info", "tags", "label")
 
 
-def _lazy_fields(node: Node | Pending) -> list[str]:
+def _lazy_fields(node: Node | Pending | ViewNode) -> list[str]:
     if isinstance(node, File):
         raw, fields = node.info.raw, _LAZY_FILE_FIELDS
     elif isinstance(node, Dir) and node.kind == "container" and node.container is not None:
@@ -97,12 +104,23 @@ def _lazy_fields(node: Node | Pending) -> list[str]:
     return [f for f in fields if f not in raw]
 
 
-def _refuse_shared_name(node: Node | Pending) -> None:
+def _refuse_shared_name(node: Node | Pending | ViewNode) -> None:
     if isinstance(node, File) and node.info.raw.get(NAME_SHARED):
         raise RemoteError(
             "another file of this directory has this file's name, and the site reads by "
             "name; read it from the container it came from"
         )
+
+
+def _project_is(pid: str) -> Callable[[str, str | None], bool]:
+    return lambda project, _group: project == pid
+
+
+def _underlying(node: Node | Pending | ViewNode) -> Node | Pending | ViewNode:
+    """A BIDS view's data file shows its site file's attributes."""
+    if isinstance(node, BidsFile) and node.entry.source is not None:
+        return File(node.entry.source)
+    return node
 
 
 def _xattr_value(value: Any) -> bytes | None:
@@ -246,6 +264,14 @@ class FlywheelFS:
             config.block_size,
             clock=clock,
         )
+        # `<project>.bids` views: see fs/bidsview.py.
+        self.bids = BidsViews(
+            client,
+            config.listing_ttl,
+            clock,
+            sourcedata=config.bids_sourcedata,
+            pool=self.list_pool,
+        )
         self.mount_time = time.time()
         self._lock = threading.Lock()
         self._handles: dict[int, Handle] = {}
@@ -265,7 +291,7 @@ class FlywheelFS:
                 raise InvalidArgument("a writable mount needs a spool directory")
             spool = Spool(config.spool_dir)
             self.writes = Writes(
-                client, config, self.tree, self.lookup, spool, user_id, retry=upload_retry
+                client, config, self.tree, self._lookup_writable, spool, user_id, retry=upload_retry
             )
 
     def _writes(self) -> Writes:
@@ -290,16 +316,32 @@ class FlywheelFS:
 
     # ---- metadata ---------------------------------------------------------------------
 
-    def lookup(self, path: str) -> Node | Pending:
+    def _lookup_writable(self, path: str) -> Node | Pending:
+        """`lookup` for the writes: nothing in a BIDS view may be changed."""
+        node = self.lookup(path)
+        if isinstance(node, BidsDir | BidsFile):
+            raise ReadOnly("a BIDS view is read-only: curation is done on the site")
+        return node
+
+    def _refuse_view(self, *paths_: str) -> None:
+        """EROFS for a path in a BIDS view (`<group>/<name>.bids/…`); others are looked up
+        by the writes themselves, so this costs them nothing."""
+        for path in paths_:
+            parts = [p for p in path.split("/") if p]
+            if len(parts) >= 2 and parts[1].endswith(BIDS_SUFFIX):
+                with contextlib.suppress(NotFound, NotADirectory):
+                    self._lookup_writable(path)
+
+    def lookup(self, path: str) -> Node | Pending | ViewNode:
         if self.writes is not None:
             pending = self.writes.pending(path)
             if pending is not None:
                 return pending
         return self.lookup_site(path)
 
-    def lookup_site(self, path: str) -> Node:
+    def lookup_site(self, path: str) -> Node | ViewNode:
         """`path` as the site's listings show it, ignoring files being written."""
-        node: Node = ROOT
+        node: Node | ViewNode = ROOT
         for part in path.split("/"):
             if part:
                 if len(part.encode("utf-8", "surrogateescape")) > paths.NAME_MAX:
@@ -310,18 +352,36 @@ class FlywheelFS:
                 node = self._child(node, part)
         return node
 
-    def _child(self, node: Node, name: str) -> Node:
+    def _child(self, node: Node | ViewNode, name: str) -> Node | ViewNode:
         if isinstance(node, Dir):
             try:
                 return self.tree.child(node, name)
             except NotFound:
+                project = self._bids_named(node, name)
+                if project is not None:
+                    return BidsDir(project, "")
                 archive = self._archive_named(node, name)
                 if archive is None:
                     raise
                 return self.archives.root(archive)
         if isinstance(node, ArchiveDir):
             return self.archives.child(node, name)
+        if isinstance(node, BidsDir):
+            return self.bids.child(node, name)
         raise NotADirectory(f"not a directory on the way to {name!r}")
+
+    def _bids_named(self, parent: Dir, name: str) -> Container | None:
+        """The project whose BIDS view `name` is: `<project entry name>.bids` in a group
+        (a real entry of that name was looked for first, and wins)."""
+        c = parent.container
+        if parent.kind != "container" or c is None or c.kind != "group":
+            return None
+        if not name.endswith(BIDS_SUFFIX):
+            return None
+        base = self.tree.listing(parent).entries.get(name[: -len(BIDS_SUFFIX)])
+        if isinstance(base, Dir) and base.container is not None:
+            return base.container
+        return None
 
     def _archive_named(self, parent: Dir, name: str) -> FileInfo | None:
         """The archive whose member directory `name` is: `<archive entry name>.d`."""
@@ -333,8 +393,10 @@ class FlywheelFS:
             return base.info
         return None
 
-    def attr(self, node: Node | Pending) -> Attr:
+    def attr(self, node: Node | Pending | ViewNode) -> Attr:
         writable = not self.config.read_only
+        if isinstance(node, BidsDir | BidsFile):
+            return bids_attr(node)
         if isinstance(node, Pending):
             # cp sizes its buffer by the destination's st_blksize: 1 MiB writes cost an
             # eighth of the callbacks of 128 KiB ones. (Site files keep the block size, so
@@ -392,9 +454,11 @@ class FlywheelFS:
 
     def readdir(self, path: str) -> list[tuple[str, Attr]]:
         node = self.lookup(path)
-        entries: dict[str, Node | Pending]
+        entries: dict[str, Node | Pending | ViewNode]
         if isinstance(node, ArchiveDir):
             entries = dict(self.archives.listdir(node))
+        elif isinstance(node, BidsDir):
+            entries = dict(self.bids.listdir(node))
         elif isinstance(node, Dir):
             listing = self.tree.listdir(node)
             if self.walk.reading():
@@ -408,6 +472,11 @@ class FlywheelFS:
                             name + ARCHIVE_SUFFIX,
                             ArchiveDir(child.info, "", child.info.modified),
                         )
+            c = node.container
+            if self.config.list_bids and c is not None and c.kind == "group":
+                for name, child in list(entries.items()):
+                    if isinstance(child, Dir) and child.container is not None:
+                        entries.setdefault(name + BIDS_SUFFIX, BidsDir(child.container, ""))
         else:
             raise NotADirectory("not a directory")
         if self.writes is not None and isinstance(node, Dir):
@@ -431,7 +500,7 @@ class FlywheelFS:
         return out
 
     def listxattr(self, path: str) -> list[str]:
-        node = self.lookup(path)
+        node = _underlying(self.lookup(path))
         # Listed without a request: fetched only when asked for (getxattr).
         lazy = [XATTR_PREFIX + f for f in _lazy_fields(node)]
         return sorted({*self._xattrs(node), *lazy})
@@ -441,7 +510,7 @@ class FlywheelFS:
             # `ls -l` asks every entry for security.* and system.* attributes: answered
             # without walking the path (17,303 of them in one `ls -lR` of 3,103 directories).
             raise NotFound(f"no attribute {name}")
-        node = self.lookup(path)
+        node = _underlying(self.lookup(path))
         value = self._xattrs(node).get(name)
         field = name[len(XATTR_PREFIX) :]
         if value is None and field in _lazy_fields(node):
@@ -451,9 +520,9 @@ class FlywheelFS:
             raise NotFound(f"no attribute {name}")
         return value
 
-    def _xattrs(self, node: Node | Pending) -> dict[str, bytes]:
+    def _xattrs(self, node: Node | Pending | ViewNode) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
-        if isinstance(node, Pending):
+        if isinstance(node, Pending | BidsDir | BidsFile):
             return out
         raw: dict[str, Any]
         if isinstance(node, ArchiveFile | ArchiveDir):
@@ -507,11 +576,22 @@ class FlywheelFS:
                 node = self.lookup_site("/".join(parts))
             except (NotFound, NotADirectory):
                 node = None
+            if isinstance(node, BidsDir | BidsFile):
+                return self.bids.forget(_project_is(node.project.id))
             if isinstance(node, Dir):
-                return self.tree.forget_under(node)
+                return self.tree.forget_under(node) + self._forget_views(node)
             if not parts:
                 return 0
             parts.pop()
+
+    def _forget_views(self, node: Dir) -> int:
+        """The BIDS views of the projects at or below `node`."""
+        c = node.container
+        if node.kind == "root":
+            return self.bids.forget(lambda _p, _g: True)
+        if node.kind != "container" or c is None or c.kind not in ("group", "project"):
+            return 0
+        return self.bids.forget(lambda p, g: (p if c.kind == "project" else g) == c.id)
 
     def cache_stats(self) -> dict[str, int]:
         """The memory block cache's counters, JSON-ready."""
@@ -585,7 +665,7 @@ class FlywheelFS:
 
     def _walk_listed(self, path: str, node: Dir, listing: Listing) -> None:
         """Tell the walk read-ahead that `path` was enumerated while files are being read."""
-        parent: Node | None = None
+        parent: Node | ViewNode | None = None
         if path.strip("/"):
             try:
                 parent = self.lookup_site(posixpath.dirname(path.rstrip("/")))
@@ -595,8 +675,10 @@ class FlywheelFS:
 
     def open(self, path: str, flags: int) -> Opened:
         node = self.lookup(path)
-        if isinstance(node, Dir | ArchiveDir):
+        if isinstance(node, Dir | ArchiveDir | BidsDir):
             raise IsADirectory("is a directory")
+        if isinstance(node, BidsFile):
+            return self._open_view(path, node, flags)
         if is_write(flags):
             truncate = bool(flags & os.O_TRUNC)
             try:
@@ -604,7 +686,7 @@ class FlywheelFS:
             except StaleFile:
                 # Its upload was released between the lookup and now: open what the site
                 # holds instead.
-                whandle = self._writes().open(path, self.lookup(path), truncate)
+                whandle = self._writes().open(path, self._lookup_writable(path), truncate)
             return self._add_write_handle(path, whandle)
         if isinstance(node, Pending):
             return self._add_write_handle(path, WriteHandle(path, node), reading=True)
@@ -630,7 +712,27 @@ class FlywheelFS:
             self._opened[path] = key
         return Opened(fh, keep_cache=cached == key, direct_io=False)
 
+    def _open_view(self, path: str, node: BidsFile, flags: int) -> Opened:
+        if is_write(flags):
+            raise ReadOnly("a BIDS view is read-only: curation is done on the site")
+        entry = node.entry
+        reader: _Reads
+        if entry.source is not None:
+            # The site file's own version: the same blocks, cached under the same key.
+            reader = self._ranged(entry.source)
+            key: tuple[str, ...] = tuple(map(str, entry.source.cache_key))
+        else:
+            reader = BytesReads(entry.data or b"")
+            key = ("bids", node.project.id, entry.path, str(hash(entry.data)))
+        fh = next(self._next_fh)
+        with self._lock:
+            cached = self._opened.get(path)
+            self._handles[fh] = Handle(key, reader, path, bids_attr(node))
+            self._opened[path] = key
+        return Opened(fh, keep_cache=cached == key, direct_io=False)
+
     def create(self, path: str) -> Opened:
+        self._refuse_view(posixpath.dirname(path))
         return self._add_write_handle(path, self._writes().create(path))
 
     def _add_write_handle(self, path: str, whandle: WriteHandle, reading: bool = False) -> Opened:
@@ -671,8 +773,7 @@ class FlywheelFS:
         if fh is not None:
             self._writes().truncate_handle(self._write_handle(fh), size)
             return
-        node = self.lookup(path)
-        self._writes().truncate(path, node, size)
+        self._writes().truncate(path, self._lookup_writable(path), size)
 
     def release(self, fh: int) -> None:
         with self._lock:
@@ -694,22 +795,25 @@ class FlywheelFS:
     # ---- changing the namespace -------------------------------------------------------
 
     def mkdir(self, path: str) -> None:
+        self._refuse_view(path, posixpath.dirname(path))
         self._writes().mkdir(path)
 
     def rmdir(self, path: str) -> None:
-        self._writes().rmdir(path, self.lookup(path))
+        self._writes().rmdir(path, self._lookup_writable(path))
 
     def unlink(self, path: str) -> None:
-        self._writes().unlink(path, self.lookup(path))
+        self._writes().unlink(path, self._lookup_writable(path))
 
     def rename(self, old: str, new: str, flags: int = 0) -> None:
-        self._writes().rename(old, new, flags, self.lookup(old))
+        node = self._lookup_writable(old)
+        self._refuse_view(new, posixpath.dirname(new))
+        self._writes().rename(old, new, flags, node)
 
     def set_metadata(self, path: str) -> None:
         """chmod, chown, utimens: Flywheel keeps no modes, owners or times, so these are
         accepted and change nothing (as `cp -p` and `rsync -a` need) on a writable mount."""
         self._writes()
-        self.lookup(path)
+        self._lookup_writable(path)
 
     def _handle(self, fh: int) -> Handle:
         with self._lock:

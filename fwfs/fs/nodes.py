@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fwfs.archives import MemberFile
+from fwfs.bids import Entry
 from fwfs.models import Container, FileInfo
 
 DirKind = Literal["root", "container", "analyses", "analysis", "analysis-io"]
@@ -58,6 +59,27 @@ class ArchiveFile:
 
 Node = Dir | File | ArchiveDir | ArchiveFile
 
+
+@dataclass(frozen=True)
+class BidsDir:
+    """A directory of `<project>.bids` (fs/bidsview.py): `relpath` "" is the view itself."""
+
+    project: Container
+    relpath: str
+
+
+@dataclass(frozen=True)
+class BidsFile:
+    project: Container
+    entry: Entry
+
+
+# What a BIDS view holds: read-only, outside `Node` so no write path can take it for a
+# site's file or container.
+ViewNode = BidsDir | BidsFile
+# The suffix of a project's BIDS view, beside the project.
+BIDS_SUFFIX = ".bids"
+
 # The suffix that turns an archive's name into the name of its member directory.
 ARCHIVE_SUFFIX = ".d"
 
@@ -98,6 +120,15 @@ def archive_attr(node: ArchiveDir | ArchiveFile) -> Attr:
         return Attr(mode=stat.S_IFDIR | 0o555, size=0, mtime=mtime, ctime=mtime, nlink=2)
     mtime = node.member.mtime or node.archive.modified
     return Attr(mode=stat.S_IFREG | 0o444, size=node.member.size, mtime=mtime, ctime=mtime)
+
+
+def bids_attr(node: ViewNode) -> Attr:
+    """Read-only whatever the mount: curation is done on the site."""
+    if isinstance(node, BidsDir):
+        mtime = node.project.modified or node.project.created
+        return Attr(mode=stat.S_IFDIR | 0o555, size=0, mtime=mtime, ctime=mtime, nlink=2)
+    e = node.entry
+    return Attr(mode=stat.S_IFREG | 0o444, size=e.size, mtime=e.mtime, ctime=e.mtime)
 
 
 def file_attr(node: File, writable: bool) -> Attr:

@@ -57,6 +57,14 @@ class Listing:
     container: Container | None = None
 
 
+def info_trimmed(raw: Json) -> bool:
+    """Whether ``raw``'s ``info`` may be a list answer's cut of it: a real core's lists keep
+    only ``info.BIDS`` and say ``info_exists`` (CORE19 ``containerutil.sanitize_info``), so
+    an ``info`` of BIDS alone beside ``info_exists`` is not known to be the whole."""
+    info = raw.get("info")
+    return bool(raw.get("info_exists")) and isinstance(info, dict) and set(info) <= {"BIDS"}
+
+
 class Tree:
     """Listings by directory key, each fetched by one thread while others wait.
 
@@ -209,7 +217,7 @@ class Tree:
                 return self._client.get(c.kind, c.id)
         else:
             return {}
-        if wanted in raw:
+        if wanted in raw and not (wanted == "info" and info_trimmed(raw)):
             return raw
         with self._lock:
             hit = self._details.get(key)

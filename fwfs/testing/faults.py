@@ -151,9 +151,11 @@ class FaultyClient:
         self._before("list_projects", None, None, "")
         return self.inner.list_projects()
 
-    def list_children(self, kind: Kind, cid: str, child_kind: Kind) -> list[Json]:
+    def list_children(
+        self, kind: Kind, cid: str, child_kind: Kind, *, all_info: bool = False
+    ) -> list[Json]:
         self._before("list_children", None, kind, cid)
-        return self.inner.list_children(kind, cid, child_kind)
+        return self.inner.list_children(kind, cid, child_kind, all_info=all_info)
 
     # -- file reads ----------------------------------------------------------------------
 
