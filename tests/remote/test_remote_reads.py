@@ -349,5 +349,6 @@ def test_cat_ranges_reads_the_ranges_side_by_side(start_site: Callable[..., Any]
     assert fresh.cat_ranges([path] * 8, starts, [s + 1000 for s in starts]) == got
     gets = [e for e in site.requests_since(mark) if e["path"].endswith("/big.bin")]
     assert len(gets) == 8, gets
-    # One after another, they would be a chain of 8 round trips.
-    assert round_trips(gets, 50) <= 2, gets
+    # One after another, they would be a chain of 8 round trips; side by side 1 or 2 (up
+    # to 4 allowed: on a loaded machine the pool's threads may start a few ms apart).
+    assert round_trips(gets, 50) <= 4, gets
