@@ -226,7 +226,7 @@ def header_table(
         # and the path's containers looked up (several round trips) before its first file.
         opening = [
             cluster.submit(_open_project, fs, root, workers=[w], pure=False)
-            for w in cluster.scheduler_info()["workers"]
+            for w in cluster.nthreads()
         ]
         files = nifti_files(fs, root)
         # pure=False: a file's row is read again by every table, not taken from a result
