@@ -552,6 +552,9 @@ class Bench:
                 done = subprocess.run(
                     [sys.executable, "-m", "fwfs", "prefetch", *argv],
                     env=env,
+                    # Not the repository: `-m` puts the working directory first on the path,
+                    # ahead of a PYTHONPATH snapshot the mounts and the site run.
+                    cwd=self.work,
                     capture_output=True,
                     text=True,
                     timeout=1800,
