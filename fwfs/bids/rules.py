@@ -66,6 +66,8 @@ class _Claim:
     meta: Mapping[str, Any] = field(default_factory=dict)
     data: bytes | None = None
     mtime: float = 0.0
+    # Where the container is, for a person reading the report: its session's, subject's.
+    within: str = ""
 
     def entry(self, path: str) -> Entry:
         if self.file is not None:
@@ -77,7 +79,7 @@ class _Claim:
             return "made from the project's info.BIDS"
         c = self.container
         where = f'{c.kind} "{c.label}" ({c.id})' if c is not None else "?"
-        return f'{where} file "{self.file.name}" ({self.file.file_id})'
+        return f'{self.within}{where} file "{self.file.name}" ({self.file.file_id})'
 
 
 def parse_bool(value: Any) -> bool:
@@ -215,7 +217,7 @@ def build(
     claims: dict[str, list[_Claim]] = {}
     old = old_way(project)
 
-    def consider(level: Level, c: Container, files: Iterable[FileInfo]) -> None:
+    def consider(level: Level, c: Container, files: Iterable[FileInfo], within: str = "") -> None:
         for f in files:
             path = place(f)
             if path is None:
@@ -224,17 +226,19 @@ def build(
                 continue
             if excluded(f, path, sourcedata):
                 continue
-            claim = _Claim(level, c, f, metadata(f.raw) or {})
+            claim = _Claim(level, c, f, metadata(f.raw) or {}, within=within)
             claims.setdefault(path, []).append(claim)
 
     consider("project", project, _files(project))
     shown_sessions = {s.id: s for s in sessions if not container_ignored(s)}
     for s in sessions:
         if s.id in shown_sessions:
-            consider("session", s, _files(s))
+            consider("session", s, _files(s), _subject_of(s))
     for a in acquisitions:
-        if a.parents.get("session") in shown_sessions and not container_ignored(a):
-            consider("acquisition", a, _files(a))
+        ses = shown_sessions.get(a.parents.get("session", ""))
+        if ses is not None and not container_ignored(a):
+            within = f'{_subject_of(ses)}session "{ses.label}" ({ses.id}) '
+            consider("acquisition", a, _files(a), within)
 
     if old:
         # The description is made from the project's metadata, replacing any attachment
@@ -271,6 +275,12 @@ def build(
             message = " / ".join(str(claim.meta.get("error_message") or "").splitlines())
             errors.append(f"invalid: {path}: shown; {claim.describe()}: {message}")
     return _tree(project, files, errors)
+
+
+def _subject_of(s: Container) -> str:
+    subject = s.raw.get("subject")
+    label = subject.get("label") or subject.get("code") if isinstance(subject, dict) else None
+    return f'subject "{label}" ' if isinstance(label, str) and label else ""
 
 
 def _unsafe(f: FileInfo) -> bool:

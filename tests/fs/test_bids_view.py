@@ -16,7 +16,7 @@ import json
 import os
 import posixpath
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import flywheel
 import pytest
@@ -27,6 +27,7 @@ from fwfs.client import FlywheelClient
 from fwfs.config import ClientConfig, MountConfig
 from fwfs.fs import FlywheelFS
 from fwfs.fs.nodes import BidsFile
+from fwfs.testing.faults import Clock
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -186,6 +187,8 @@ def test_the_planted_cases(make_model: MakeModel, sdk: Any) -> None:
     assert INVALID in files
     assert any(x.startswith(f"invalid: {INVALID}: shown;") and INVALID_MESSAGE in x for x in lines)
     assert not any("sourcedata" in x for x in lines)
+    # The report's mtime is the newest of the view's.
+    assert fs.getattr(f"{VIEW}/{ERRORS_NAME}").mtime == max(a.mtime for a in files.values())
 
 
 def test_sourcedata_only_with_the_option(make_model: MakeModel, sdk: Any) -> None:
@@ -277,6 +280,8 @@ def test_listing_the_whole_view_costs_three_requests_whatever_the_files(
     fs = make_model()
     fs.readdir(GROUP)
     mark = site.quiet_mark()
+    assert fs.getattr(VIEW).is_dir
+    assert site.requests_since(mark) == []
     files = walk(fs)
     asked = [f"{e['method']} {e['path']}" for e in site.requests_since(mark)]
     project_id = fs.getxattr(f"{GROUP}/{PROJECT}", "user.flywheel.id").decode()
@@ -325,10 +330,12 @@ def test_every_change_in_the_view_is_erofs(make_fs: Callable[..., FlywheelFS]) -
         lambda: fs.rmdir(folder),
         lambda: fs.rename(data_file, f"{folder}/moved.nii.gz"),
         lambda: fs.rename(f"{GROUP}/{PROJECT}/README.txt", f"{VIEW}/README.txt"),
+        lambda: fs.rename(data_file, f"{GROUP}/{PROJECT}/moved.nii.gz"),
         lambda: fs.truncate(data_file, 0),
         lambda: fs.set_metadata(data_file),
     ]
     assert [errno_of(c) for c in calls] == [errno.EROFS] * len(calls)
+    assert fs.getattr(data_file).mode & 0o222 == 0 and fs.getattr(folder).mode & 0o222 == 0
     assert "README.txt" in {n for n, _ in fs.readdir(f"{GROUP}/{PROJECT}")}
 
 
@@ -344,3 +351,83 @@ def test_a_real_project_named_like_a_view_wins(make_fs: Callable[..., FlywheelFS
     assert fs.getxattr(f"{gid}/Study.bids", "user.flywheel.id") == real.id.encode()
     # An uncurated project's view holds only the report, which says what is missing.
     assert {n for n, _ in fs.readdir(f"{gid}/Study.bids.bids")} == {ERRORS_NAME}
+
+
+class _Lists:
+    """The site as a core whose list answers leave out the acquisitions' files."""
+
+    def __init__(self, inner: FlywheelClient) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def list_children(self, kind: Any, cid: str, child_kind: Any, **kw: Any) -> list[Any]:
+        docs = self.inner.list_children(kind, cid, child_kind, **kw)
+        if child_kind == "acquisition":
+            docs = [{k: v for k, v in d.items() if k != "files"} for d in docs]
+        return docs
+
+
+def test_made_files_cost_nothing_and_a_list_without_files_costs_a_get_per_container(
+    make_model: MakeModel, site: Any
+) -> None:
+    fs = make_model()
+    files = walk(fs)
+    mark = site.quiet_mark()
+    made = [p for p in files if source_ids(fs, {p: None}) == {}]
+    assert ERRORS_NAME in made and f"{T1W[:-7]}.json" in made
+    for path in made:
+        read(fs, f"{VIEW}/{path}")
+    assert site.requests_since(mark) == []
+
+    client = FlywheelClient(
+        ClientConfig.from_api_key(site.api_key, verify=site.verify, retries=1, total_timeout=10)
+    )
+    lean = FlywheelFS(cast(Any, _Lists(client)), MountConfig(metadata_ttl=300))
+    try:
+        lean.readdir(GROUP)
+        mark = site.quiet_mark()
+        assert walk(lean) == files
+        asked = [e["path"] for e in site.requests_since(mark)]
+        acquisitions = [p for p in asked if p.startswith("/api/acquisitions/")]
+        assert len(asked) == 3 + len(acquisitions)
+        assert len(acquisitions) == len(set(acquisitions)) >= 20  # one GET per acquisition
+    finally:
+        lean.close()
+        client.close()
+
+
+def test_a_curation_change_shows_after_the_ttl_or_a_refresh(demo_site: Any, fw: Any) -> None:
+    gid = f"fwfs-bids-ttl-{os.getpid()}"
+    fw.add_group(flywheel.Group(gid, "bids view staleness"))
+    project = fw.get_group(gid).add_project(label="Study")
+    project.update_info({"BIDS": {"template": "project", "Sidecar": "x"}})
+    session = project.add_subject(label="sub-01").add_session(label="ses-a")
+    acquisition = session.add_acquisition(label="T1w")
+    acquisition.upload_file(flywheel.FileSpec("t1.nii.gz", b"nifti"))
+    where = {"Path": "sub-01/ses-a/anat", "Folder": "anat"}
+    acquisition.update_file_info("t1.nii.gz", {"BIDS": {**where, "Filename": "a_T1w.nii.gz"}})
+    clock = Clock()
+    client = FlywheelClient(
+        ClientConfig.from_api_key(demo_site.api_key, retries=1, total_timeout=10)
+    )
+    fs = FlywheelFS(client, MountConfig(metadata_ttl=60), clock=clock)
+    view = f"{gid}/Study.bids/sub-01/ses-a/anat"
+    try:
+        assert {n for n, _ in fs.readdir(view)} == {"a_T1w.nii.gz"}
+        acquisition.update_file_info("t1.nii.gz", {"BIDS": {**where, "Filename": "b_T1w.nii.gz"}})
+        clock.advance(30)
+        assert {n for n, _ in fs.readdir(view)} == {"a_T1w.nii.gz"}  # within the TTL
+        clock.advance(31)
+        assert {n for n, _ in fs.readdir(view)} == {"b_T1w.nii.gz"}
+        acquisition.update_file_info("t1.nii.gz", {"BIDS": "NA"})
+        assert fs.refresh(f"{gid}/Study.bids") == 1
+        assert errno_of(lambda: fs.readdir(view)) == errno.ENOENT
+        # Refreshing the project drops its view too.
+        acquisition.update_file_info("t1.nii.gz", {"BIDS": {**where, "Filename": "c_T1w.nii.gz"}})
+        fs.refresh(f"{gid}/Study")
+        assert {n for n, _ in fs.readdir(view)} == {"c_T1w.nii.gz"}
+    finally:
+        fs.close()
+        client.close()

@@ -217,3 +217,10 @@ def test_the_error_file_is_always_there_and_lists_nothing_when_all_is_well() -> 
     report = (tree.files[ERRORS_NAME].data or b"").decode().splitlines()
     assert len(report) == 1 and report[0].startswith("# BIDS view")
     assert tree.errors == ()
+
+
+def test_a_file_where_a_directory_must_be_is_left_out() -> None:
+    blocker = f("sub-01", {"Filename": "sub-01", "Path": ""})
+    tree = build(project([DESC]), [session()], [acq("a1", [blocker, f("t1.nii", placed(T1, "t"))])])
+    assert T1 in tree.files and "sub-01" in tree.dirs and "sub-01" not in tree.files
+    assert any(e.startswith("file in the way of a directory: sub-01:") for e in tree.errors)
