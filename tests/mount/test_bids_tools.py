@@ -375,3 +375,26 @@ def test_a_layout_from_a_fresh_mount_downloads_only_the_json_it_reads(
 
 def sum_bytes(entries: list[dict[str, Any]]) -> int:
     return sum(int(e["bytes"] or 0) for e in entries)
+
+
+# ---- --bids-sourcedata ----------------------------------------------------------------------
+
+
+def test_with_sourcedata_the_tools_see_the_same_dataset(
+    demo_site: Any, fw: Any, mount_site: Callable[..., Mount]
+) -> None:
+    """`--bids-sourcedata` adds the DICOM archives under sourcedata/, which BIDS tools skip:
+    the validator's errors and pybids' index are those of the dataset without them."""
+    with_source = expected_view(fw, sourcedata=True)
+    without = expected_view(fw)
+    added = with_source.paths() - without.paths()
+    assert added and all(p.startswith("sourcedata/") for p in added)
+    view = view_of(mount_site(demo_site, args=["--bids-sourcedata"]))
+    shown = {p.relative_to(view).as_posix() for p in view.rglob("*") if p.is_file()}
+    assert shown - {".fwfs-errors.txt"} == with_source.paths()
+    report = validate(view)
+    assert issues(report, "errors") == {("NOT_INCLUDED", path) for path in without.invalid}
+    indexed = {
+        Path(p).relative_to(view).as_posix() for p in layout_of(view).get(return_type="file")
+    }
+    assert indexed == without.paths() - without.invalid
