@@ -64,7 +64,8 @@ class BidsViews:
         self._pool = pool
         self._lock = threading.Lock()
         self._trees: dict[str, _Kept] = {}
-        self._inflight: dict[str, threading.Event] = {}
+        # Views being computed: who waits for each, and its project's group.
+        self._inflight: dict[str, tuple[threading.Event, str | None]] = {}
         # Per project, when its view was last dropped: a tree fetched before is stale.
         self._dropped: dict[str, float] = {}
 
@@ -101,21 +102,25 @@ class BidsViews:
                 kept = self._trees.get(pid)
                 if kept is not None and self._fresh(pid, kept):
                     return kept.tree
-                event = self._inflight.get(pid)
-                if event is None:
+                inflight = self._inflight.get(pid)
+                if inflight is None:
                     event = threading.Event()
-                    self._inflight[pid] = event
+                    self._inflight[pid] = (event, project.parents.get("group"))
                     break
-            event.wait()
+            inflight[0].wait()
+        fetched = self._clock()
         try:
-            fetched = self._clock()
             tree = self._fetch(pid)
-        finally:
+        except BaseException:
             with self._lock:
                 del self._inflight[pid]
             event.set()
+            raise
         with self._lock:
+            # Kept before the waiters wake, so they find it.
             self._trees[pid] = _Kept(tree, fetched, project.parents.get("group"))
+            del self._inflight[pid]
+        event.set()
         return tree
 
     def _fresh(self, pid: str, kept: _Kept) -> bool:
@@ -125,14 +130,15 @@ class BidsViews:
         return self._clock() - kept.fetched < self._ttl
 
     def forget(self, which: Callable[[str, str | None], bool]) -> int:
-        """`fwfs refresh`: drop the views whose (project id, group id) `which` picks, even
-        one being computed. How many were kept."""
+        """`fwfs refresh`: drop the views whose (project id, group id) `which` picks, a view
+        being computed included (it is computed again on next use). How many were."""
         now = self._clock()
         with self._lock:
             gone = [pid for pid, kept in self._trees.items() if which(pid, kept.group)]
             for pid in gone:
                 del self._trees[pid]
-            for pid in [*gone, *self._inflight]:
+            gone += [pid for pid, (_, g) in self._inflight.items() if which(pid, g)]
+            for pid in gone:
                 self._dropped[pid] = now
         return len(gone)
 

@@ -16,6 +16,7 @@ import json
 import os
 import posixpath
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import flywheel
@@ -301,6 +302,16 @@ def test_listing_the_whole_view_costs_three_requests_whatever_the_files(
     assert fs.refresh(VIEW) == 1
     assert site.requests_since(mark) == []
     walk(fs)
+    assert len(site.requests_since(mark)) == 3
+
+
+def test_many_first_uses_at_once_compute_the_view_once(make_model: MakeModel, site: Any) -> None:
+    fs = make_model()
+    fs.readdir(GROUP)
+    mark = site.quiet_mark()
+    with ThreadPoolExecutor(8) as pool:
+        listed = list(pool.map(lambda _: sorted(n for n, _ in fs.readdir(VIEW)), range(16)))
+    assert all(x == listed[0] for x in listed) and "sub-01" in listed[0]
     assert len(site.requests_since(mark)) == 3
 
 
