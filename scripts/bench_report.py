@@ -412,8 +412,8 @@ def disk_cache_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     t = target(
         "disk-vs-cold",
-        "disk cache: re-read after a remount vs the cold read that filled it (MB/s)"
-        + ("" if wan else "; judged over the link"),
+        "disk cache: re-read after a remount vs the cold read that filled it (MB/s; judged "
+        "over the link)",
         DISK_REREAD,
         ">=",
         5,
@@ -979,15 +979,18 @@ def comparison_md(runs: list[dict[str, Any]]) -> str:
     order: list[str] = []
     text: dict[str, str] = {}
     cells: dict[tuple[str, str], str] = {}
-    # Rows in the order of the pass with the most targets (the WAN pass has the link's).
+    # Rows in the order of the pass with the most targets; a target of another pass only
+    # (the link's, the memory cache's) goes after the one it follows in its own pass.
     for r in sorted(runs, key=lambda r: -len(r["targets"])):
+        prev: str | None = None
         for t in r["targets"]:
             if t.get("measured") is None and r["pass"] == "wan-redirect":
                 continue
             tid = t["id"]
             if tid not in order:
-                order.append(tid)
+                order.insert(order.index(prev) + 1 if prev in order else 0, tid)
                 text[tid] = t["text"]
+            prev = tid
             measured, _ = _measured(t)
             cells[(tid, r["pass"])] = f"{measured} (needs {t['needed']}): {_verdict(t)}"
     head = "| target | " + " | ".join(PASS_HEADINGS.get(n, n) for n in names) + " |"
