@@ -443,22 +443,24 @@ def disk_cache_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
         pairs = _paired(records, "disk_cache", DISK_REREAD, memory, "mb_s")
         judge(t, pairs, statistics.median(pairs) if pairs else 0.0, "x")
-        # The disk's own cold rate bounds the re-read: what the 0.8x asks of this machine.
-        rows: list[dict[str, Any]] = results["summary"]
-        again, disk = _find(rows, "disk_cache", DISK_REREAD), _find(rows, "cold_read", LOCAL)
-        t = target(
-            "disk-vs-local",
-            "disk cache: re-read after a remount vs cat of a local copy with the page cache "
-            "dropped (the disk's own rate; medians; for information)",
-            DISK_REREAD,
-            ">=",
-            0.8,
-        )
-        t["informational"] = True
-        if again and disk:
-            share = again["median"] / disk["median"]
-            judge(t, [share], share, "x")
-            del t["spread"]  # two cases minutes apart: no paired repetitions
+
+    # The disk's own cold rate bounds the re-read, on this machine: 5x a 1 Gbit/s link is
+    # 625 MB/s, and 0.8x of the memory cache on loopback about as much.
+    rows: list[dict[str, Any]] = results["summary"]
+    again, disk = _find(rows, "disk_cache", DISK_REREAD), _find(rows, "cold_read", LOCAL)
+    t = target(
+        "disk-vs-local",
+        "disk cache: re-read after a remount vs cat of a local copy with the page cache "
+        "dropped (the disk's own rate; medians; for information)",
+        DISK_REREAD,
+        ">=",
+        0.8,
+    )
+    t["informational"] = True
+    if again and disk:
+        share = again["median"] / disk["median"]
+        judge(t, [share], share, "x")
+        del t["spread"]  # two cases minutes apart: no paired repetitions
 
     if wan:
         rate = float(results["link"]["mbit"]) / 8  # MB/s
