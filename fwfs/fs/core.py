@@ -94,14 +94,16 @@ _LAZY_FILE_FIELDS: tuple[str, ...] = ("info", "tags")
 _LAZY_CONTAINER_FIELDS: tuple[str, ...] = ("info", "tags", "label")
 
 
-def _lazy_fields(node: Node | Pending | ViewNode) -> list[str]:
+def _lazy_fields(node: Node | Pending | ViewNode, tree: Tree) -> list[str]:
+    """The fields of ``node`` its listing lacks, or may have given only in part (``info``
+    cut down to ``BIDS``, see ``Tree.info_trimmed``): read from the entry's own document."""
     if isinstance(node, File):
         raw, fields = node.info.raw, _LAZY_FILE_FIELDS
-    elif isinstance(node, Dir) and node.kind == "container" and node.container is not None:
+    elif isinstance(node, Dir) and node.container is not None:
         raw, fields = node.container.raw, _LAZY_CONTAINER_FIELDS
     else:
         return []
-    return [f for f in fields if f not in raw]
+    return [f for f in fields if f not in raw or (f == "info" and tree.info_trimmed(raw))]
 
 
 def _refuse_shared_name(node: Node | Pending | ViewNode) -> None:
@@ -502,7 +504,7 @@ class FlywheelFS:
     def listxattr(self, path: str) -> list[str]:
         node = _underlying(self.lookup(path))
         # Listed without a request: fetched only when asked for (getxattr).
-        lazy = [XATTR_PREFIX + f for f in _lazy_fields(node)]
+        lazy = [XATTR_PREFIX + f for f in _lazy_fields(node, self.tree)]
         return sorted({*self._xattrs(node), *lazy})
 
     def getxattr(self, path: str, name: str) -> bytes:
@@ -511,11 +513,12 @@ class FlywheelFS:
             # without walking the path (17,303 of them in one `ls -lR` of 3,103 directories).
             raise NotFound(f"no attribute {name}")
         node = _underlying(self.lookup(path))
-        value = self._xattrs(node).get(name)
         field = name[len(XATTR_PREFIX) :]
-        if value is None and field in _lazy_fields(node):
+        if field in _lazy_fields(node, self.tree):
             assert isinstance(node, File | Dir)
             value = _xattr_value(self.tree.details(node, field).get(field))
+        else:
+            value = self._xattrs(node).get(name)
         if value is None:
             raise NotFound(f"no attribute {name}")
         return value

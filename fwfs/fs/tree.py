@@ -57,12 +57,14 @@ class Listing:
     container: Container | None = None
 
 
-def info_trimmed(raw: Json) -> bool:
-    """Whether ``raw``'s ``info`` may be a list answer's cut of it: a real core's lists keep
-    only ``info.BIDS`` and say ``info_exists`` (CORE19 ``containerutil.sanitize_info``), so
-    an ``info`` of BIDS alone beside ``info_exists`` is not known to be the whole."""
+def _bids_only(raw: Json) -> bool:
     info = raw.get("info")
     return bool(raw.get("info_exists")) and isinstance(info, dict) and set(info) <= {"BIDS"}
+
+
+def _more_than_bids(doc: Json) -> bool:
+    info = doc.get("info")
+    return isinstance(info, dict) and any(key != "BIDS" for key in info)
 
 
 class Tree:
@@ -122,8 +124,25 @@ class Tree:
         # (or prefilled) before then is stale even within its TTL.
         # A change older than the TTL outdates no listing that is still fresh, so it may go.
         self._changed: TTLCache[tuple[str, ...], float] = TTLCache(math.inf, ttl, timer=clock)
+        # Whether this site's listings were seen to hold more of an `info` than `BIDS`,
+        # which a real core's list answers never do (see `info_trimmed`).
+        self._whole_info = False
         # Full JSON of entries whose listing lacked metadata (`details`), for the TTL.
         self._details: TTLCache[tuple[str, ...], Json] = TTLCache(math.inf, ttl, timer=clock)
+
+    def info_trimmed(self, raw: Json) -> bool:
+        """Whether ``raw``'s ``info`` may be a listing's cut of it. A real core's list
+        answers keep only ``info.BIDS`` and say ``info_exists`` (CORE19
+        ``containerutil.sanitize_info``); its resolver does the same or drops ``info``. So
+        an ``info`` of BIDS alone beside ``info_exists`` is not known to be the whole,
+        until a listing of this site shows an ``info`` with more: a site that cuts never
+        does, and one that does not cut is then trusted."""
+        return not self._whole_info and _bids_only(raw)
+
+    def _saw(self, docs: list[Json]) -> None:
+        """Note whether these listed documents show that the site's listings are whole."""
+        if not self._whole_info and any(isinstance(d, dict) and _more_than_bids(d) for d in docs):
+            self._whole_info = True
 
     # ---- lookup -----------------------------------------------------------------------
 
@@ -217,7 +236,7 @@ class Tree:
                 return self._client.get(c.kind, c.id)
         else:
             return {}
-        if wanted in raw and not (wanted == "info" and info_trimmed(raw)):
+        if wanted in raw and not (wanted == "info" and self.info_trimmed(raw)):
             return raw
         with self._lock:
             hit = self._details.get(key)
@@ -414,6 +433,7 @@ class Tree:
         containers: list[Container] = []
         analyses: list[Container] = []
         files: list[FileInfo] = []
+        self._saw(resp.get("children") or [])
         for doc in resp.get("children") or []:
             if not isinstance(doc, dict):
                 continue

@@ -152,6 +152,9 @@ def tagged(strict_fw: Any) -> dict[str, Any]:
     session = project.add_subject(label="s").add_session(label="ses")
     acq = session.add_acquisition(label="acq")
     session.update_info({"scanner": {"field": 3}})
+    # A real core's project list keeps only info.BIDS (and says info_exists): the rest
+    # must come from the project's own document.
+    project.update_info({"BIDS": {"Name": "P"}, "funding": "R01"})
     session.add_tag("qc-passed")
     acq.upload_file(flywheel.FileSpec("a.txt", b"a\n"))
     acq.update_file_info("a.txt", {"echo_time": 0.03})
@@ -159,6 +162,7 @@ def tagged(strict_fw: Any) -> dict[str, Any]:
     ses = f"{gid}/P/s/ses"
     return {
         "gid": gid,
+        "project": f"{gid}/P",
         "ses": ses,
         "file": f"{ses}/acq/a.txt",
         "acq": acq.id,
@@ -190,6 +194,38 @@ def test_info_and_tags_the_listing_lacks_are_fetched_on_getxattr(
     fs.getxattr(ses, "user.flywheel.info")
     fs.getxattr(path, "user.flywheel.info")
     assert paths_since(strict_site, mark) == []
+
+
+def test_info_a_list_answer_trimmed_is_fetched_whole_on_getxattr(
+    strict_site: Any, strict_model: MakeModel, tagged: dict[str, Any]
+) -> None:
+    fs = strict_model(metadata_ttl=300)
+    assert "P" in names(fs, tagged["gid"])  # the group's projects, from the list answer
+    mark = strict_site.quiet_mark()
+    info = json.loads(fs.getxattr(tagged["project"], "user.flywheel.info"))
+    assert info == {"BIDS": {"Name": "P"}, "funding": "R01"}
+    fetched = paths_since(strict_site, mark)
+    assert len(fetched) == 1 and fetched[0].startswith("GET /api/projects/"), fetched
+
+
+def test_an_analysis_info_trimmed_in_its_list_answer_is_fetched_whole(
+    strict_site: Any, strict_model: MakeModel, strict_fw: Any, tagged: dict[str, Any]
+) -> None:
+    session = strict_fw.get_session(tagged["session"])
+    analysis = session.add_analysis(label="qc-run")
+    strict_fw.get_analysis(analysis.id).update_info({"BIDS": {"x": 1}, "pipeline": "mriqc"})
+    analysis = strict_fw.get_analysis(analysis.id)
+    analysis.upload_output(flywheel.FileSpec("report.json", b"{}"))
+    strict_fw.get_analysis(analysis.id).update_file_info(
+        "report.json", {"BIDS": "NA", "score": 0.9}
+    )
+    fs = strict_model(metadata_ttl=300)
+    base = f"{tagged['ses']}/analyses/qc-run"
+    assert "report.json" in names(fs, f"{base}/output")
+    info = json.loads(fs.getxattr(base, "user.flywheel.info"))
+    assert info == {"BIDS": {"x": 1}, "pipeline": "mriqc"}
+    info = json.loads(fs.getxattr(f"{base}/output/report.json", "user.flywheel.info"))
+    assert info == {"BIDS": "NA", "score": 0.9}
 
 
 # ---- analysis inputs -----------------------------------------------------------------------
