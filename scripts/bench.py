@@ -36,6 +36,7 @@ os.environ.setdefault("FLYWHEEL_SDK_BACKOFF_FACTOR", "0.2")
 os.environ.setdefault("FLYWHEEL_SDK_REQUEST_TIMEOUT", "120")
 
 import bench_kit as kit
+import bench_remote
 import bench_report as report
 
 from fwfs.testing.mounts import Mount
@@ -50,6 +51,7 @@ CASES = (
     "series",
     "copy_tree",
     "upload",
+    "remote",
 )
 MODES: dict[str, dict[str, int]] = {
     "quick": {
@@ -803,6 +805,11 @@ class Bench:
             self.local_big.parent.mkdir(parents=True, exist_ok=True)
             t1w = self.fw.lookup("flywheel/Anxiety Study/sub-01/ses-baseline/T1w")
             t1w.download_file("big.bin", str(self.local_big))
+
+    def case_remote(self) -> None:
+        """`flywheel://` and the Dask header table against the mount (issue 15):
+        scripts/bench_remote.py."""
+        bench_remote.case_remote(self)
 
     def case_upload(self) -> None:
         """cp into the mount vs the SDK's upload_file; skipped while the mount is read-only."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_kit as kit
+import bench_remote
 
 DOCS_OUT = kit.REPO / "docs" / "benchmarks"
 DOC = kit.REPO / "docs" / "BENCHMARKS.md"
@@ -35,6 +36,7 @@ CASES: dict[str, tuple[str, str, bool, str]] = {
     "copy_tree": ("seconds", "s", False, "cp -r of a project of small files"),
     "upload": ("mb_s", "MB/s", True, "Upload of big.bin"),
 }
+CASES.update(bench_remote.REPORT_CASES)
 
 
 def default_cache_mib() -> float:
@@ -351,6 +353,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         }
         out.append(t)
     out += disk_cache_targets(results)
+    out += bench_remote.remote_targets(records, link)
     skipped = {**results["skipped"], **results["failed"]}
     runs_in = {"cold": "cold_read", "warm": "cold_read", "memory": "cold_read"}
     runs_in.update(member="archives", dcm2niix="archives", dcm2niix200="series")
