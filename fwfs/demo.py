@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from fwfs.config import ClientConfig, TrustConfig
-from fwfs.wiring import SignedIn, connect, mount_config, mountpoint_problem, serve, spool_problem
+from fwfs.inprocess import connect, mount_config
+from fwfs.wiring import SignedIn, mountpoint_problem, serve, spool_problem
 
 DEMO_DISK_CACHE = 1 << 30
 

@@ -40,8 +40,8 @@ from fwfs.diskcache import footprint
 from fwfs.errors import FwfsError
 from fwfs.fs import FlywheelFS
 from fwfs.fs.nodes import ARCHIVE_SUFFIX
+from fwfs.inprocess import connect, default_cache_dir, mount_config
 from fwfs.options import option
-from fwfs.wiring import connect, default_cache_dir, mount_config
 
 # Large sequential reads: readahead in the daemon (or the model) turns each into a few
 # parallel ranged requests of up to 8 MiB.

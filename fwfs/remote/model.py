@@ -1,16 +1,15 @@
 """What `flywheel://` stands on: the credentials, one filesystem model per process and key,
 and the model's errors as Python's own exceptions.
 
-The model is built as `fwfs prefetch` builds its in-process one (fwfs/prefetch.py): a
-`ClientConfig` from the key, the key checked with `/auth/status` (which also says who
-the user is, for the write checks), a `MountConfig`, a `FlywheelClient` and a
-`FlywheelFS`. Not through fwfs/wiring.py: it imports the FUSE adapter, and so mfusepy.
+The model is built as `fwfs prefetch` builds its in-process one: a `ClientConfig` from the
+key, the key checked by `fwfs.inprocess.sign_in` as a mount checks it (which also says who
+the user is, for the write checks, and whether deletes need a reason), a `MountConfig`, a
+`FlywheelClient` and a `FlywheelFS`. Nothing of the FUSE adapter, so no mfusepy.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import hashlib
 import os
@@ -35,14 +34,13 @@ from fwfs.config import (
     tls_verify_from_env,
     user_json_path,
 )
-from fwfs.daemon import cache_home
 from fwfs.errors import FwfsError, InvalidArgument, NotFound
 from fwfs.fs import FlywheelFS
+from fwfs.inprocess import default_cache_dir, sign_in
 from fwfs.uploads import RetryPolicy
 
 PROTOCOL = "flywheel"
 # Seconds the key check may take, retries included (wiring._CONNECT_BUDGET for the mount).
-CHECK_BUDGET = 10.0
 
 
 # ---- errors -----------------------------------------------------------------------------------
@@ -160,10 +158,9 @@ def settings(options: Options, given: Secret | None) -> Settings:
         raise as_oserror(err, "") from None
     cache_dir = options.cache_dir
     if options.disk_cache and cache_dir is None:
-        # The mounts' disk cache of this site (wiring.default_cache_dir): a block is named
-        # by its file version, so it is the same bytes for every reader of the site.
-        host = client.base_url.split("://", 1)[1].split("/", 1)[0]
-        cache_dir = cache_home() / "fwfs" / "cache" / host
+        # The mounts' disk cache of this site: a block is named by its file version, so it
+        # is the same bytes for every reader of the site.
+        cache_dir = default_cache_dir(client.base_url)
     return Settings(client, options, cache_dir)
 
 
@@ -176,17 +173,10 @@ class Model:
 
     def __init__(self, settings: Settings) -> None:
         options = settings.options
-        # The key is checked first, within the mount's budget for its checks (10 s), not
-        # the minute a read may retry for: a dead site fails the first call soon.
-        quick = dataclasses.replace(
-            settings.client, total_timeout=min(settings.client.total_timeout, CHECK_BUDGET)
-        )
-        with FlywheelClient(quick) as checking:
-            status = checking.auth_status()
-        user_id, origin = status.get("user_id"), status.get("origin")
-        if not isinstance(user_id, str) and isinstance(origin, dict):
-            # Cores before user_id still say who in origin (as wiring.connect reads it).
-            user_id = origin.get("id") if origin.get("type") == "user" else None
+        # The key is checked first, as a mount checks it (within 10 s, not the minute a
+        # read may retry for: a dead site fails the first call soon); the site's /config
+        # says whether its deletes need a reason.
+        facts = sign_in(settings.client)
         self.client = FlywheelClient(settings.client)
         spool: Path | None = None
         try:
@@ -205,6 +195,7 @@ class Model:
                 spool_dir=spool,
                 allow_delete=options.allow_delete,
                 delete_reason=options.delete_reason,
+                audit_trail=facts.audit_trail,
                 disk_cache=options.disk_cache,
                 cache_dir=settings.cache_dir,
                 # Programs, not shells: Dask hands a directory's files to many workers,
@@ -214,7 +205,7 @@ class Model:
             self.fs = FlywheelFS(
                 self.client,
                 config,
-                user_id if isinstance(user_id, str) and user_id else None,
+                facts.user_id,
                 upload_retry=RetryPolicy.from_config(settings.client),
             )
         except BaseException:

@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import flywheel
 import pytest
+from remotekit import MakeFs, Scratch, options_of
 
 from fwfs.remote import FlywheelFileSystem
-
-DEMO_PROJECT = "flywheel/Anxiety Study"
-T1W = f"{DEMO_PROJECT}/sub-01/ses-baseline/T1w"
-
-MakeFs = Callable[..., FlywheelFileSystem]
 
 
 @pytest.fixture(params=["demo", "strict"])
@@ -31,14 +26,6 @@ def site(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 def sdk(site: Any) -> Any:
     return site.client()
-
-
-def options_of(site: Any, /, **options: Any) -> dict[str, Any]:
-    """Storage options for `site` as Ada: her key, and the site's CA when it has one."""
-    out: dict[str, Any] = {"api_key": site.api_key, "skip_instance_cache": True}
-    if site.ca_cert is not None:
-        out["verify"] = str(site.ca_cert)
-    return {**out, **options}
 
 
 @pytest.fixture
@@ -54,24 +41,6 @@ def make_fs(site: Any) -> MakeFs:
 @pytest.fixture
 def fsys(make_fs: MakeFs) -> FlywheelFileSystem:
     return make_fs()
-
-
-@dataclass
-class Scratch:
-    """A group of the test's own holding project "P" / "sub-01" / "ses-01" / "acq-01"
-    (SDK objects); `path` is the project's `flywheel://` path."""
-
-    group: str
-    project: Any
-    acquisition: Any
-
-    @property
-    def path(self) -> str:
-        return f"{self.group}/P"
-
-    @property
-    def acq_path(self) -> str:
-        return f"{self.path}/sub-01/ses-01/acq-01"
 
 
 @pytest.fixture

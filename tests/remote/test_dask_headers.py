@@ -22,8 +22,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
-from conftest import DEMO_PROJECT, options_of
 from distributed import Client
+from remotekit import DEMO_PROJECT, options_of
 
 from fwfs import cohort
 from fwfs.cohort import header_row, header_table, nifti_files

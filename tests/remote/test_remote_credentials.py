@@ -13,7 +13,7 @@ from typing import Any
 
 import fsspec  # type: ignore[import-untyped]
 import pytest
-from conftest import DEMO_PROJECT, T1W, options_of
+from remotekit import DEMO_PROJECT, T1W, options_of
 
 from fwfs.remote import FlywheelFileSystem
 from fwfs.testing.sites import clean_env

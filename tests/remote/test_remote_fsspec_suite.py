@@ -16,7 +16,7 @@ from typing import Any
 import flywheel
 import fsspec.tests.abstract as abstract  # type: ignore[import-untyped]
 import pytest
-from conftest import options_of
+from remotekit import options_of
 
 from fwfs.remote import FlywheelFileSystem
 

@@ -20,8 +20,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
-from conftest import DEMO_PROJECT, T1W, MakeFs, Scratch, options_of
 from linkkit import round_trips
+from remotekit import DEMO_PROJECT, T1W, MakeFs, Scratch, options_of
 
 from fwfs.remote import FlywheelFileSystem
 from fwfs.testing.sites import clean_env

@@ -13,7 +13,7 @@ from typing import Any
 
 import flywheel
 import pytest
-from conftest import MakeFs, Scratch, options_of
+from remotekit import MakeFs, Scratch, options_of
 
 from fwfs.remote import FlywheelFileSystem
 

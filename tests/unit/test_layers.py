@@ -33,13 +33,17 @@ ALLOWED: dict[str, set[str]] = {
         "diskcache",
         "errors",
         "fs",
+        "inprocess",
         "options",
-        "wiring",
     },
+    # Signing in and the model's settings for every in-process user of the model (the
+    # mount's wiring, prefetch, flywheel://); never fuse_ops, so never mfusepy, which
+    # raises on import where libfuse is missing. daemon: the cache home.
+    "inprocess": {"client", "config", "daemon", "errors", "options"},
     # `flywheel://` (fsspec): a second adapter beside fuse_ops, over the same model, built
-    # as prefetch builds its in-process one; not through the wiring, which imports
-    # fuse_ops and so mfusepy (absent where there is no FUSE). daemon: the cache home.
-    "remote": {"client", "config", "daemon", "errors", "fs", "options", "uploads"},
+    # as prefetch builds its in-process one (signed in by `inprocess`). daemon: the cache
+    # home.
+    "remote": {"client", "config", "daemon", "errors", "fs", "inprocess", "options", "uploads"},
     # A project's NIfTI headers as a table, in one process or on Dask's workers: over
     # `flywheel://` (or any fsspec filesystem, a mount's included), beside the adapters.
     "cohort": {"remote"},
@@ -53,7 +57,7 @@ ALLOWED: dict[str, set[str]] = {
     # FlywheelClient.probe.
     "doctor": {"client", "config", "errors", "models"},
     # `fwfs demo`: the sandbox site and a mount of it, wired as `fwfs mount` wires one.
-    "demo": {"config", "sandbox", "wiring"},
+    "demo": {"config", "inprocess", "sandbox", "wiring"},
     # `fwfs mount`: the configs from the flags, the client and the model, mounted.
     "wiring": {
         "client",
@@ -62,8 +66,8 @@ ALLOWED: dict[str, set[str]] = {
         "errors",
         "fs",
         "fuse_ops",
+        "inprocess",
         "linux",
-        "options",
         "report",
         "site",
         # The upload policy FlywheelFS is handed, and the spool checked before forking.

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from fwfs import daemon
+from fwfs.inprocess import default_spool_dir
 from fwfs.linux import fuse_options
-from fwfs.wiring import default_spool_dir
 
 
 def test_o_options_as_mfusepy_takes_them() -> None:

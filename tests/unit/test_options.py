@@ -14,8 +14,8 @@ import pytest
 from fwfs import config, options
 from fwfs.cli import build_parser
 from fwfs.errors import InvalidArgument
+from fwfs.inprocess import mount_config
 from fwfs.options import OPTIONS, parse_size, show_size
-from fwfs.wiring import mount_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS: dict[str, type] = {
