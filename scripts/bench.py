@@ -35,6 +35,7 @@ os.environ.setdefault("FLYWHEEL_SDK_TOTAL_RETRIES", "1")
 os.environ.setdefault("FLYWHEEL_SDK_BACKOFF_FACTOR", "0.2")
 os.environ.setdefault("FLYWHEEL_SDK_REQUEST_TIMEOUT", "120")
 
+import bench_bids
 import bench_kit as kit
 import bench_remote
 import bench_report as report
@@ -52,6 +53,7 @@ CASES = (
     "copy_tree",
     "upload",
     "remote",
+    "bids",
 )
 MODES: dict[str, dict[str, int]] = {
     "quick": {
@@ -810,6 +812,11 @@ class Bench:
         """`flywheel://` and the Dask header table against the mount (issue 15):
         scripts/bench_remote.py."""
         bench_remote.case_remote(self)
+
+    def case_bids(self) -> None:
+        """pybids on the BIDS view of a fresh mount against an SDK export (issue 16):
+        scripts/bench_bids.py."""
+        bench_bids.case_bids(self)
 
     def case_upload(self) -> None:
         """cp into the mount vs the SDK's upload_file; skipped while the mount is read-only."""

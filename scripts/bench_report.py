@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import bench_bids
 import bench_kit as kit
 import bench_remote
 
@@ -37,6 +38,7 @@ CASES: dict[str, tuple[str, str, bool, str]] = {
     "upload": ("mb_s", "MB/s", True, "Upload of big.bin"),
 }
 CASES.update(bench_remote.REPORT_CASES)
+CASES.update(bench_bids.REPORT_CASES)
 
 
 def default_cache_mib() -> float:
@@ -354,6 +356,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(t)
     out += disk_cache_targets(results)
     out += bench_remote.remote_targets(records, link)
+    out += bench_bids.bids_targets(records, link)
     skipped = {**results["skipped"], **results["failed"]}
     runs_in = {"cold": "cold_read", "warm": "cold_read", "memory": "cold_read"}
     runs_in.update(member="archives", dcm2niix="archives", dcm2niix200="series")
