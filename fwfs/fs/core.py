@@ -344,15 +344,33 @@ class FlywheelFS:
     def lookup_site(self, path: str) -> Node | ViewNode:
         """`path` as the site's listings show it, ignoring files being written."""
         node: Node | ViewNode = ROOT
-        for part in path.split("/"):
-            if part:
-                if len(part.encode("utf-8", "surrogateescape")) > paths.NAME_MAX:
-                    # FUSE lets names of up to 1024 bytes through; POSIX and the errno
-                    # table say ENAMETOOLONG, before a name the site would list cut short
-                    # is created.
-                    raise NameTooLong(f"a name longer than {paths.NAME_MAX} bytes")
+        parts = [part for part in path.split("/") if part]
+        for i, part in enumerate(parts):
+            if len(part.encode("utf-8", "surrogateescape")) > paths.NAME_MAX:
+                # FUSE lets names of up to 1024 bytes through; POSIX and the errno table
+                # say ENAMETOOLONG, before a name the site would list cut short is created.
+                raise NameTooLong(f"a name longer than {paths.NAME_MAX} bytes")
+            if isinstance(node, Dir) and i + 1 < len(parts):
+                # A deeper path than this step needs: its directories' listings are asked
+                # side by side with this one's (the kernel asks one name at a time, so
+                # this is for in-process users: flywheel://, fwfs prefetch).
+                with self.tree.guessing(node, self._guessable(parts[i:-1])):
+                    node = self._child(node, part)
+            else:
                 node = self._child(node, part)
         return node
+
+    def _guessable(self, names: list[str]) -> list[str]:
+        """`names` up to the first that may name no container: a BIDS view, an archive's
+        directory, a name too long (each of those is found another way)."""
+        for i, name in enumerate(names):
+            if (
+                name.endswith(BIDS_SUFFIX)
+                or (self.config.archives and name.endswith(ARCHIVE_SUFFIX))
+                or len(name.encode("utf-8", "surrogateescape")) > paths.NAME_MAX
+            ):
+                return names[:i]
+        return names
 
     def _child(self, node: Node | ViewNode, name: str) -> Node | ViewNode:
         if isinstance(node, Dir):

@@ -13,48 +13,48 @@ import logging
 import math
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from typing import TypeGuard
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from typing import NamedTuple, TypeGuard
 
 from cachetools import TTLCache
 
 from fwfs import paths
-from fwfs.errors import FwfsError, NotFound, PermissionDenied, RemoteError
-from fwfs.fs.nodes import ANALYSES_DIR, INPUT_DIR, OUTPUT_DIR, Dir, File, Node
+from fwfs.errors import FwfsError, NotFound, PermissionDenied
+from fwfs.fs.listed import (
+    NAME_SHARED,
+    Listing,
+    named_dirs,
+    named_files,
+    parse_resolved,
+    site_element,
+)
+from fwfs.fs.nodes import INPUT_DIR, OUTPUT_DIR, Dir, File, Node
 from fwfs.models import (
     CHILD_KIND,
     Container,
     ContainerRef,
-    FileInfo,
     Json,
-    container_type,
     parse_container,
     parse_file,
     resolver_path,
 )
 from fwfs.site import SiteClient
 
+__all__ = ["NAME_SHARED", "ROOT", "ROOT_KEY", "Listing", "Tree"]
+# Its old name here, which tests/fs/test_model.py imports.
+_named_files = named_files
+
 log = logging.getLogger("fwfs.tree")
 
 ROOT = Dir("root")
 ROOT_KEY = ROOT.key
 PARENT_KIND = {child: parent for parent, child in CHILD_KIND.items()}
-# Marks, in a file's JSON, a file whose name another file of its listing has too.
-NAME_SHARED = "fwfs_name_shared"
 # Directories queued for listing ahead of a walk: beyond this, the oldest wishes are dropped
 # (a walk that goes on asks for them again on the way).
 MAX_PENDING = 1024
-
-
-@dataclass
-class Listing:
-    entries: dict[str, Node]
-    fetched: float
-    # The listed container as the listing call returned it (fresher than the parent's copy).
-    container: Container | None = None
 
 
 def _bids_only(raw: Json) -> bool:
@@ -81,7 +81,8 @@ class Tree:
     walk lists it again when it gets there), and `forget` discards one in flight.
 
     Guarded by `self._lock`: `_listings`, `_inflight`, `_negative`, `_aliases`, `_changed`,
-    `_details`, `_last_child`, `_pending`, `_pending_keys`, `_workers`. No
+    `_details`, `_last_child`, `_pending`, `_pending_keys`, `_workers`,
+    `_children_files`, `_guessing`, `_guessed`. No
     request is made while holding it.
     """
 
@@ -127,6 +128,13 @@ class Tree:
         # Whether this site's listings were seen to hold more of an `info` than `BIDS`,
         # which a real core's list answers never do (see `info_trimmed`).
         self._whole_info = False
+        # Whether this site's resolve answers carry their child containers' files (so that
+        # a session's answer lists its acquisitions too); None until an answer shows it.
+        self._children_files: bool | None = None
+        # Site paths being resolved as a guess (`guessing`), each asked once at a time.
+        self._guessing: dict[tuple[str, ...], threading.Event] = {}
+        # What each guessed site path was found to be, for the TTL: None when it failed.
+        self._guessed: TTLCache[tuple[str, ...], Dir | None] = TTLCache(math.inf, ttl, timer=clock)
         # Full JSON of entries whose listing lacked metadata (`details`), for the TTL.
         self._details: TTLCache[tuple[str, ...], Json] = TTLCache(math.inf, ttl, timer=clock)
 
@@ -207,6 +215,137 @@ class Tree:
         if parent.kind == "root" and c.kind != "group":
             raise NotFound(f"{element} is a {c.kind}, not a group")
         return Dir("analysis" if c.kind == "analysis" else "container", c)
+
+    # ---- listings a deep lookup will need ------------------------------------------------
+
+    @contextmanager
+    def guessing(self, node: Dir, names: Sequence[str]) -> Iterator[None]:
+        """Around the step of a path lookup that lists `node`: the directories the path's
+        next `names` lead to below it (components with more of the path below them) are
+        listed at once, side by side with `node`'s own listing, and waited for on leaving,
+        so that the walk finds them kept instead of listing one level per round trip.
+
+        Their ids come from the listings the walk has not made yet, so each is asked by
+        its site path of labels (a name unescaped, an `<id:…>` as it is), below the ids of
+        the levels kept fresh, and kept under the container the ANSWER is: a guess that
+        reaches another container (a name that is no label, a duplicate label), or none,
+        costs one request and never a wrong listing; its error is only logged. Not
+        guessed: a level a kept listing names (the walk lists it at its step, with the
+        guesses below it), a level below a name no label makes (a suffixed or `(no
+        label)` name, `analyses`), an acquisition whose session's answer lists it (the
+        site's answers carry their children's files, or have not shown yet whether they
+        do), anything with a TTL of 0 (a guess would be stale at once). A guess another
+        lookup sent is waited for, not sent again.
+        """
+        guesses = self._guesses(node, names)
+        if not guesses:
+            yield
+            return
+        with ThreadPoolExecutor(len(guesses), thread_name_prefix="fwfs-guess") as pool:
+            futures = [pool.submit(self._guess, *guess) for guess in guesses]
+            try:
+                yield
+            finally:
+                wait(futures)
+
+    def _guesses(self, node: Dir, names: Sequence[str]) -> list[_Guess]:
+        """The site paths to resolve ahead of listing `node` (see `guessing`), each claimed
+        (`mine`) or, when a lookup beside this one claimed it first, to wait for."""
+        c = node.container
+        if self._ttl <= 0 or node.kind not in ("root", "container"):
+            return []
+        kind = "group" if c is None else CHILD_KIND.get(c.kind)
+        base = [] if c is None else resolver_path(c)
+        # The same levels by labels alone: what a lookup beside this one asks them by.
+        labels: list[str] | None = base
+        out: list[_Guess] = []
+        known: Dir | None = node
+        with self._lock:
+            # Whether the level above is being listed now (its answer may carry this one).
+            # A fresh `node` is looked through: a guess of a level below it that a lookup
+            # beside this one sent is waited for, so this walk does not list it again.
+            listed_now = not self._known_now(node.key)
+            for name in names:
+                if kind is None or (
+                    kind == "acquisition" and listed_now and self._children_files is not False
+                ):
+                    break
+                element = site_element(kind, name)
+                labels = None if element is None or labels is None else [*labels, element]
+                below = None if element is None else [*base, element]
+                # How a lookup beside this one may have asked this level.
+                asked = [tuple(p) for p in (labels, below) if p is not None]
+                busy = next((list(k) for k in asked if k in self._guessing), None)
+                answers = [self._guessed.get(k, False) for k in asked]
+                answered = next((a for a in answers if isinstance(a, Dir)), None)
+                kept = self._listings.get(known.key) if known is not None else None
+                child = kept.entries.get(name) if kept is not None else None
+                if isinstance(child, Dir) and child.kind != "container":
+                    child = None
+                if busy is not None:
+                    # Being guessed by a lookup beside this one: waited for, not asked again.
+                    known, base, listed_now = None, busy, True
+                elif isinstance(child, Dir):
+                    # Named in a kept listing (whose names are the walk's): when not fresh,
+                    # the walk lists it at its step, with the guesses of the levels below.
+                    if not self._known_now(child.key):
+                        break
+                    assert child.container is not None
+                    known, base, listed_now = child, resolver_path(child.container), False
+                    if answered is not None and answered.key != child.key:
+                        labels = None  # the labels reach another container from here
+                elif answered is not None and answered.container is not None:
+                    # Guessed already: asked again by ids unless kept fresh or on its way.
+                    known, base = answered, resolver_path(answered.container)
+                    listed_now = not self._known_now(answered.key)
+                elif None in answers or below is None:
+                    break  # failed within the TTL (as would the levels below), or no label
+                elif kept is not None and known is not None and self._fresh(known.key, kept):
+                    break  # not in a fresh listing: the walk ends here
+                else:
+                    known, base, listed_now = None, below, True
+                if listed_now:
+                    key = tuple(base)
+                    event = self._guessing.get(key)
+                    mine = event is None
+                    if event is None:
+                        event = self._guessing[key] = threading.Event()
+                    out.append(_Guess(base, event, mine))
+                kind = CHILD_KIND.get(kind)
+        return out
+
+    def _known_now(self, key: tuple[str, ...]) -> bool:
+        """Kept fresh or being listed (holding `self._lock`)."""
+        cached = self._listings.get(key)
+        return key in self._inflight or (cached is not None and self._fresh(key, cached))
+
+    def _guess(self, path: list[str], event: threading.Event, mine: bool) -> None:
+        """Resolve `path` and keep its listing under the container the answer names; a
+        guess another lookup claimed is waited for, not asked again."""
+        key = tuple(path)
+        if not mine:
+            event.wait()
+            return
+        try:
+            now = self._clock()
+            listing = self._take(self._client.resolve(path), None, now, f"(guess, {len(path)})")
+            c = listing.container
+            found = None
+            if c is not None and c.kind in (*CHILD_KIND, "acquisition"):
+                found = Dir("container", c)
+            with self._lock:
+                self._guessed[key] = found
+                if found is not None:
+                    self._keep(found.key, listing)
+        except Exception as err:  # a guess: the walk lists the directory itself
+            # Its kind only: the error may quote the path, and labels can be PHI.
+            log.debug("a listing guessed %d levels deep failed: %s", len(path), type(err).__name__)
+            with self._lock:
+                self._guessed[key] = None
+        finally:
+            with self._lock:
+                del self._guessing[key]
+            event.set()
 
     # ---- metadata the listing may lack -------------------------------------------------
 
@@ -379,6 +518,7 @@ class Tree:
             for cache in (self._negative, self._aliases):
                 for k in [k for k in cache if k[0] in seen]:
                     cache.pop(k, None)
+            self._guessed.clear()
             return len(seen)
 
     def forget_container(self, cid: str) -> None:
@@ -388,13 +528,13 @@ class Tree:
     def _fetch(self, node: Dir) -> Listing:
         now = self._clock()
         if node.kind == "root":
-            return Listing(_named_dirs(self._groups()), now)
+            return Listing(named_dirs(self._groups()), now)
         c = node.container
         assert c is not None
         if node.kind == "container":
             return self._list_container(c, now)
         if node.kind == "analyses":
-            return Listing(_named_dirs(self._analyses_of(c)), now)
+            return Listing(named_dirs(self._analyses_of(c)), now)
         if node.kind == "analysis":
             return Listing(
                 {
@@ -412,56 +552,28 @@ class Tree:
             for d in doc.get(group) or []
             if isinstance(d, dict)
         ]
-        return Listing(_named_files(files), now, parse_container(doc, "analysis"))
+        return Listing(named_files(files), now, parse_container(doc, "analysis"))
 
     def _list_container(self, c: Container, now: float) -> Listing:
-        resp = self._client.resolve(resolver_path(c))
-        path = resp.get("path") or []
-        me = parse_container(path[-1], c.kind) if path else c
-        child_kind = CHILD_KIND.get(c.kind)
-        if c.kind == "project" and any(
-            isinstance(d, dict) and container_type(d) == "session"
-            for d in resp.get("children") or []
-        ):
-            # Shown as it is, the project would look empty: its subjects are not there.
-            log.error(
-                "POST /resolve %s: the site returned sessions as a project's children: it "
-                "does not honour the Subject-Container feature; fwfs needs a core that does",
-                resolver_path(c),
-            )
-            raise RemoteError("the site lists sessions, not subjects, in a project")
-        containers: list[Container] = []
-        analyses: list[Container] = []
-        files: list[FileInfo] = []
+        asked = resolver_path(c)
+        return self._take(self._client.resolve(asked), c, now, asked)
+
+    def _take(self, resp: Json, asked: Container | None, now: float, path: object) -> Listing:
+        """The listing in a resolve answer sent at `now`; the listings it carries for other
+        directories are kept, never over one fetched later."""
+        resolved = parse_resolved(resp, asked, now, path)
         self._saw(resp.get("children") or [])
-        for doc in resp.get("children") or []:
-            if not isinstance(doc, dict):
-                continue
-            ctype = container_type(doc)
-            try:
-                if ctype == "file":
-                    files.append(parse_file(doc, me.ref))
-                elif ctype == "analysis":
-                    analyses.append(parse_container(doc))
-                elif ctype == child_kind:
-                    containers.append(parse_container(doc))
-            except ValueError as err:
-                log.warning("skipping a malformed entry of %s %s: %s", c.kind, c.id, err)
-        listing = Listing(_entries(me, containers, files, bool(analyses)), now, me)
-        prefilled: dict[tuple[str, ...], Listing] = {}
-        if analyses:
-            # The analyses directory is listed from this same answer: no second request.
-            prefilled[Dir("analyses", me).key] = Listing(_named_dirs(analyses), now)
-        for x in containers:
-            leaf = _leaf_listing(x, now)
-            if leaf is not None:
-                prefilled[Dir("container", x).key] = leaf
         with self._lock:
-            for key, value in prefilled.items():
-                # Never replace a listing that was fetched later than this answer.
-                if key not in self._listings or self._listings[key].fetched < now:
-                    self._listings[key] = value
-        return listing
+            if resolved.children_files is not None:
+                self._children_files = resolved.children_files
+            for key, value in resolved.prefilled.items():
+                self._keep(key, value)
+        return resolved.listing
+
+    def _keep(self, key: tuple[str, ...], listing: Listing) -> None:
+        """Keep `listing` unless one fetched later is kept (holding `self._lock`)."""
+        if key not in self._listings or self._listings[key].fetched < listing.fetched:
+            self._listings[key] = listing
 
     def _groups(self) -> list[Container]:
         """The root: `GET /groups` and the groups of the user's projects.
@@ -501,40 +613,11 @@ class Tree:
         return [parse_container(d, "analysis") for d in docs]
 
 
-def _entries(
-    me: Container, containers: list[Container], files: list[FileInfo], has_analyses: bool
-) -> dict[str, Node]:
-    # Ranked as the site's resolver picks: a container over a file, the oldest container
-    # (the first by ObjectId) of a label; a directory's file names are unique.
-    raw = [paths.RawEntry("c:" + x.id, x.label, False, rank=x.id) for x in containers]
-    keyed = _keyed_files(files)
-    raw += [paths.RawEntry(k, f.name, True, rank="") for k, f in keyed]
-    names = paths.assign_names(raw, reserved={ANALYSES_DIR})
-    entries: dict[str, Node] = {}
-    for x in containers:
-        entries[names["c:" + x.id]] = Dir("container", x)
-    for k, f in keyed:
-        entries[names[k]] = File(f)
-    if has_analyses or me.raw.get("analyses"):
-        entries[ANALYSES_DIR] = Dir("analyses", me)
-    return entries
-
-
-def _leaf_listing(c: Container, now: float) -> Listing | None:
-    """The listing of a child that holds no containers (an acquisition), when its parent's
-    answer already carried its files and analyses: `ls -R` then costs one request per
-    session, not one per acquisition too."""
-    files_doc, analyses_doc = c.raw.get("files"), c.raw.get("analyses")
-    if c.kind in CHILD_KIND or not isinstance(files_doc, list):
-        return None
-    if not isinstance(analyses_doc, list) or analyses_doc:
-        # Unknown, or some analyses: their directory needs its own listing anyway.
-        return None
-    try:
-        files = [parse_file(d, c.ref) for d in files_doc if isinstance(d, dict)]
-    except ValueError:
-        return None
-    return Listing(_entries(c, [], files, False), now, c)
+class _Guess(NamedTuple):
+    path: list[str]
+    # Set when the guess is answered (or failed); `mine`: this lookup sends it.
+    event: threading.Event
+    mine: bool
 
 
 def _needs_listing(node: Node) -> TypeGuard[Dir]:
@@ -550,38 +633,6 @@ def _parent_key(node: Dir) -> tuple[str, ...] | None:
         return ROOT_KEY
     pid = c.parents.get(PARENT_KIND.get(c.kind, ""))
     return None if pid is None else ("container", pid, "")
-
-
-def _named_dirs(containers: list[Container]) -> dict[str, Node]:
-    # Groups are shown by id (their human-readable, unique name), the rest by label.
-    names = paths.assign_names(
-        paths.RawEntry("c:" + c.id, c.id if c.kind == "group" else c.label, False, rank=c.id)
-        for c in containers
-    )
-    out: dict[str, Node] = {}
-    for c in containers:
-        out[names["c:" + c.id]] = Dir("analysis" if c.kind == "analysis" else "container", c)
-    return out
-
-
-def _named_files(files: list[FileInfo]) -> dict[str, Node]:
-    keyed = _keyed_files(files)
-    names = paths.assign_names(paths.RawEntry(k, f.name, True, rank="") for k, f in keyed)
-    return {names[k]: File(f) for k, f in keyed}
-
-
-def _keyed_files(files: list[FileInfo]) -> list[tuple[str, FileInfo]]:
-    """A key per file for `paths.assign_names`: its name; or, where names repeat (an
-    analysis may hold two inputs of one name, from different containers), its file id and
-    name, so that listing them cannot fail. Such twins all get suffixes, and are marked:
-    the site reads a file by name, and which twin it would serve is not ours to know."""
-    seen = Counter(f.name for f in files)
-    return [
-        (f"f:{f.name}", f)
-        if seen[f.name] == 1
-        else (f"d:{f.file_id}:{f.name}", replace(f, raw={**f.raw, NAME_SHARED: True}))
-        for f in files
-    ]
 
 
 def _group(doc: object) -> Container | None:

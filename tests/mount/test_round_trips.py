@@ -23,6 +23,10 @@ import pytest
 from linkkit import round_trips as chain
 from mountkit import DEMO_PROJECT, DEMO_SES, Mount, quiet_mark, requests_since, sh
 
+from fwfs.client import FlywheelClient
+from fwfs.config import ClientConfig, MountConfig
+from fwfs.fs import FlywheelFS
+
 pytestmark = pytest.mark.timeout(120)
 
 RTT_MS = 150
@@ -82,9 +86,38 @@ def test_a_deep_path_on_a_fresh_mount_costs_one_round_trip_per_level(
     trips, entries = waited(linked, lambda: os.stat(mount / DEMO_SES / "DWI/DWI.nii.gz"))
     # The root, then a resolve per level: group, project, subject and session (the
     # session's answer carries its acquisitions' files); a real core's session listing
-    # lacks those, so the acquisition is one level more.
+    # lacks those, so the acquisition is one level more. The kernel looks a path up one
+    # name at a time, so no lookup knows the names below its own: nothing to list ahead.
     assert trips <= (6 if strict else 5), entries
     assert len(entries) == trips + 1  # the root's two lists share their round trip
+
+
+def test_a_deep_path_looked_up_whole_costs_one_round_trip_and_two_on_a_real_core(
+    linked: Any, strict: bool
+) -> None:
+    # What flywheel:// and `fwfs prefetch` do: the model itself, asked for the whole path.
+    config = ClientConfig.from_api_key(
+        linked.api_key, verify=linked.verify, retries=1, total_timeout=30, read_timeout=30
+    )
+    client = FlywheelClient(config)
+    model = FlywheelFS(client, MountConfig(metadata_ttl=300), None)
+    try:
+        trips, entries = waited(linked, lambda: model.getattr(f"{DEMO_SES}/DWI/DWI.nii.gz"))
+        # The root's two lists, and the levels below it by their labels, side by side:
+        # group, project, subject, session. A real core's session answer lacks its
+        # acquisitions' files, which the model does not know before its first answers:
+        # there the acquisition's listing is a round trip more, the first time only.
+        assert trips <= (2 if strict else 1), entries
+        assert len(entries) == (7 if strict else 6), entries
+        trips, entries = waited(
+            linked, lambda: model.getattr(f"{DEMO_PROJECT}/sub-02/ses-followup/T1w/T1w.nii.gz")
+        )
+        # The subject by ids (its project is listed), the session and acquisition by labels.
+        assert trips <= 1, entries
+        assert len(entries) == (3 if strict else 2), entries
+    finally:
+        model.close()
+        client.close()
 
 
 def test_a_header_read_is_one_round_trip_and_two_on_a_real_core(
