@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import math
 import os
@@ -20,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from cachetools import TTLCache
 
@@ -39,6 +38,7 @@ from fwfs.errors import (
     RemoteError,
     StaleFile,
 )
+from fwfs.fs import xattrs
 from fwfs.fs.archived import Archives
 from fwfs.fs.bidsview import BidsViews, BytesReads
 from fwfs.fs.nodes import (
@@ -69,41 +69,7 @@ from fwfs.uploads import RetryPolicy, Spool
 
 log = logging.getLogger("fwfs.fs")
 
-XATTR_PREFIX = "user.flywheel."
 WRITE_BLOCK = 1 << 20  # FUSE's largest write (libfuse 3: 256 pages)
-# File fields shown as extended attributes; dicts and lists as JSON.
-_FILE_XATTRS: tuple[str, ...] = (
-    "file_id",
-    "version",
-    "hash",
-    "mimetype",
-    "type",
-    "modality",
-    "classification",
-    "tags",
-    "info",
-    "size",
-    "zip_member_count",
-)
-_CONTAINER_XATTRS: tuple[str, ...] = ("label", "tags", "info")
-
-
-# Fields a site's listing may leave out, fetched on getxattr: a real resolver strips `info`
-# and `tags`; a group known only through its projects comes without its label.
-_LAZY_FILE_FIELDS: tuple[str, ...] = ("info", "tags")
-_LAZY_CONTAINER_FIELDS: tuple[str, ...] = ("info", "tags", "label")
-
-
-def _lazy_fields(node: Node | Pending | ViewNode, tree: Tree) -> list[str]:
-    """The fields of ``node`` its listing lacks, or may have given only in part (``info``
-    cut down to ``BIDS``, see ``Tree.info_trimmed``): read from the entry's own document."""
-    if isinstance(node, File):
-        raw, fields = node.info.raw, _LAZY_FILE_FIELDS
-    elif isinstance(node, Dir) and node.container is not None:
-        raw, fields = node.container.raw, _LAZY_CONTAINER_FIELDS
-    else:
-        return []
-    return [f for f in fields if f not in raw or (f == "info" and tree.info_trimmed(raw))]
 
 
 def _refuse_shared_name(node: Node | Pending | ViewNode) -> None:
@@ -123,13 +89,6 @@ def _underlying(node: Node | Pending | ViewNode) -> Node | Pending | ViewNode:
     if isinstance(node, BidsFile) and node.entry.source is not None:
         return File(node.entry.source)
     return node
-
-
-def _xattr_value(value: Any) -> bytes | None:
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return text.encode()
 
 
 class _Reads(Protocol):
@@ -520,54 +479,14 @@ class FlywheelFS:
         return out
 
     def listxattr(self, path: str) -> list[str]:
-        node = _underlying(self.lookup(path))
-        # Listed without a request: fetched only when asked for (getxattr).
-        lazy = [XATTR_PREFIX + f for f in _lazy_fields(node, self.tree)]
-        return sorted({*self._xattrs(node), *lazy})
+        return xattrs.names(_underlying(self.lookup(path)), self.tree)
 
     def getxattr(self, path: str, name: str) -> bytes:
-        if not name.startswith(XATTR_PREFIX):
+        if not name.startswith(xattrs.PREFIX):
             # `ls -l` asks every entry for security.* and system.* attributes: answered
             # without walking the path (17,303 of them in one `ls -lR` of 3,103 directories).
             raise NotFound(f"no attribute {name}")
-        node = _underlying(self.lookup(path))
-        field = name[len(XATTR_PREFIX) :]
-        if field in _lazy_fields(node, self.tree):
-            assert isinstance(node, File | Dir)
-            value = _xattr_value(self.tree.details(node, field).get(field))
-        else:
-            value = self._xattrs(node).get(name)
-        if value is None:
-            raise NotFound(f"no attribute {name}")
-        return value
-
-    def _xattrs(self, node: Node | Pending | ViewNode) -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
-        if isinstance(node, Pending | BidsDir | BidsFile):
-            return out
-        raw: dict[str, Any]
-        if isinstance(node, ArchiveFile | ArchiveDir):
-            out[XATTR_PREFIX + "archive_file_id"] = node.archive.file_id.encode()
-            out[XATTR_PREFIX + "archive"] = node.archive.name.encode()
-            if isinstance(node, ArchiveFile):
-                out[XATTR_PREFIX + "member"] = node.member.path.encode()
-            return out
-        if isinstance(node, File):
-            raw, fields = node.info.raw, _FILE_XATTRS
-            out[XATTR_PREFIX + "id"] = node.info.file_id.encode()
-            out[XATTR_PREFIX + "container_type"] = b"file"
-            out[XATTR_PREFIX + "name"] = node.info.name.encode()
-        elif node.container is not None:
-            raw, fields = node.container.raw, _CONTAINER_XATTRS
-            out[XATTR_PREFIX + "id"] = node.container.id.encode()
-            out[XATTR_PREFIX + "container_type"] = node.container.kind.encode()
-        else:
-            return out
-        for field in fields:
-            value = _xattr_value(raw.get(field))
-            if value is not None:
-                out[XATTR_PREFIX + field] = value
-        return out
+        return xattrs.value(_underlying(self.lookup(path)), name, self.tree)
 
     def statfs(self) -> dict[str, int]:
         out = {"f_bsize": self.config.block_size, "f_frsize": self.config.block_size}

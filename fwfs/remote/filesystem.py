@@ -26,7 +26,7 @@ from fsspec.spec import make_instance  # type: ignore[import-untyped]
 
 from fwfs.errors import AlreadyExists, NotFound
 from fwfs.fs import Attr, FlywheelFS
-from fwfs.fs.core import XATTR_PREFIX
+from fwfs.fs.xattrs import PREFIX as XATTR_PREFIX
 from fwfs.options import DELETE_REASONS, parse_size
 from fwfs.remote.files import FlywheelFile
 from fwfs.remote.model import (

@@ -29,14 +29,23 @@ def spool_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def new_model() -> Iterator[Callable[..., FlywheelFS]]:
-    """`new_model(key, with_user=False, **MountConfig fields)`: a fresh FlywheelFS as `key`'s
-    user (its user id asked of the site if `with_user`), as this process's uid and gid
-    unless told otherwise. Every model made is closed after the test."""
+    """`new_model(key, with_user=False, verify=True, client=None, **MountConfig fields)`: a
+    fresh FlywheelFS as `key`'s user (its user id asked of the site if `with_user`), trusting
+    `verify` (a strict site's CA), over `client` if given, as this process's uid and gid
+    unless told otherwise. Every model made is closed after the test, with its client."""
     made: list[tuple[FlywheelFS, FlywheelClient]] = []
 
-    def make(key: str, with_user: bool = False, **config: Any) -> FlywheelFS:
-        client = FlywheelClient(
-            ClientConfig.from_api_key(key, retries=1, total_timeout=10, read_timeout=20)
+    def make(
+        key: str,
+        with_user: bool = False,
+        verify: bool | str = True,
+        client: FlywheelClient | None = None,
+        **config: Any,
+    ) -> FlywheelFS:
+        client = client or FlywheelClient(
+            ClientConfig.from_api_key(
+                key, verify=verify, retries=1, total_timeout=10, read_timeout=20
+            )
         )
         user_id = client.auth_status()["user_id"] if with_user else None
         config.setdefault("uid", os.getuid())

@@ -15,7 +15,7 @@ import errno
 import json
 import os
 import posixpath
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -50,25 +50,14 @@ def site(request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture
-def make_model(site: Any) -> Iterator[MakeModel]:
+def make_model(site: Any, new_model: MakeModel) -> MakeModel:
     """`make_model(**MountConfig fields)`: a read-only model of `site` (TTL 300 s)."""
-    made: list[tuple[FlywheelFS, FlywheelClient]] = []
 
     def make(**config: Any) -> FlywheelFS:
-        client = FlywheelClient(
-            ClientConfig.from_api_key(
-                site.api_key, verify=site.verify, retries=1, total_timeout=10, read_timeout=20
-            )
-        )
         config.setdefault("metadata_ttl", 300)
-        fs = FlywheelFS(client, MountConfig(uid=os.getuid(), gid=os.getgid(), **config))
-        made.append((fs, client))
-        return fs
+        return new_model(site.api_key, verify=site.verify, **config)
 
-    yield make
-    for fs, client in made:
-        fs.close()
-        client.close()
+    return make
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import errno
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import flywheel
@@ -25,7 +25,7 @@ import pytest
 from writekit import DEMO_PROJECT, errno_of, names, read_all
 
 from fwfs.client import FlywheelClient
-from fwfs.config import ClientConfig, MountConfig
+from fwfs.config import ClientConfig
 from fwfs.fs import FlywheelFS
 
 pytestmark = pytest.mark.timeout(120)
@@ -41,23 +41,17 @@ def client_of(site: Any, key: str) -> FlywheelClient:
 
 
 @pytest.fixture
-def strict_model(strict_site: Any) -> Iterator[MakeModel]:
+def strict_model(strict_site: Any, new_model: MakeModel) -> MakeModel:
     """`strict_model(key=Ada's, client=None, **MountConfig fields)`: a read-only model of
     the strict site. Every model made is closed after the test."""
-    made: list[tuple[FlywheelFS, FlywheelClient]] = []
 
     def make(
         key: str | None = None, client: FlywheelClient | None = None, **config: Any
     ) -> FlywheelFS:
         client = client or client_of(strict_site, key or strict_site.api_key)
-        fs = FlywheelFS(client, MountConfig(**config), None)
-        made.append((fs, client))
-        return fs
+        return new_model(key or strict_site.api_key, client=client, **config)
 
-    yield make
-    for fs, client in made:
-        fs.close()
-        client.close()
+    return make
 
 
 @pytest.fixture(scope="module")
