@@ -1,7 +1,10 @@
-"""scripts/bench's `bids` case: a BIDS app's first step on the BIDS view of `Anxiety Study`
-against a `fw export bids`-style copy, for issue 16's targets (docs/BIDS.md).
+"""scripts/bench's `bids` case: a BIDS app's first step on the BIDS view of a project
+against a `fw export bids`-style copy, for issue 16's targets (docs/BIDS.md), on two
+datasets: the demo's `Anxiety Study` (curated with every planted case, images of ~50 kB)
+and `Bench` (the bench's 50 .nii.gz of ~29 MiB, curated here as func runs: the size of a
+real study's images, which the share of bytes a layout moves depends on).
 
-- `mount: pybids BIDSLayout`: `bids.BIDSLayout(<mount>/flywheel/Anxiety Study.bids)` from a
+- `mount: pybids BIDSLayout`: `bids.BIDSLayout(<mount>/flywheel/<project>.bids)` from a
   fresh mount (empty caches), what fMRIPrep and MRIQC do first with their dataset.
 - `SDK: export (fw export bids rules)`: what `fw export bids` does, with the SDK as
   flywheel_bids/export_bids.py calls it: the project's sessions and acquisitions one `get`
@@ -35,18 +38,34 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+import bench_kit as kit
+
 if TYPE_CHECKING:
     from bench import Bench
 
-CASE = "bids"
-PROJECT = "flywheel/Anxiety Study"
-VIEW = f"{PROJECT}.bids"
+
+@dataclass(frozen=True)
+class Dataset:
+    case: str
+    project: str
+    title: str
+
+    @property
+    def view(self) -> str:
+        return f"{self.project}.bids"
+
+
+DEMO = Dataset("bids", "flywheel/Anxiety Study", "Anxiety Study (demo, images of ~50 kB)")
+BENCH = Dataset("bids_bench", f"flywheel/{kit.BENCH_PROJECT}", "Bench (50 images of ~29 MiB)")
+DATASETS = (DEMO, BENCH)
+CASE = DEMO.case
 ERRORS = ".fwfs-errors.txt"
 V_LAYOUT = "mount: pybids BIDSLayout"
 V_EXPORT = "SDK: export (fw export bids rules)"
 V_COPY_LAYOUT = "local copy: pybids BIDSLayout"
 REPORT_CASES: dict[str, tuple[str, str, bool, str]] = {
-    CASE: ("seconds", "s", False, "BIDS dataset of Anxiety Study: pybids on the view, SDK export"),
+    d.case: ("seconds", "s", False, f"BIDS dataset {d.title}: pybids on the view, SDK export")
+    for d in DATASETS
 }
 
 __all__ = ["REPORT_CASES", "bids_targets", "case_bids"]
@@ -81,10 +100,10 @@ class Plan:
         )
 
 
-def plan(fw: Any) -> Plan:
+def plan(fw: Any, project_path: str) -> Plan:
     """The export's metadata walk: export_bids.py's calls (`get_project_sessions`,
     `get_session`, `get_session_acquisitions`, `get_acquisition`) and its rules."""
-    project = fw.get_project(fw.lookup(PROJECT).id)
+    project = fw.get_project(fw.lookup(project_path).id)
     claims: dict[str, list[tuple[str, str, Any]]] = {}
 
     def consider(kind: str, cid: str, files: list[Any]) -> None:
@@ -141,11 +160,11 @@ def plan(fw: Any) -> Plan:
     return out
 
 
-def export(fw: Any, dest: Path) -> dict[str, Any]:
+def export(fw: Any, project_path: str, dest: Path) -> dict[str, Any]:
     """The whole `fw export bids`-style copy into `dest`: walk, download, sidecars, with
     the exporter's requests (one `get_acquisition` more per synthesized sidecar)."""
     shutil.rmtree(dest, ignore_errors=True)
-    todo = plan(fw)
+    todo = plan(fw, project_path)
     for path, (cid, f) in todo.downloads.items():
         target = dest / path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -201,43 +220,83 @@ def _warm_up(where: Path) -> None:
     _layout(where, 0)
 
 
+def curate_bench(fw: Any) -> None:
+    """The bench's 50 NIfTIs (the headers case's acquisition) curated as the curate-bids
+    gear leaves func runs (docs/SANDBOX.md, "BIDS curation in the demo"): the new way, a
+    `dataset_description.json` attachment, sidecars made from `file.info`. Once: a site
+    whose files already carry `info.BIDS` is left as it is."""
+    acq = fw.get_acquisition(fw.lookup(kit.bench_path("headers")).id)
+    images = sorted((f for f in acq.files if f.name.endswith(".nii.gz")), key=lambda f: f.name)
+    if not images or _meta(images[-1]) is not None:
+        return
+    project = fw.get_project(fw.lookup(BENCH.project).id)
+    project.update_info({"BIDS": {"Sidecar": "data is in json sidecar, not file.info"}})
+    description = {"Name": "fwfs bench", "BIDSVersion": "1.8.0", "DatasetType": "raw"}
+    name = "dataset_description.json"
+    import flywheel
+
+    project.upload_file(flywheel.FileSpec(name, json.dumps(description).encode()))
+    project = fw.get_project(project.id)
+    project.update_file_info(name, {"BIDS": {"Filename": name, "Path": "", "ignore": False}})
+    session = fw.get_session(acq.parents.session)
+    session.update_info({"BIDS": {"Label": "headers", "Subject": "bench", "ignore": False}})
+    acq.update_info({"BIDS": {"ignore": False}})
+    folder = "sub-bench/ses-headers/func"
+    for run, f in enumerate(images, 1):
+        filename = f"sub-bench_ses-headers_task-rest_run-{run:03d}_bold.nii.gz"
+        bids: dict[str, Any] = {"Filename": filename, "Folder": "func", "Path": folder}
+        bids.update(Task="rest", Run=f"{run:03d}", Suffix="bold", ignore=False, valid=True)
+        acq.update_file_info(f.name, {"BIDS": bids, "RepetitionTime": 2.0, "TaskName": "rest"})
+
+
 def case_bids(bench: Bench) -> None:
-    """Issue 16's figures: a pybids layout of the view from a fresh mount, the SDK export,
-    and a layout of the export, interleaved in each repetition."""
+    """Issue 16's figures on each dataset: a pybids layout of the view from a fresh mount,
+    the SDK export, and a layout of the export, interleaved in each repetition."""
     _warm_up(bench.work / "bids-warm-up")
-    expected = plan(bench.fw)
+    curate_bench(bench.fw)
+    for dataset in DATASETS:
+        _case(bench, dataset)
+
+
+def _case(bench: Bench, dataset: Dataset) -> None:
+    expected = plan(bench.fw, dataset.project)
     size = expected.size()
     if not expected.downloads:
         raise RuntimeError(
-            f"{PROJECT} has no BIDS curation on this site: the cached bench data predates "
-            "the demo's curation (docs/SANDBOX.md); run scripts/bench with --fresh"
+            f"{dataset.project} has no BIDS curation on this site: the cached bench data "
+            "predates the demo's curation (docs/SANDBOX.md); run scripts/bench with --fresh"
         )
     copy = bench.work / "bids-export"
     for rep in range(bench.reps):
         with bench.m.mount() as mnt:
-            view = mnt / VIEW
-            bench.measure(CASE, V_LAYOUT, rep, partial(_layout, view, size), mount=mnt)
-        bench.measure(CASE, V_EXPORT, rep, partial(export, bench.fw, copy))
+            view = mnt / dataset.view
+            layout = partial(_layout, view, size)
+            bench.measure(dataset.case, V_LAYOUT, rep, layout, mount=mnt)
+        bench.measure(dataset.case, V_EXPORT, rep, partial(export, bench.fw, dataset.project, copy))
         # Right after the export, as a user would start the app: its pages are cached.
         layout_copy = partial(_layout, copy, size)
-        bench.measure(CASE, V_COPY_LAYOUT, rep, layout_copy, cold=False)
+        bench.measure(dataset.case, V_COPY_LAYOUT, rep, layout_copy, cold=False)
         if rep == 0:
             with bench.m.mount() as mnt:
-                differ = _same_tree(mnt / VIEW, copy)
-            bench.checks["bids_view_equals_export"] = not differ
+                differ = _same_tree(mnt / dataset.view, copy)
+            bench.checks[f"{dataset.case}_view_equals_export"] = not differ
             if differ:
-                bench.checks["bids_view_differs"] = differ[:20]
+                bench.checks[f"{dataset.case}_view_differs"] = differ[:20]
         shutil.rmtree(copy, ignore_errors=True)
 
 
 # ---- targets ---------------------------------------------------------------------------------
 
 
-def _by_rep(records: list[dict[str, Any]], variant: str) -> dict[int, dict[str, Any]]:
-    return {int(r["rep"]): r for r in records if r["case"] == CASE and r["variant"] == variant}
+def _by_rep(
+    records: list[dict[str, Any]], variant: str, case: str = CASE
+) -> dict[int, dict[str, Any]]:
+    return {int(r["rep"]): r for r in records if r["case"] == case and r["variant"] == variant}
 
 
-def _target(tid: str, text: str, variant: str, need: float, op: str) -> dict[str, Any]:
+def _target(
+    tid: str, text: str, variant: str, need: float, op: str, case: str = CASE
+) -> dict[str, Any]:
     needed = f"{op} {need:g}x" if op == ">=" else f"{op} {need:.0%}"
     return {
         "id": tid,
@@ -245,7 +304,7 @@ def _target(tid: str, text: str, variant: str, need: float, op: str) -> dict[str
         "needed": needed,
         "need": need,
         "op": op,
-        "case": CASE,
+        "case": case,
         "variant": variant,
         "profile": None,
         "measured": None,
@@ -265,30 +324,43 @@ def _judge(t: dict[str, Any], values: list[float], unit: str) -> None:
 def bids_targets(
     records: list[dict[str, Any]], link: dict[str, Any] | None
 ) -> list[dict[str, Any]]:
-    """Issue 16's targets: the layout >= 5x faster than the export over the link (on
-    loopback for information: the export's cost is round trips the link adds), and the
-    bytes the layout moves (every request's body, listings included) under 1% of the
-    dataset's; the file bytes alone for information."""
-    layout, sdk = _by_rep(records, V_LAYOUT), _by_rep(records, V_EXPORT)
+    """Issue 16's targets on each dataset: the layout >= 5x faster than the export over
+    the link (on loopback for information: the export's cost is round trips the link
+    adds), and the bytes the layout moves (every request's body, listings included) under
+    1% of the dataset's; the file bytes alone for information."""
+    out: list[dict[str, Any]] = []
+    for dataset in DATASETS:
+        out += _dataset_targets(records, link, dataset)
+    return out
+
+
+def _dataset_targets(
+    records: list[dict[str, Any]], link: dict[str, Any] | None, dataset: Dataset
+) -> list[dict[str, Any]]:
+    case, name = dataset.case, dataset.title
+    layout, sdk = _by_rep(records, V_LAYOUT, case), _by_rep(records, V_EXPORT, case)
+    suffix = "" if dataset is DEMO else f"-{case}"
     out: list[dict[str, Any]] = []
     t = _target(
-        "bids-layout-speed",
-        "BIDS: SDK export time / pybids layout of the view time (fresh mount)",
+        f"bids-layout-speed{suffix}",
+        f"BIDS, {name}: SDK export time / pybids layout of the view time (fresh mount)",
         V_LAYOUT,
         5.0,
         ">=",
+        case,
     )
     t["informational"] = link is None
     _judge(t, [sdk[k]["seconds"] / layout[k]["seconds"] for k in sorted(layout) if k in sdk], "x")
     out.append(t)
-    local = _by_rep(records, V_COPY_LAYOUT)
+    local = _by_rep(records, V_COPY_LAYOUT, case)
     t = _target(
-        "bids-ready-speed",
-        "BIDS: (SDK export + layout of the copy) time / layout of the view time (for "
-        "information: the wait before a BIDS app starts)",
+        f"bids-ready-speed{suffix}",
+        f"BIDS, {name}: (SDK export + layout of the copy) time / layout of the view time "
+        "(for information: the wait before a BIDS app starts)",
         V_LAYOUT,
         5.0,
         ">=",
+        case,
     )
     t["informational"] = True
     both = [k for k in sorted(layout) if k in sdk and k in local]
@@ -299,41 +371,24 @@ def bids_targets(
     )
     out.append(t)
     t = _target(
-        "bids-layout-bytes",
-        "BIDS: bytes the layout moves (all requests) / the dataset's bytes",
+        f"bids-layout-bytes{suffix}",
+        f"BIDS, {name}: bytes the layout moves (all requests) / the dataset's bytes",
         V_LAYOUT,
         0.01,
         "<",
+        case,
     )
     _judge(t, [r["bytes"] / r["files_bytes"] for r in layout.values()], "%")
     out.append(t)
     t = _target(
-        "bids-layout-file-bytes",
-        "BIDS: file bytes the layout downloads / the dataset's bytes (for information)",
+        f"bids-layout-file-bytes{suffix}",
+        f"BIDS, {name}: file bytes the layout downloads / the dataset's bytes (for information)",
         V_LAYOUT,
         0.01,
         "<",
+        case,
     )
     t["informational"] = True
     _judge(t, [r["file_bytes"] / r["files_bytes"] for r in layout.values()], "%")
     out.append(t)
     return out
-
-
-def bids_figures(records: list[dict[str, Any]]) -> list[str]:
-    """One line per variant (medians): for a driver's log, not the report."""
-    lines = []
-    for variant in (V_LAYOUT, V_EXPORT, V_COPY_LAYOUT):
-        recs = list(_by_rep(records, variant).values())
-        if not recs:
-            continue
-        med = {
-            k: statistics.median(float(r[k]) for r in recs)
-            for k in ("seconds", "requests", "bytes", "file_bytes", "files_bytes")
-        }
-        lines.append(
-            f"{CASE} / {variant}: {med['seconds']:.2f} s, {med['requests']:.0f} requests, "
-            f"{med['bytes']:.0f} bytes ({med['file_bytes']:.0f} of files) of a "
-            f"{med['files_bytes']:.0f}-byte dataset, {len(recs)} runs"
-        )
-    return lines
