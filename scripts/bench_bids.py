@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -298,27 +297,7 @@ def _target(
     tid: str, text: str, variant: str, need: float, op: str, case: str = CASE
 ) -> dict[str, Any]:
     needed = f"{op} {need:g}x" if op == ">=" else f"{op} {need:.0%}"
-    return {
-        "id": tid,
-        "text": text,
-        "needed": needed,
-        "need": need,
-        "op": op,
-        "case": case,
-        "variant": variant,
-        "profile": None,
-        "measured": None,
-        "met": None,
-    }
-
-
-def _judge(t: dict[str, Any], values: list[float], unit: str) -> None:
-    """The median of per-repetition values, with their spread."""
-    if not values:
-        return
-    value = statistics.median(values)
-    met = value >= t["need"] if t["op"] == ">=" else value < t["need"]
-    t.update(measured=value, met=met, unit=unit, spread=[min(values), max(values)])
+    return kit.target_row(tid, text, case, variant, need, op, needed)
 
 
 def bids_targets(
@@ -350,7 +329,9 @@ def _dataset_targets(
         case,
     )
     t["informational"] = link is None
-    _judge(t, [sdk[k]["seconds"] / layout[k]["seconds"] for k in sorted(layout) if k in sdk], "x")
+    kit.judge(
+        t, [sdk[k]["seconds"] / layout[k]["seconds"] for k in sorted(layout) if k in sdk], "x"
+    )
     out.append(t)
     local = _by_rep(records, V_COPY_LAYOUT, case)
     t = _target(
@@ -364,7 +345,7 @@ def _dataset_targets(
     )
     t["informational"] = True
     both = [k for k in sorted(layout) if k in sdk and k in local]
-    _judge(
+    kit.judge(
         t,
         [(sdk[k]["seconds"] + local[k]["seconds"]) / layout[k]["seconds"] for k in both],
         "x",
@@ -378,7 +359,7 @@ def _dataset_targets(
         "<",
         case,
     )
-    _judge(t, [r["bytes"] / r["files_bytes"] for r in layout.values()], "%")
+    kit.judge(t, [r["bytes"] / r["files_bytes"] for r in layout.values()], "%")
     out.append(t)
     t = _target(
         f"bids-layout-file-bytes{suffix}",
@@ -389,6 +370,6 @@ def _dataset_targets(
         case,
     )
     t["informational"] = True
-    _judge(t, [r["file_bytes"] / r["files_bytes"] for r in layout.values()], "%")
+    kit.judge(t, [r["file_bytes"] / r["files_bytes"] for r in layout.values()], "%")
     out.append(t)
     return out

@@ -12,6 +12,7 @@ import datetime as dt
 import gzip
 import os
 import platform
+import statistics
 import struct
 import subprocess
 import sys
@@ -453,3 +454,35 @@ def seed_small_project(group: Any, scratch: Path) -> tuple[str, int, int]:
                     count += 1
                     total += size
     return str(project.id), count, total
+
+
+# ---- target rows (the shape of bench_report.targets()'s) ------------------------------------
+
+
+def target_row(
+    tid: str, text: str, case: str, variant: str, need: float, op: str, needed: str
+) -> dict[str, Any]:
+    """A target not yet judged: `judge` fills in what was measured."""
+    return {
+        "id": tid,
+        "text": text,
+        "needed": needed,
+        "need": need,
+        "op": op,
+        "case": case,
+        "variant": variant,
+        "profile": None,
+        "measured": None,
+        "met": None,
+    }
+
+
+def judge(t: dict[str, Any], values: list[float], unit: str) -> None:
+    """The median of per-repetition values (the variants of one repetition ran side by
+    side), with their spread; nothing when nothing was measured."""
+    if not values:
+        return
+    value = statistics.median(values)
+    need, op = t["need"], t["op"]
+    met = value >= need if op == ">=" else value <= need if op == "<=" else value < need
+    t.update(measured=value, met=met, unit=unit, spread=[min(values), max(values)])

@@ -177,34 +177,6 @@ def _by_rep(records: list[dict[str, Any]], case: str, variant: str) -> dict[int,
     return {int(r["rep"]): r for r in records if r["case"] == case and r["variant"] == variant}
 
 
-def _target(
-    tid: str, text: str, case: str, variant: str, need: float, op: str, needed: str
-) -> dict[str, Any]:
-    return {
-        "id": tid,
-        "text": text,
-        "needed": needed,
-        "need": need,
-        "op": op,
-        "case": case,
-        "variant": variant,
-        "profile": None,
-        "measured": None,
-        "met": None,
-    }
-
-
-def _judge(t: dict[str, Any], values: list[float], unit: str) -> None:
-    """The median of per-repetition values (the variants of one repetition ran side by
-    side), with their spread."""
-    if not values:
-        return
-    value = statistics.median(values)
-    need, op = t["need"], t["op"]
-    met = value >= need if op == ">=" else value <= need if op == "<=" else value < need
-    t.update(measured=value, met=met, unit=unit, spread=[min(values), max(values)])
-
-
 def remote_targets(
     records: list[dict[str, Any]], link: dict[str, Any] | None
 ) -> list[dict[str, Any]]:
@@ -214,7 +186,7 @@ def remote_targets(
     out: list[dict[str, Any]] = []
 
     one, dask = _by_rep(records, HEADERS, V_ONE), _by_rep(records, HEADERS, V_DASK)
-    t = _target(
+    t = kit.target_row(
         "remote-dask",
         f"header table of the 50 NIfTIs through flywheel://: one process time / "
         f"{WORKERS} Dask workers time",
@@ -225,11 +197,11 @@ def remote_targets(
         ">= 3x",
     )
     t["informational"] = not wan
-    _judge(t, [one[k]["seconds"] / dask[k]["seconds"] for k in sorted(one) if k in dask], "x")
+    kit.judge(t, [one[k]["seconds"] / dask[k]["seconds"] for k in sorted(one) if k in dask], "x")
     out.append(t)
 
     remote, mount = _by_rep(records, READ, V_READ_REMOTE), _by_rep(records, READ, V_READ_MOUNT)
-    t = _target(
+    t = kit.target_row(
         "remote-read",
         "sequential read of big.bin: flywheel:// vs the mount (MB/s)",
         READ,
@@ -238,11 +210,11 @@ def remote_targets(
         ">=",
         ">= 0.9x",
     )
-    _judge(t, [remote[k]["mb_s"] / mount[k]["mb_s"] for k in sorted(remote) if k in mount], "x")
+    kit.judge(t, [remote[k]["mb_s"] / mount[k]["mb_s"] for k in sorted(remote) if k in mount], "x")
     out.append(t)
 
     mounted = _by_rep(records, HEADERS, V_MOUNT)
-    t = _target(
+    t = kit.target_row(
         "remote-bytes",
         "header reads through flywheel://: bytes transferred / size of the 50 files",
         HEADERS,
@@ -251,9 +223,9 @@ def remote_targets(
         "<",
         "< 1%",
     )
-    _judge(t, [r["bytes"] / r["files_bytes"] for r in one.values()], "%")
+    kit.judge(t, [r["bytes"] / r["files_bytes"] for r in one.values()], "%")
     out.append(t)
-    t = _target(
+    t = kit.target_row(
         "remote-requests",
         "header reads: requests for file bytes, flywheel:// / the mount's (worst run)",
         HEADERS,
