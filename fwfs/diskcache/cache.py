@@ -190,7 +190,7 @@ class DiskCache:
         wanted: dict[int, list[int]] = {}
         for i, (start, _) in enumerate(ranges):
             wanted.setdefault(segment.index(start), []).append(i)
-        directory = os.path.dirname(self._path(part, 0))
+        directory = self._directory(part)
         runs = list(wanted.items())
         for at in range(0, len(runs), _BATCH):
             batch = runs[at : at + _BATCH]
@@ -345,9 +345,9 @@ class DiskCache:
                 max_bytes=self.max_bytes,
             )
 
-    def _path(self, part: str, seg: int) -> str:
-        shard = hashlib.blake2b(part.encode(), digest_size=1).hexdigest()
-        return os.path.join(self._blocks, shard, segment.name(part, seg))
+    def _directory(self, part: str) -> str:
+        """The shard directory of a version's segments (fwfs/diskcache/directory.py)."""
+        return os.path.join(self._blocks, hashlib.blake2b(part.encode(), digest_size=1).hexdigest())
 
     def _take(self) -> list[_Queued] | None:
         """The next queued block and every other one queued for its segment; None once
@@ -412,7 +412,8 @@ class DiskCache:
     def _write(self, taken: list[_Queued]) -> None:
         """Add ``taken`` (blocks of one segment) to its file, or count them dropped."""
         part, seg = taken[0].part, taken[0].segment
-        path = self._path(part, seg)
+        directory = self._directory(part)
+        path = os.path.join(directory, segment.name(part, seg))
         blocks, old_size = self._existing(path, part, seg)
         new = [
             item
@@ -429,7 +430,6 @@ class DiskCache:
             blocks = {s: b for s, b in blocks.items() if s in mine}
         buffers = segment.pack((start, data, crc) for start, (data, crc) in blocks.items())
         total = sum(len(b) for b in buffers)
-        directory = os.path.dirname(path)
         tmp = os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}.{secrets.token_hex(6)}")
         try:
             try:
